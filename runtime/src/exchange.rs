@@ -1,0 +1,410 @@
+//! Exchanges between chains: partitioned, batched, bounded, never blocking.
+//!
+//! The sending side ([`ExchangeOutput`]) is the tail of a chain. It sorts records into one
+//! buffer per target subtask and hands full buffers to bounded crossbeam channels with
+//! `try_send`. A channel that is full leaves the message in a small per-target pending queue;
+//! while anything is pending the worker stops feeding the chain (backpressure) but keeps running
+//! every other chain, so two workers that feed each other can never deadlock (the wait-for graph
+//! follows the job's DAG, whose sinks always make progress).
+//!
+//! The receiving side ([`InputGate`]) merges all channels into one chain head: data in arrival
+//! order per channel, the watermark as the minimum over channels, end of input when every
+//! channel ended.
+//!
+//! Invariants: messages on one channel are delivered in order; a watermark is only sent after
+//! every record that preceded it and before any record that followed it; end of input is the
+//! last message on a channel.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
+
+use crate::error::JobError;
+use crate::operator::{Batch, Collector, Out};
+use crate::source::TaskInfo;
+use crate::{Timestamp, MAX_WATERMARK, NO_TIMESTAMP};
+
+/// What travels on a channel.
+pub(crate) enum Message<T> {
+    Data(Batch<T>),
+    Watermark(Timestamp),
+    End,
+}
+
+/// Output ports of a chain that the worker must watch: exchanges and sinks.
+pub(crate) trait Outlet {
+    /// Has output that could not be handed on; the chain must not be fed until it clears.
+    fn blocked(&self) -> bool;
+    /// Retries pending output; Ok(true) on progress.
+    fn try_flush(&self) -> Result<bool, JobError>;
+    /// Sends partially filled buffers too (buffer timeout, idle worker); Ok(true) on progress.
+    fn flush_buffers(&self) -> Result<bool, JobError>;
+    /// Nothing buffered, nothing pending.
+    fn idle(&self) -> bool;
+    /// Registers the send operations the worker may wait on; true if any.
+    fn register<'a>(&'a self, sel: &mut Select<'a>) -> bool;
+}
+
+/// How records are routed to the subtasks of the next chain.
+pub(crate) enum Route<T> {
+    /// One target (same subtask index).
+    Forward,
+    /// Whole batches round-robin over targets.
+    Rebalance,
+    /// Every batch to every target.
+    Broadcast,
+    /// By key group: `key_group(record) * targets / max_parallelism`.
+    Hash(Arc<dyn Fn(&T) -> u32 + Send + Sync>),
+}
+
+pub(crate) struct ExchangeShared<T> {
+    senders: Vec<Sender<Message<T>>>,
+    state: RefCell<ExchangeState<T>>,
+    info: TaskInfo,
+}
+
+struct ExchangeState<T> {
+    route: Route<T>,
+    buffers: Vec<Batch<T>>,
+    pending: Vec<VecDeque<Message<T>>>,
+    /// Latest watermark received from the chain, and the last one sent per target.
+    watermark: Timestamp,
+    sent_watermark: Vec<Timestamp>,
+    next: usize,
+    batch_size: usize,
+    max_parallelism: usize,
+}
+
+impl<T> ExchangeState<T> {
+    /// Moves target `t`'s buffer (if any) and then the current watermark (if newer) to pending.
+    fn seal(&mut self, t: usize) {
+        if !self.buffers[t].is_empty() {
+            let b = std::mem::replace(&mut self.buffers[t], Vec::with_capacity(self.batch_size));
+            self.pending[t].push_back(Message::Data(b));
+        }
+        if self.sent_watermark[t] < self.watermark {
+            self.sent_watermark[t] = self.watermark;
+            // Coalesce with a watermark still queued at the back.
+            if let Some(Message::Watermark(w)) = self.pending[t].back_mut() {
+                *w = self.watermark;
+            } else {
+                self.pending[t].push_back(Message::Watermark(self.watermark));
+            }
+        }
+    }
+}
+
+impl<T> ExchangeShared<T> {
+    pub(crate) fn new(
+        senders: Vec<Sender<Message<T>>>,
+        route: Route<T>,
+        batch_size: usize,
+        info: TaskInfo,
+    ) -> Rc<Self> {
+        assert!(!senders.is_empty(), "an exchange needs at least one target");
+        let n = senders.len();
+        let max_parallelism = info.max_parallelism;
+        Rc::new(ExchangeShared {
+            senders,
+            state: RefCell::new(ExchangeState {
+                route,
+                buffers: (0..n).map(|_| Vec::with_capacity(batch_size)).collect(),
+                pending: (0..n).map(|_| VecDeque::new()).collect(),
+                watermark: NO_TIMESTAMP,
+                sent_watermark: vec![NO_TIMESTAMP; n],
+                next: 0,
+                batch_size,
+                max_parallelism,
+            }),
+            info,
+        })
+    }
+
+    fn send_pending(&self, st: &mut ExchangeState<T>) -> Result<bool, JobError> {
+        let mut progress = false;
+        for (t, q) in st.pending.iter_mut().enumerate() {
+            while let Some(msg) = q.pop_front() {
+                match self.senders[t].try_send(msg) {
+                    Ok(()) => progress = true,
+                    Err(TrySendError::Full(msg)) => {
+                        q.push_front(msg);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        return Err(JobError::operator(
+                            &self.info,
+                            format!("downstream subtask {t} closed its input channel early"),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(progress)
+    }
+}
+
+impl<T> Outlet for ExchangeShared<T> {
+    fn blocked(&self) -> bool {
+        self.state.borrow().pending.iter().any(|q| !q.is_empty())
+    }
+    fn try_flush(&self) -> Result<bool, JobError> {
+        let mut st = self.state.borrow_mut();
+        self.send_pending(&mut st)
+    }
+    fn flush_buffers(&self) -> Result<bool, JobError> {
+        let mut st = self.state.borrow_mut();
+        for t in 0..st.buffers.len() {
+            st.seal(t);
+        }
+        self.send_pending(&mut st)
+    }
+    fn idle(&self) -> bool {
+        let st = self.state.borrow();
+        st.pending.iter().all(|q| q.is_empty()) && st.buffers.iter().all(|b| b.is_empty())
+    }
+    fn register<'a>(&'a self, sel: &mut Select<'a>) -> bool {
+        let st = self.state.borrow();
+        let mut any = false;
+        for (t, q) in st.pending.iter().enumerate() {
+            if !q.is_empty() {
+                sel.send(&self.senders[t]);
+                any = true;
+            }
+        }
+        any
+    }
+}
+
+/// The chain-side handle of an exchange.
+pub(crate) struct ExchangeOutput<T>(pub(crate) Rc<ExchangeShared<T>>);
+
+impl<T: Clone> Collector<T> for ExchangeOutput<T> {
+    fn batch(&mut self, batch: Batch<T>) -> Result<(), JobError> {
+        let shared = &*self.0;
+        let mut guard = shared.state.borrow_mut();
+        let st = &mut *guard;
+        let n = st.buffers.len();
+        match &st.route {
+            Route::Forward | Route::Rebalance => {
+                let t = if matches!(st.route, Route::Forward) {
+                    0
+                } else {
+                    st.next = (st.next + 1) % n;
+                    st.next
+                };
+                if st.buffers[t].is_empty() && batch.len() >= st.batch_size / 2 {
+                    st.buffers[t] = batch;
+                } else {
+                    st.buffers[t].extend(batch);
+                }
+                if st.buffers[t].len() >= st.batch_size {
+                    st.seal(t);
+                }
+            }
+            Route::Broadcast => {
+                for t in 0..n {
+                    st.buffers[t].extend(batch.iter().cloned());
+                    if st.buffers[t].len() >= st.batch_size {
+                        st.seal(t);
+                    }
+                }
+            }
+            Route::Hash(key_group) => {
+                let key_group = key_group.clone();
+                let max_p = st.max_parallelism;
+                for (ts, r) in batch {
+                    let kg = key_group(&r) as usize;
+                    debug_assert!(kg < max_p);
+                    let t = kg * n / max_p;
+                    st.buffers[t].push((ts, r));
+                    if st.buffers[t].len() >= st.batch_size {
+                        st.seal(t);
+                    }
+                }
+            }
+        }
+        shared.send_pending(st)?;
+        Ok(())
+    }
+
+    fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
+        // Every buffered record precedes the watermark on its channel, so the watermark's
+        // position in the stream is kept exactly (no record that followed it can overtake it).
+        let shared = &*self.0;
+        let mut st = shared.state.borrow_mut();
+        debug_assert!(wm >= st.watermark);
+        st.watermark = wm;
+        for t in 0..st.buffers.len() {
+            st.seal(t);
+        }
+        shared.send_pending(&mut st)?;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), JobError> {
+        let shared = &*self.0;
+        let mut st = shared.state.borrow_mut();
+        for t in 0..st.buffers.len() {
+            st.seal(t);
+            st.pending[t].push_back(Message::End);
+        }
+        shared.send_pending(&mut st)?;
+        Ok(())
+    }
+}
+
+/// Something the worker polls: the head of a chain fed by channels, or a source.
+pub(crate) trait Driver {
+    /// Does some work; Ok(true) on progress. Must return promptly.
+    fn poll(&mut self, outlets: &[Rc<dyn Outlet>]) -> Result<Poll, JobError>;
+    /// Registers receive operations the worker may wait on; true if any.
+    fn register<'a>(&'a self, sel: &mut Select<'a>) -> bool;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Poll {
+    /// Did work; poll again soon.
+    Progress,
+    /// Nothing to do now; wake at the given instant at the latest (None: when woken).
+    Idle(Option<std::time::Instant>),
+    /// The driver's input ended and the chain was finished.
+    Finished,
+}
+
+struct GateChannel<T> {
+    rx: Receiver<Message<T>>,
+    watermark: Timestamp,
+    ended: bool,
+}
+
+/// Merges the input channels of a chain head.
+pub(crate) struct InputGate<T> {
+    channels: Vec<GateChannel<T>>,
+    head: Out<T>,
+    watermark: Timestamp,
+    open: usize,
+    next: usize,
+    info: TaskInfo,
+    finished: bool,
+}
+
+/// Messages a gate hands to its chain per poll before yielding to other tasks.
+const MESSAGES_PER_POLL: usize = 16;
+
+impl<T> InputGate<T> {
+    pub(crate) fn new(receivers: Vec<Receiver<Message<T>>>, head: Out<T>, info: TaskInfo) -> Self {
+        let open = receivers.len();
+        InputGate {
+            channels: receivers
+                .into_iter()
+                .map(|rx| GateChannel {
+                    rx,
+                    watermark: NO_TIMESTAMP,
+                    ended: false,
+                })
+                .collect(),
+            head,
+            watermark: NO_TIMESTAMP,
+            open,
+            next: 0,
+            info,
+            finished: false,
+        }
+    }
+
+    fn advance_watermark(&mut self) -> Result<(), JobError> {
+        let min = self
+            .channels
+            .iter()
+            .filter(|c| !c.ended)
+            .map(|c| c.watermark)
+            .min()
+            .unwrap_or(MAX_WATERMARK);
+        if min > self.watermark {
+            self.watermark = min;
+            self.head.watermark(min)?;
+        }
+        Ok(())
+    }
+}
+
+impl<T> Driver for InputGate<T> {
+    fn poll(&mut self, outlets: &[Rc<dyn Outlet>]) -> Result<Poll, JobError> {
+        if self.finished {
+            return Ok(Poll::Finished);
+        }
+        if self.open == 0 {
+            // A chain head without inputs (cannot happen for a valid graph, but be total).
+            self.advance_watermark()?;
+            self.head.finish()?;
+            self.finished = true;
+            return Ok(Poll::Finished);
+        }
+        let mut handled = 0;
+        let mut empty_in_a_row = 0;
+        let n = self.channels.len();
+        while handled < MESSAGES_PER_POLL && empty_in_a_row < n {
+            if outlets.iter().any(|o| o.blocked()) {
+                break;
+            }
+            let i = self.next;
+            self.next = (self.next + 1) % n;
+            let ch = &mut self.channels[i];
+            if ch.ended {
+                empty_in_a_row += 1;
+                continue;
+            }
+            match ch.rx.try_recv() {
+                Ok(Message::Data(b)) => {
+                    empty_in_a_row = 0;
+                    handled += 1;
+                    self.head.batch(b)?;
+                }
+                Ok(Message::Watermark(w)) => {
+                    empty_in_a_row = 0;
+                    handled += 1;
+                    if w > ch.watermark {
+                        ch.watermark = w;
+                        self.advance_watermark()?;
+                    }
+                }
+                Ok(Message::End) => {
+                    empty_in_a_row = 0;
+                    handled += 1;
+                    ch.ended = true;
+                    self.open -= 1;
+                    self.advance_watermark()?;
+                    if self.open == 0 {
+                        self.head.finish()?;
+                        self.finished = true;
+                        return Ok(Poll::Finished);
+                    }
+                }
+                Err(TryRecvError::Empty) => empty_in_a_row += 1,
+                Err(TryRecvError::Disconnected) => {
+                    return Err(JobError::operator(
+                        &self.info,
+                        format!("input channel {i} was closed before its end of input (an upstream task failed)"),
+                    ))
+                }
+            }
+        }
+        Ok(if handled > 0 {
+            Poll::Progress
+        } else {
+            Poll::Idle(None)
+        })
+    }
+
+    fn register<'a>(&'a self, sel: &mut Select<'a>) -> bool {
+        let mut any = false;
+        for c in self.channels.iter().filter(|c| !c.ended) {
+            sel.recv(&c.rx);
+            any = true;
+        }
+        any
+    }
+}

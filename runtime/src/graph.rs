@@ -1,0 +1,241 @@
+//! The logical job graph and the type-erased glue that instantiates it.
+//!
+//! The API builds typed closures; the graph stores them behind `Any` so that one executor can
+//! instantiate any job. Each node knows the type operations of its output stream
+//! ([`StreamType`]), which create channels, exchanges, fan-outs and input gates of that type.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::JobError;
+use crate::exchange::{Driver, ExchangeOutput, ExchangeShared, InputGate, Message, Outlet, Poll, Route};
+use crate::metrics::NodeMetrics;
+use crate::operator::{Batch, Counted, Discard, Out, Tee};
+use crate::source::{SourcePoll, SourceReader, TaskInfo};
+use crate::{MAX_WATERMARK, NO_TIMESTAMP};
+
+pub(crate) type NodeId = usize;
+pub(crate) type AnyBox = Box<dyn Any>;
+pub(crate) type AnySend = Box<dyn Any + Send>;
+pub(crate) type Outlets = Vec<Rc<dyn Outlet>>;
+
+/// `Fn(&T, max_parallelism) -> key group`, type-erased.
+pub(crate) type HashFn<T> = Arc<dyn Fn(&T, usize) -> u32 + Send + Sync>;
+
+pub(crate) enum RouteSpec {
+    Forward,
+    Rebalance,
+    Broadcast,
+    /// Holds a `HashFn<T>`.
+    Hash(Arc<dyn Any + Send + Sync>),
+}
+
+impl RouteSpec {
+    pub(crate) fn is_forward(&self) -> bool {
+        matches!(self, RouteSpec::Forward)
+    }
+}
+
+pub(crate) struct Edge {
+    pub(crate) from: NodeId,
+    pub(crate) route: RouteSpec,
+}
+
+type SourceBuild = dyn Fn(&TaskInfo, AnyBox) -> Result<Box<dyn Driver>, JobError> + Send + Sync;
+type OperatorBuild = dyn Fn(&TaskInfo, &mut Outlets, AnyBox) -> Result<AnyBox, JobError> + Send + Sync;
+type SinkBuild = dyn Fn(&TaskInfo, &mut Outlets) -> Result<AnyBox, JobError> + Send + Sync;
+
+pub(crate) enum Kind {
+    Source(Arc<SourceBuild>),
+    Operator(Arc<OperatorBuild>),
+    Sink(Arc<SinkBuild>),
+}
+
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) parallelism: Option<usize>,
+    pub(crate) inputs: Vec<Edge>,
+    pub(crate) kind: Kind,
+    /// Type operations of the node's output (sinks: of their input, unused for output).
+    pub(crate) out_type: Arc<dyn StreamType>,
+}
+
+#[derive(Default)]
+pub(crate) struct Graph {
+    pub(crate) nodes: Vec<Node>,
+}
+
+/// Operations on streams of one record type, used by the type-erased executor.
+pub(crate) trait StreamType: Send + Sync {
+    fn channel(&self, capacity: usize) -> (AnySend, AnySend);
+    fn exchange(
+        &self,
+        route: &RouteSpec,
+        senders: Vec<AnySend>,
+        batch_size: usize,
+        info: TaskInfo,
+    ) -> (AnyBox, Rc<dyn Outlet>);
+    fn tee(&self, outs: Vec<AnyBox>) -> AnyBox;
+    fn discard(&self) -> AnyBox;
+    fn counted(&self, metrics: Arc<NodeMetrics>, inner: AnyBox) -> AnyBox;
+    fn gate(&self, receivers: Vec<AnySend>, head: AnyBox, info: TaskInfo) -> Box<dyn Driver>;
+}
+
+pub(crate) struct TypeOps<T>(PhantomData<fn() -> T>);
+
+impl<T> TypeOps<T> {
+    pub(crate) fn arc() -> Arc<dyn StreamType>
+    where
+        T: Clone + Send + 'static,
+    {
+        Arc::new(TypeOps::<T>(PhantomData))
+    }
+}
+
+/// Downcasts a type-erased value built by this module; a mismatch is a bug in the executor.
+pub(crate) fn cast<X: 'static>(b: AnyBox) -> X {
+    *b.downcast::<X>()
+        .unwrap_or_else(|_| panic!("internal error: stream type mismatch, expected {}", std::any::type_name::<X>()))
+}
+
+fn cast_send<X: 'static>(b: AnySend) -> X {
+    *b.downcast::<X>()
+        .unwrap_or_else(|_| panic!("internal error: channel type mismatch, expected {}", std::any::type_name::<X>()))
+}
+
+impl<T: Clone + Send + 'static> StreamType for TypeOps<T> {
+    fn channel(&self, capacity: usize) -> (AnySend, AnySend) {
+        let (tx, rx) = crossbeam_channel::bounded::<Message<T>>(capacity);
+        (Box::new(tx), Box::new(rx))
+    }
+
+    fn exchange(
+        &self,
+        route: &RouteSpec,
+        senders: Vec<AnySend>,
+        batch_size: usize,
+        info: TaskInfo,
+    ) -> (AnyBox, Rc<dyn Outlet>) {
+        let senders: Vec<Sender<Message<T>>> = senders.into_iter().map(cast_send).collect();
+        let route = match route {
+            RouteSpec::Forward => Route::Forward,
+            RouteSpec::Rebalance => Route::Rebalance,
+            RouteSpec::Broadcast => Route::Broadcast,
+            RouteSpec::Hash(f) => {
+                let f = f
+                    .downcast_ref::<HashFn<T>>()
+                    .expect("internal error: key function type mismatch")
+                    .clone();
+                let max_p = info.max_parallelism;
+                Route::Hash(Arc::new(move |r: &T| f(r, max_p)))
+            }
+        };
+        let shared = ExchangeShared::new(senders, route, batch_size, info);
+        let out: Out<T> = Box::new(ExchangeOutput(shared.clone()));
+        (Box::new(out), shared)
+    }
+
+    fn tee(&self, outs: Vec<AnyBox>) -> AnyBox {
+        let outs: Vec<Out<T>> = outs.into_iter().map(cast).collect();
+        let out: Out<T> = Box::new(Tee { outs });
+        Box::new(out)
+    }
+
+    fn discard(&self) -> AnyBox {
+        let out: Out<T> = Box::new(Discard);
+        Box::new(out)
+    }
+
+    fn counted(&self, metrics: Arc<NodeMetrics>, inner: AnyBox) -> AnyBox {
+        let out: Out<T> = Box::new(Counted { metrics, inner: cast(inner) });
+        Box::new(out)
+    }
+
+    fn gate(&self, receivers: Vec<AnySend>, head: AnyBox, info: TaskInfo) -> Box<dyn Driver> {
+        let receivers: Vec<Receiver<Message<T>>> = receivers.into_iter().map(cast_send).collect();
+        Box::new(InputGate::new(receivers, cast(head), info))
+    }
+}
+
+/// Drives a source reader into its chain.
+pub(crate) struct SourceDriver<T> {
+    pub(crate) reader: Box<dyn SourceReader<T>>,
+    pub(crate) out: Out<T>,
+    pub(crate) info: TaskInfo,
+    pub(crate) batch_size: usize,
+    pub(crate) finished: bool,
+}
+
+impl<T> SourceDriver<T> {
+    fn finish(&mut self) -> Result<Poll, JobError> {
+        self.finished = true;
+        self.out.watermark(MAX_WATERMARK)?;
+        self.out.finish()?;
+        Ok(Poll::Finished)
+    }
+}
+
+impl<T> Driver for SourceDriver<T> {
+    fn poll(&mut self, outlets: &[Rc<dyn Outlet>]) -> Result<Poll, JobError> {
+        if self.finished {
+            return Ok(Poll::Finished);
+        }
+        if self.info.stop.load(Ordering::Relaxed) {
+            tracing::debug!(source = %self.info.operator, subtask = self.info.subtask, "stopping source on request");
+            return self.finish();
+        }
+        if outlets.iter().any(|o| o.blocked()) {
+            return Ok(Poll::Idle(None));
+        }
+        let mut buf: Batch<T> = Vec::with_capacity(self.batch_size);
+        let status = self
+            .reader
+            .poll(&mut buf, self.batch_size)
+            .map_err(|e| JobError::from_user(&self.info, e))?;
+        let produced = !buf.is_empty();
+        if produced {
+            debug_assert!(buf.len() <= self.batch_size);
+            self.info
+                .metrics
+                .records_in
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            self.out.batch(buf)?;
+        }
+        match status {
+            SourcePoll::Exhausted => self.finish(),
+            SourcePoll::Ready => Ok(Poll::Progress),
+            SourcePoll::Idle(_) if produced => Ok(Poll::Progress),
+            SourcePoll::Idle(at) => Ok(Poll::Idle(at)),
+        }
+    }
+
+    fn register<'a>(&'a self, _sel: &mut crossbeam_channel::Select<'a>) -> bool {
+        false
+    }
+}
+
+/// A source over a shared vector: subtask `s` of `p` emits the items `i` with `i % p == s`.
+pub(crate) struct VecSource<T> {
+    pub(crate) items: Arc<Vec<T>>,
+    pub(crate) next: usize,
+    pub(crate) step: usize,
+}
+
+impl<T: Clone> SourceReader<T> for VecSource<T> {
+    fn poll(&mut self, out: &mut Vec<(i64, T)>, max: usize) -> Result<SourcePoll, crate::BoxError> {
+        while out.len() < max && self.next < self.items.len() {
+            out.push((NO_TIMESTAMP, self.items[self.next].clone()));
+            self.next += self.step;
+        }
+        Ok(if self.next >= self.items.len() {
+            SourcePoll::Exhausted
+        } else {
+            SourcePoll::Ready
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! The traits connectors implement: sources produce batches, sinks consume them.
+//!
+//! Both run on a worker thread and must never block on I/O: a connector that does I/O keeps it
+//! on a thread of its own, exchanges data with it over a bounded channel, and rings the
+//! worker's [`Waker`] when that thread made progress.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::error::BoxError;
+use crate::Timestamp;
+
+/// Identity of one parallel instance of an operator, handed to factories.
+#[derive(Debug, Clone)]
+pub struct TaskInfo {
+    /// Name of the job.
+    pub job: Arc<str>,
+    /// Name of the operator (source, transform or sink).
+    pub operator: Arc<str>,
+    /// Index of this parallel instance, `0..parallelism`.
+    pub subtask: usize,
+    /// Number of parallel instances of this operator.
+    pub parallelism: usize,
+    /// Number of key groups of the job.
+    pub max_parallelism: usize,
+    pub(crate) waker: Waker,
+    pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Set when the job is asked to stop gracefully: sources end as if exhausted.
+    pub(crate) stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TaskInfo {
+    /// A handle that wakes the worker running this task; give it to I/O threads.
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+}
+
+/// Wakes a parked worker. Cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct Waker(Sender<()>);
+
+impl Waker {
+    pub(crate) fn pair() -> (Waker, Receiver<()>) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        (Waker(tx), rx)
+    }
+
+    /// Asks the worker to poll its tasks again.
+    pub fn wake(&self) {
+        match self.0.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+}
+
+/// What a source did when polled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePoll {
+    /// Records were appended (or may be available right away).
+    Ready,
+    /// Nothing available now. Poll again at the given instant, or when the [`Waker`] rings
+    /// (`None`: only when woken, or after the worker's idle timeout).
+    Idle(Option<Instant>),
+    /// The source is exhausted; it will not be polled again.
+    Exhausted,
+}
+
+/// One parallel instance of a source, created on its worker thread by a factory.
+pub trait SourceReader<T> {
+    /// Appends at most `max` records with their event timestamps
+    /// ([`crate::NO_TIMESTAMP`] when the source has none) to `out`.
+    fn poll(&mut self, out: &mut Vec<(Timestamp, T)>, max: usize) -> Result<SourcePoll, BoxError>;
+}
+
+/// One parallel instance of a sink, created on its worker thread by a factory.
+pub trait SinkWriter<T> {
+    /// Consumes the records of `batch` (the vector may be drained and reused).
+    fn write(&mut self, batch: &mut Vec<(Timestamp, T)>) -> Result<(), BoxError>;
+    /// End of input: flush and close. Called once; no `write` follows.
+    fn finish(&mut self) -> Result<(), BoxError>;
+    /// True while the sink cannot take more records (its I/O thread is behind). The worker
+    /// then stops feeding it and polls [`SinkWriter::try_flush`] after each wake-up.
+    fn blocked(&self) -> bool {
+        false
+    }
+    /// Retries output that could not be handed over; returns true on progress.
+    fn try_flush(&mut self) -> Result<bool, BoxError> {
+        Ok(false)
+    }
+    /// True once everything handed to the sink is finished (after `finish`).
+    fn done(&self) -> bool {
+        true
+    }
+}

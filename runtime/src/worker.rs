@@ -1,0 +1,121 @@
+//! The worker loop: one thread per core runs the chain instances assigned to it.
+//!
+//! The loop never blocks on a send. Each round it (1) retries pending output of every task,
+//! (2) polls every task whose outputs are not blocked, (3) flushes partially filled batches
+//! when the buffer timeout passed or nothing else happened, and (4) when no task made progress,
+//! parks on a crossbeam `Select` over the channels it could receive from, the channels its
+//! pending output waits on, and its doorbell (rung by I/O threads), with a timeout.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select};
+
+use crate::error::JobError;
+use crate::exchange::{Driver, Outlet, Poll};
+
+/// Longest park, so that stop and cancel requests are seen promptly even without a wake-up.
+const MAX_PARK: Duration = Duration::from_millis(100);
+
+pub(crate) struct Task {
+    pub(crate) name: String,
+    pub(crate) driver: Box<dyn Driver>,
+    pub(crate) outlets: Vec<Rc<dyn Outlet>>,
+    pub(crate) input_done: bool,
+    pub(crate) done: bool,
+}
+
+pub(crate) struct Worker {
+    pub(crate) index: usize,
+    pub(crate) tasks: Vec<Task>,
+    pub(crate) doorbell: Receiver<()>,
+    pub(crate) cancel: Arc<AtomicBool>,
+    pub(crate) buffer_timeout: Duration,
+}
+
+impl Worker {
+    pub(crate) fn run(&mut self) -> Result<(), JobError> {
+        let mut last_flush = Instant::now();
+        loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(JobError::Cancelled);
+            }
+            let mut progress = false;
+            let mut wake_at: Option<Instant> = None;
+            for task in self.tasks.iter_mut().filter(|t| !t.done) {
+                for o in &task.outlets {
+                    progress |= o.try_flush()?;
+                }
+                if !task.input_done && !task.outlets.iter().any(|o| o.blocked()) {
+                    match task.driver.poll(&task.outlets)? {
+                        Poll::Progress => progress = true,
+                        Poll::Idle(at) => {
+                            if let Some(at) = at {
+                                wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+                            }
+                        }
+                        Poll::Finished => {
+                            task.input_done = true;
+                            progress = true;
+                        }
+                    }
+                }
+                if task.input_done {
+                    // Ended: push out everything buffered, then wait until it is all sent.
+                    for o in &task.outlets {
+                        progress |= o.flush_buffers()?;
+                    }
+                    if task.outlets.iter().all(|o| o.idle()) {
+                        tracing::debug!(worker = self.index, task = %task.name, "task finished");
+                        task.done = true;
+                    }
+                }
+            }
+            if self.tasks.iter().all(|t| t.done) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if !progress || now.duration_since(last_flush) >= self.buffer_timeout {
+                last_flush = now;
+                for task in self.tasks.iter().filter(|t| !t.done) {
+                    for o in &task.outlets {
+                        progress |= o.flush_buffers()?;
+                    }
+                }
+            }
+            if !progress {
+                self.park(wake_at);
+            }
+        }
+    }
+
+    fn park(&self, wake_at: Option<Instant>) {
+        let now = Instant::now();
+        let mut timeout = MAX_PARK;
+        if let Some(at) = wake_at {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if timeout.is_zero() {
+            return;
+        }
+        let mut sel = Select::new();
+        sel.recv(&self.doorbell);
+        for task in self.tasks.iter().filter(|t| !t.done) {
+            let blocked = task.outlets.iter().any(|o| o.blocked());
+            for o in &task.outlets {
+                o.register(&mut sel);
+            }
+            if !blocked && !task.input_done {
+                task.driver.register(&mut sel);
+            }
+        }
+        if let Ok(i) = sel.ready_timeout(timeout) {
+            if i == 0 {
+                // Consume the doorbell so that it can ring again.
+                let _ = self.doorbell.try_recv();
+            }
+        }
+    }
+}

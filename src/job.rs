@@ -1,0 +1,2294 @@
+//! Job files: loading, `--set` overrides and validation.
+//!
+//! A job file is a TOML document describing one pipeline: a `[source]`, zero or
+//! more `[[transform]]` tables applied in order, and a `[sink]`. The user
+//! reference is `docs/job-file.md`.
+//!
+//! Loading happens in three steps:
+//!
+//! 1. the text is parsed into an order-preserving tree of TOML values (the
+//!    order of `rename` / `compute` entries matters, and `toml::Table` sorts
+//!    its keys);
+//! 2. the `--set dotted.key=value` overrides are applied to that tree;
+//! 3. the tree is converted into [`JobFile`], checking every key by hand so
+//!    that each error names the file, the key path (`transform[2].size`) and
+//!    what was expected.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+// ---------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------
+
+/// A validated job file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFile {
+    /// Job name: `[A-Za-z0-9_.-]+`, usable as a directory name.
+    pub name: String,
+    /// Parallelism of every operator; `None` lets the engine choose.
+    pub parallelism: Option<usize>,
+    /// Number of worker threads; `None` lets the engine choose.
+    pub workers: Option<usize>,
+    /// Number of key groups (upper bound of `parallelism`).
+    pub max_parallelism: usize,
+    /// Records per batch exchanged between workers.
+    pub batch_size: usize,
+    /// Batches per channel.
+    pub channel_capacity: usize,
+    pub source: SourceConfig,
+    pub transforms: Vec<TransformConfig>,
+    pub sink: SinkConfig,
+    /// The job file path, as given to [`load_job_file`] / [`parse_job`].
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// JSON lines from a file, or from the regular files of a directory.
+    /// The path is already resolved against the job file's directory.
+    File {
+        path: PathBuf,
+    },
+    Generator(GeneratorConfig),
+}
+
+/// Deterministic records `{"id", "key", "value", "ts"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratorConfig {
+    /// Number of records; `None` = unbounded.
+    pub count: Option<u64>,
+    /// Number of distinct keys (>= 1).
+    pub keys: u64,
+    pub seed: u64,
+    /// Records per second over all subtasks; `None` = as fast as possible.
+    pub rate: Option<f64>,
+    /// Event time of record `i` is `i * ts_step_ms`.
+    pub ts_step_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransformConfig {
+    Filter {
+        expr: String,
+    },
+    Project {
+        keep: Option<Vec<String>>,
+        /// `(old, new)` pairs in file order.
+        rename: Vec<(String, String)>,
+        /// `(field, expression)` pairs in file order.
+        compute: Vec<(String, String)>,
+    },
+    KeyBy {
+        fields: Vec<String>,
+    },
+    /// Running aggregate per key (`type = "sum" | "count" | "min" | "max" | "avg"`).
+    Running {
+        aggregate: Aggregate,
+        field: String,
+    },
+    Window(WindowConfig),
+    Dedupe {
+        /// `None`: dedupe on the current key.
+        fields: Option<Vec<String>>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Aggregate {
+    Sum,
+    Count,
+    Min,
+    Max,
+    Avg,
+}
+
+impl Aggregate {
+    const ALL: [Aggregate; 5] = [
+        Aggregate::Sum,
+        Aggregate::Count,
+        Aggregate::Min,
+        Aggregate::Max,
+        Aggregate::Avg,
+    ];
+
+    /// The name used in job files: `"sum"`, `"count"`, `"min"`, `"max"`, `"avg"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Aggregate::Sum => "sum",
+            Aggregate::Count => "count",
+            Aggregate::Min => "min",
+            Aggregate::Max => "max",
+            Aggregate::Avg => "avg",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Aggregate> {
+        Aggregate::ALL.into_iter().find(|a| a.name() == s)
+    }
+}
+
+/// A tumbling (`slide == None`) or sliding event-time window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowConfig {
+    /// Window length: > 0, whole milliseconds.
+    pub size: Duration,
+    /// `None` = tumbling; otherwise 0 < slide <= size, whole milliseconds.
+    pub slide: Option<Duration>,
+    /// Event-time field (integer milliseconds).
+    pub time_field: String,
+    pub aggregate: Aggregate,
+    /// Field to aggregate; only `None` when `aggregate` is `Count`.
+    pub field: Option<String>,
+    /// Watermark lag; whole milliseconds, may be zero.
+    pub out_of_orderness: Duration,
+    /// Name of the result field (default: the aggregate name).
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkConfig {
+    /// Part files in a directory (resolved against the job file's directory).
+    File {
+        path: PathBuf,
+        overwrite: bool,
+    },
+    Stdout,
+    Blackhole,
+}
+
+/// A job file problem: which file, which key (`transform[2].size`, or empty
+/// for the whole file) and what was wrong / expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}{}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") }, message)]
+pub struct JobFileError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+/// Reads, overrides and validates the job file at `path`.
+///
+/// `overrides` are `--set` strings (`dotted.key=value`), applied in order.
+pub fn load_job_file(path: &Path, overrides: &[String]) -> Result<JobFile, JobFileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| JobFileError {
+        file: path.to_path_buf(),
+        key: String::new(),
+        message: match e.kind() {
+            std::io::ErrorKind::InvalidData => {
+                "cannot read the job file: it is not valid UTF-8 text".to_string()
+            }
+            _ => format!("cannot read the job file: {e}"),
+        },
+    })?;
+    parse_job(&text, path, overrides)
+}
+
+/// Parses and validates job file `text`. `path` is used in error messages and
+/// its parent directory to resolve relative source / sink paths.
+pub fn parse_job(text: &str, path: &Path, overrides: &[String]) -> Result<JobFile, JobFileError> {
+    let to_error = |f: Fail| JobFileError {
+        file: path.to_path_buf(),
+        key: f.key,
+        message: f.message,
+    };
+    let mut root = Val::Table(parse_document(text).map_err(to_error)?);
+    let set = apply_overrides(&mut root, overrides).map_err(to_error)?;
+    build(&root, path).map_err(|f| to_error(annotate_override(f, &set)))
+}
+
+const DURATION_SYNTAX: &str =
+    r#"expected a number followed by ms, s, m or h (e.g. "200ms", "30s", "10m")"#;
+
+/// Parses `"200ms"`, `"1.5s"`, `"30s"`, `"10m"`, `"2h"`: an integer or decimal
+/// number (no sign, no spaces) followed by `ms`, `s`, `m` or `h`.
+///
+/// The error is the "expected ..." explanation, to be put after the offending
+/// value in a message.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const NS: u128 = 1;
+    const MS: u128 = 1_000_000 * NS;
+    let (number, unit_ns) = if let Some(n) = s.strip_suffix("ms") {
+        (n, MS)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000 * MS)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000 * MS)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000 * MS)
+    } else {
+        return Err(DURATION_SYNTAX.to_string());
+    };
+    let (int, frac) = match number.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (number, ""),
+    };
+    let all_digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(int) || (number.contains('.') && !all_digits(frac)) {
+        return Err(DURATION_SYNTAX.to_string());
+    }
+    let too_large = || "expected at most 5124095h (about 584 years)".to_string();
+    let int = int.trim_start_matches('0');
+    if int.len() > 25 {
+        return Err(too_large());
+    }
+    // At most 25 digits times at most 3.6e12 ns: fits in u128.
+    let whole: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse::<u128>().map_err(|_| too_large())?
+    };
+    let frac = frac.trim_end_matches('0');
+    let mut frac_ns: u128 = 0;
+    if !frac.is_empty() {
+        let precision = || {
+            format!(
+                "expected at most nanosecond precision (\"{}\" has too many decimals)",
+                s
+            )
+        };
+        if frac.len() > 15 {
+            return Err(precision());
+        }
+        let digits: u128 = frac.parse().map_err(|_| precision())?;
+        let scale = 10u128.pow(frac.len() as u32);
+        let scaled = digits * unit_ns; // < 1e15 * 3.6e12
+        if scaled % scale != 0 {
+            return Err(precision());
+        }
+        frac_ns = scaled / scale;
+    }
+    let total = whole
+        .checked_mul(unit_ns)
+        .and_then(|w| w.checked_add(frac_ns))
+        .ok_or_else(too_large)?;
+    let total = u64::try_from(total).map_err(|_| too_large())?;
+    Ok(Duration::from_nanos(total))
+}
+
+// ---------------------------------------------------------------------------
+// Order-preserving TOML value tree
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Datetime(String),
+    Array(Vec<Val>),
+    /// Entries in document order.
+    Table(Vec<(String, Val)>),
+}
+
+/// The key under which the `toml` deserializer hands out datetimes.
+const TOML_DATETIME_KEY: &str = "$__toml_private_datetime";
+
+impl<'de> Deserialize<'de> for Val {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValVisitor)
+    }
+}
+
+struct ValVisitor;
+
+impl<'de> Visitor<'de> for ValVisitor {
+    type Value = Val;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a TOML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Val, E> {
+        Ok(Val::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Val, E> {
+        Ok(Val::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Val, E> {
+        Ok(i64::try_from(v).map_or(Val::Float(v as f64), Val::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Val, E> {
+        Ok(Val::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Val, E> {
+        Ok(Val::Str(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Val, E> {
+        Ok(Val::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Val, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Val::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
+        let mut entries: Vec<(String, Val)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: Val = map.next_value()?;
+            if entries.is_empty() && key == TOML_DATETIME_KEY {
+                if let Val::Str(s) = value {
+                    return Ok(Val::Datetime(s));
+                }
+            }
+            entries.push((key, value));
+        }
+        Ok(Val::Table(entries))
+    }
+}
+
+fn parse_document(text: &str) -> Res<Vec<(String, Val)>> {
+    match toml::from_str::<Val>(text) {
+        Ok(Val::Table(entries)) => Ok(entries),
+        Ok(other) => fail(
+            "",
+            format!("expected a TOML table, found {}", describe(&other)),
+        ),
+        Err(e) => {
+            let msg = e.message().trim().replace('\n', "; ");
+            match e.span() {
+                Some(span) => {
+                    let (line, col) = line_col(text, span.start);
+                    fail(
+                        "",
+                        format!("invalid TOML at line {line}, column {col}: {msg}"),
+                    )
+                }
+                None => fail("", format!("invalid TOML: {msg}")),
+            }
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let bytes = text.as_bytes();
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let col = before[start..]
+        .iter()
+        .filter(|&&b| b & 0xC0 != 0x80)
+        .count()
+        + 1;
+    (line, col)
+}
+
+// ---------------------------------------------------------------------------
+// Errors and value helpers
+// ---------------------------------------------------------------------------
+
+/// An error before the file name is attached.
+#[derive(Debug)]
+struct Fail {
+    key: String,
+    message: String,
+}
+
+type Res<T> = Result<T, Fail>;
+
+fn fail<T>(key: impl Into<String>, message: impl Into<String>) -> Res<T> {
+    Err(Fail {
+        key: key.into(),
+        message: message.into(),
+    })
+}
+
+/// A string for a message: quoted, escaped, and cut when long.
+fn quote(s: &str) -> String {
+    const MAX: usize = 60;
+    let n = s.chars().count();
+    if n <= MAX {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head:?}... ({n} characters)")
+    }
+}
+
+/// What a value is, for "found ..." in messages.
+fn describe(v: &Val) -> String {
+    match v {
+        Val::Str(s) => format!("string {}", quote(s)),
+        Val::Int(i) => format!("integer {i}"),
+        Val::Float(f) => format!("float {f:?}"),
+        Val::Bool(b) => format!("boolean {b}"),
+        Val::Datetime(d) => format!("datetime {d}"),
+        Val::Array(a) if a.is_empty() => "an empty array".to_string(),
+        Val::Array(_) => "an array".to_string(),
+        Val::Table(_) => "a table".to_string(),
+    }
+}
+
+/// `prefix.key`, quoting keys that are not bare TOML keys.
+fn join_key(prefix: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let key = if bare { key.to_string() } else { quote(key) };
+    if prefix.is_empty() {
+        key
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// A table being read, with its key path (`""` for the document root).
+struct Tbl<'a> {
+    path: String,
+    entries: &'a [(String, Val)],
+}
+
+impl<'a> Tbl<'a> {
+    /// `v` must be a table; `what` describes the expected table for the message.
+    fn of(path: String, v: &'a Val, what: &str) -> Res<Tbl<'a>> {
+        match v {
+            Val::Table(entries) => Ok(Tbl { path, entries }),
+            other => fail(path, format!("expected {what}, found {}", describe(other))),
+        }
+    }
+
+    fn key(&self, k: &str) -> String {
+        join_key(&self.path, k)
+    }
+
+    fn get(&self, k: &str) -> Option<&'a Val> {
+        self.entries.iter().find(|(n, _)| n == k).map(|(_, v)| v)
+    }
+
+    /// Rejects keys not in `allowed`.
+    fn allow(&self, allowed: &[&str]) -> Res<()> {
+        for (k, _) in self.entries {
+            if !allowed.contains(&k.as_str()) {
+                return fail(
+                    self.key(k),
+                    format!("unknown key; expected one of: {}", allowed.join(", ")),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The `type` key, which must be one of `names`.
+    fn kind(&self, what: &str, names: &[&str]) -> Res<&'a str> {
+        let key = self.key("type");
+        let list = names.join(", ");
+        match self.get("type") {
+            None => fail(key, format!("missing; expected one of: {list}")),
+            Some(Val::Str(s)) if names.contains(&s.as_str()) => Ok(s),
+            Some(Val::Str(s)) => fail(
+                key,
+                format!("unknown {what} type {}; expected one of: {list}", quote(s)),
+            ),
+            Some(v) => fail(
+                key,
+                format!("expected a string, one of: {list}; found {}", describe(v)),
+            ),
+        }
+    }
+
+    /// A required key: `missing` explains what it is for.
+    fn need(&self, k: &str, missing: &str) -> Res<&'a Val> {
+        match self.get(k) {
+            Some(v) => Ok(v),
+            None => fail(self.key(k), format!("missing; {missing}")),
+        }
+    }
+
+    fn opt_int(&self, k: &str, min: i64, max: i64, what: &str) -> Res<Option<i64>> {
+        self.get(k)
+            .map(|v| int(&self.key(k), v, min, max, what))
+            .transpose()
+    }
+
+    fn opt_field(&self, k: &str) -> Res<Option<String>> {
+        self.get(k).map(|v| field_name(&self.key(k), v)).transpose()
+    }
+
+    fn opt_fields(&self, k: &str, allow_empty: bool) -> Res<Option<Vec<String>>> {
+        self.get(k)
+            .map(|v| field_list(&self.key(k), v, allow_empty))
+            .transpose()
+    }
+}
+
+const POSITIVE: &str = "a positive integer";
+const NON_NEGATIVE: &str = "a non-negative integer";
+
+fn int(key: &str, v: &Val, min: i64, max: i64, what: &str) -> Res<i64> {
+    match v {
+        Val::Int(i) if (min..=max).contains(i) => Ok(*i),
+        Val::Int(i) => fail(key, format!("expected {what}, found {i}")),
+        other => fail(key, format!("expected {what}, found {}", describe(other))),
+    }
+}
+
+fn to_usize(i: i64) -> usize {
+    usize::try_from(i).unwrap_or(usize::MAX)
+}
+
+fn to_u64(i: i64) -> u64 {
+    u64::try_from(i).unwrap_or(0)
+}
+
+fn string<'a>(key: &str, v: &'a Val, what: &str) -> Res<&'a str> {
+    match v {
+        Val::Str(s) => Ok(s),
+        other => fail(key, format!("expected {what}, found {}", describe(other))),
+    }
+}
+
+/// A non-empty string; `what` is e.g. "a field name".
+fn non_empty(key: &str, v: &Val, what: &str) -> Res<String> {
+    let what = format!("{what} (a non-empty string)");
+    let s = string(key, v, &what)?;
+    if s.trim().is_empty() {
+        return fail(key, format!("expected {what}, found {}", quote(s)));
+    }
+    Ok(s.to_string())
+}
+
+fn field_name(key: &str, v: &Val) -> Res<String> {
+    non_empty(key, v, "a field name")
+}
+
+fn field_list(key: &str, v: &Val, allow_empty: bool) -> Res<Vec<String>> {
+    let Val::Array(items) = v else {
+        return fail(
+            key,
+            format!(
+                "expected an array of field names, e.g. [\"a\", \"b\"], found {}",
+                describe(v)
+            ),
+        );
+    };
+    if items.is_empty() && !allow_empty {
+        return fail(
+            key,
+            "expected a non-empty array of field names, found an empty array",
+        );
+    }
+    let mut fields: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let f = field_name(&item_key, item)?;
+        if fields.contains(&f) {
+            return fail(
+                item_key,
+                format!("duplicate field {}; expected each field once", quote(&f)),
+            );
+        }
+        fields.push(f);
+    }
+    Ok(fields)
+}
+
+/// A table of `name = "string"` entries, in file order.
+fn string_table(key: &str, v: &Val, example: &str, value_what: &str) -> Res<Vec<(String, String)>> {
+    let t = Tbl::of(key.to_string(), v, &format!("a table such as {example}"))?;
+    let mut out = Vec::with_capacity(t.entries.len());
+    for (k, val) in t.entries {
+        if k.trim().is_empty() {
+            return fail(t.key(k), "expected a non-empty field name as the key");
+        }
+        out.push((k.clone(), non_empty(&t.key(k), val, value_what)?));
+    }
+    Ok(out)
+}
+
+fn duration(key: &str, v: &Val) -> Res<Duration> {
+    let s = string(key, v, "a duration string such as \"10s\"")?;
+    parse_duration(s).or_else(|e| fail(key, format!("invalid duration {}; {e}", quote(s))))
+}
+
+/// A window duration: whole milliseconds (event time is integer milliseconds),
+/// and > 0 unless `zero_ok`.
+fn window_duration(key: &str, v: &Val, zero_ok: bool) -> Res<Duration> {
+    let d = duration(key, v)?;
+    let shown = match v {
+        Val::Str(s) => quote(s),
+        _ => String::new(),
+    };
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return fail(
+            key,
+            format!(
+                "expected a whole number of milliseconds (event time is integer milliseconds), found {shown}"
+            ),
+        );
+    }
+    if d.is_zero() && !zero_ok {
+        return fail(
+            key,
+            format!("expected a duration greater than 0, found {shown}"),
+        );
+    }
+    Ok(d)
+}
+
+/// Resolves `p` against the job file's directory.
+fn resolve(dir: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        dir.join(p)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Conversion and validation
+// ---------------------------------------------------------------------------
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "parallelism",
+    "workers",
+    "max_parallelism",
+    "batch_size",
+    "channel_capacity",
+    "source",
+    "transform",
+    "sink",
+];
+const SOURCE_TYPES: &[&str] = &["file", "generator"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole"];
+const TRANSFORM_TYPES: &[&str] = &[
+    "filter", "project", "key_by", "sum", "count", "min", "max", "avg", "tumbling", "sliding",
+    "dedupe",
+];
+const AGGREGATES: &str = "sum, count, min, max, avg";
+
+const MAX_NAME_LEN: usize = 255;
+
+fn build(root: &Val, file: &Path) -> Res<JobFile> {
+    let top = Tbl::of(String::new(), root, "a TOML table")?;
+    top.allow(TOP_KEYS)?;
+
+    let name = job_name(top.need("name", "expected the job name, e.g. name = \"sums\"")?)?;
+    let parallelism = top
+        .opt_int("parallelism", 1, i64::MAX, POSITIVE)?
+        .map(to_usize);
+    let workers = top.opt_int("workers", 1, i64::MAX, POSITIVE)?.map(to_usize);
+    let max_parallelism = range_or(&top, "max_parallelism", 128, 32_768)?;
+    let batch_size = range_or(&top, "batch_size", 1024, 1_000_000)?;
+    let channel_capacity = range_or(&top, "channel_capacity", 16, 4096)?;
+    if let Some(p) = parallelism {
+        if p > max_parallelism {
+            return fail(
+                "parallelism",
+                format!("{p} exceeds max_parallelism {max_parallelism}"),
+            );
+        }
+    }
+
+    let dir = file.parent().unwrap_or_else(|| Path::new(""));
+    let source = source(
+        top.need(
+            "source",
+            "expected a [source] table with type = \"file\" or \"generator\"",
+        )?,
+        dir,
+    )?;
+    let transforms = match top.get("transform") {
+        None => Vec::new(),
+        Some(v) => transforms(v)?,
+    };
+    let sink = sink(
+        top.need(
+            "sink",
+            "expected a [sink] table with type = \"file\", \"stdout\" or \"blackhole\"",
+        )?,
+        dir,
+    )?;
+    check_flow(&transforms)?;
+
+    Ok(JobFile {
+        name,
+        parallelism,
+        workers,
+        max_parallelism,
+        batch_size,
+        channel_capacity,
+        source,
+        transforms,
+        sink,
+        path: file.to_path_buf(),
+    })
+}
+
+fn range_or(t: &Tbl, k: &str, default: i64, max: i64) -> Res<usize> {
+    let what = format!("an integer from 1 to {max}");
+    Ok(to_usize(t.opt_int(k, 1, max, &what)?.unwrap_or(default)))
+}
+
+fn job_name(v: &Val) -> Res<String> {
+    let rule = "expected letters, digits, '_', '.' and '-' only (it is used as a directory name)";
+    let s = string("name", v, "a string")?;
+    let valid_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if s.is_empty() || !valid_chars || s == "." || s == ".." {
+        return fail(
+            "name",
+            format!("invalid job name {}; {rule}, not \".\" or \"..\"", quote(s)),
+        );
+    }
+    if s.len() > MAX_NAME_LEN {
+        return fail(
+            "name",
+            format!(
+                "job name is {} characters long; expected at most {MAX_NAME_LEN}",
+                s.len()
+            ),
+        );
+    }
+    Ok(s.to_string())
+}
+
+fn source(v: &Val, dir: &Path) -> Res<SourceConfig> {
+    let t = Tbl::of(
+        "source".into(),
+        v,
+        "a table ([source] with type = \"file\" or \"generator\")",
+    )?;
+    match t.kind("source", SOURCE_TYPES)? {
+        "file" => {
+            t.allow(&["type", "path"])?;
+            let p = non_empty(
+                &t.key("path"),
+                t.need(
+                    "path",
+                    "a \"file\" source needs a file or directory of JSON lines, e.g. path = \"input/\"",
+                )?,
+                "a path",
+            )?;
+            Ok(SourceConfig::File {
+                path: resolve(dir, &p),
+            })
+        }
+        _ => {
+            t.allow(&["type", "count", "keys", "seed", "rate", "ts_step_ms"])?;
+            let count = t.opt_int("count", 0, i64::MAX, NON_NEGATIVE)?.map(to_u64);
+            let keys = t
+                .opt_int("keys", 1, i64::MAX, POSITIVE)?
+                .map_or(100, to_u64);
+            let seed = t
+                .opt_int("seed", 0, i64::MAX, NON_NEGATIVE)?
+                .map_or(0, to_u64);
+            let rate = t.get("rate").map(|v| rate(&t.key("rate"), v)).transpose()?;
+            let ts_step_ms = t
+                .opt_int("ts_step_ms", 0, i64::MAX, NON_NEGATIVE)?
+                .map_or(1, to_u64);
+            Ok(SourceConfig::Generator(GeneratorConfig {
+                count,
+                keys,
+                seed,
+                rate,
+                ts_step_ms,
+            }))
+        }
+    }
+}
+
+fn rate(key: &str, v: &Val) -> Res<f64> {
+    let what = "a positive number of records per second";
+    match v {
+        Val::Int(i) if *i > 0 => Ok(*i as f64),
+        Val::Float(f) if f.is_finite() && *f > 0.0 => Ok(*f),
+        Val::Int(i) => fail(key, format!("expected {what}, found {i}")),
+        Val::Float(f) => fail(key, format!("expected {what}, found {f:?}")),
+        other => fail(key, format!("expected {what}, found {}", describe(other))),
+    }
+}
+
+fn sink(v: &Val, dir: &Path) -> Res<SinkConfig> {
+    let t = Tbl::of(
+        "sink".into(),
+        v,
+        "a table ([sink] with type = \"file\", \"stdout\" or \"blackhole\")",
+    )?;
+    match t.kind("sink", SINK_TYPES)? {
+        "file" => {
+            t.allow(&["type", "path", "overwrite"])?;
+            let p = non_empty(
+                &t.key("path"),
+                t.need(
+                    "path",
+                    "a \"file\" sink needs its output directory, e.g. path = \"output/\"",
+                )?,
+                "a path",
+            )?;
+            let overwrite = match t.get("overwrite") {
+                None => false,
+                Some(Val::Bool(b)) => *b,
+                Some(other) => {
+                    return fail(
+                        t.key("overwrite"),
+                        format!("expected true or false, found {}", describe(other)),
+                    )
+                }
+            };
+            Ok(SinkConfig::File {
+                path: resolve(dir, &p),
+                overwrite,
+            })
+        }
+        "stdout" => {
+            t.allow(&["type"])?;
+            Ok(SinkConfig::Stdout)
+        }
+        _ => {
+            t.allow(&["type"])?;
+            Ok(SinkConfig::Blackhole)
+        }
+    }
+}
+
+fn transforms(v: &Val) -> Res<Vec<TransformConfig>> {
+    let Val::Array(items) = v else {
+        return fail(
+            "transform",
+            format!(
+                "expected an array of tables (write each one as [[transform]]), found {}",
+                describe(v)
+            ),
+        );
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| transform(format!("transform[{i}]"), item))
+        .collect()
+}
+
+fn transform(path: String, v: &Val) -> Res<TransformConfig> {
+    let t = Tbl::of(path, v, "a table")?;
+    let kind = t.kind("transform", TRANSFORM_TYPES)?;
+    match kind {
+        "filter" => {
+            t.allow(&["type", "expr"])?;
+            let expr = non_empty(
+                &t.key("expr"),
+                t.need(
+                    "expr",
+                    "a \"filter\" transform needs an expression, e.g. expr = \"value > 10\"",
+                )?,
+                "an expression",
+            )?;
+            Ok(TransformConfig::Filter { expr })
+        }
+        "project" => {
+            t.allow(&["type", "keep", "rename", "compute"])?;
+            let keep = t.opt_fields("keep", true)?;
+            let rename = match t.get("rename") {
+                None => Vec::new(),
+                Some(v) => {
+                    let pairs =
+                        string_table(&t.key("rename"), v, "{ old = \"new\" }", "a new field name")?;
+                    for (i, (old, new)) in pairs.iter().enumerate() {
+                        if let Some((first, _)) = pairs[..i].iter().find(|(_, n)| n == new) {
+                            return fail(
+                                join_key(&t.key("rename"), old),
+                                format!(
+                                    "{} is already the new name of {}; expected distinct new names",
+                                    quote(new),
+                                    quote(first)
+                                ),
+                            );
+                        }
+                    }
+                    pairs
+                }
+            };
+            let compute = match t.get("compute") {
+                None => Vec::new(),
+                Some(v) => string_table(
+                    &t.key("compute"),
+                    v,
+                    "{ total = \"price * qty\" }",
+                    "an expression",
+                )?,
+            };
+            if keep.is_none() && t.get("rename").is_none() && t.get("compute").is_none() {
+                return fail(
+                    t.path,
+                    "a \"project\" transform needs at least one of keep, rename or compute",
+                );
+            }
+            Ok(TransformConfig::Project {
+                keep,
+                rename,
+                compute,
+            })
+        }
+        "key_by" => {
+            t.allow(&["type", "field", "fields"])?;
+            let field = t.opt_field("field")?;
+            let fields = t.opt_fields("fields", false)?;
+            match (field, fields) {
+                (Some(f), None) => Ok(TransformConfig::KeyBy { fields: vec![f] }),
+                (None, Some(fields)) => Ok(TransformConfig::KeyBy { fields }),
+                (Some(_), Some(_)) => fail(
+                    t.path,
+                    "a \"key_by\" transform takes either field = \"a\" or fields = [\"a\", \"b\"], not both",
+                ),
+                (None, None) => fail(
+                    t.key("field"),
+                    "missing; a \"key_by\" transform needs field = \"a\" or fields = [\"a\", \"b\"]",
+                ),
+            }
+        }
+        "tumbling" | "sliding" => window(&t, kind).map(TransformConfig::Window),
+        "dedupe" => {
+            t.allow(&["type", "fields"])?;
+            Ok(TransformConfig::Dedupe {
+                fields: t.opt_fields("fields", false)?,
+            })
+        }
+        _ => {
+            let Some(aggregate) = Aggregate::from_name(kind) else {
+                return fail(
+                    t.key("type"),
+                    format!("unknown transform type {}", quote(kind)),
+                );
+            };
+            t.allow(&["type", "field"])?;
+            let needs = if aggregate == Aggregate::Count {
+                "the field that receives the running count"
+            } else {
+                "the field to aggregate"
+            };
+            let field = field_name(
+                &t.key("field"),
+                t.need("field", &format!("a {kind:?} transform needs {needs}"))?,
+            )?;
+            Ok(TransformConfig::Running { aggregate, field })
+        }
+    }
+}
+
+fn window(t: &Tbl, kind: &str) -> Res<WindowConfig> {
+    let sliding = kind == "sliding";
+    let mut keys = vec![
+        "type",
+        "size",
+        "time_field",
+        "aggregate",
+        "field",
+        "out_of_orderness",
+        "output",
+    ];
+    if sliding {
+        keys.insert(2, "slide");
+    }
+    t.allow(&keys)?;
+
+    let size = window_duration(
+        &t.key("size"),
+        t.need(
+            "size",
+            &format!("a {kind:?} window needs its length, e.g. size = \"10s\""),
+        )?,
+        false,
+    )?;
+    let slide = if sliding {
+        let key = t.key("slide");
+        let v = t.need(
+            "slide",
+            "a \"sliding\" window needs how often a window starts, e.g. slide = \"5s\" (0 < slide <= size)",
+        )?;
+        let slide = window_duration(&key, v, false)?;
+        if slide > size {
+            let shown = |k: &str| match t.get(k) {
+                Some(Val::Str(s)) => quote(s),
+                _ => String::new(),
+            };
+            return fail(
+                key,
+                format!(
+                    "{} is longer than size {}; expected 0 < slide <= size",
+                    shown("slide"),
+                    shown("size")
+                ),
+            );
+        }
+        Some(slide)
+    } else {
+        None
+    };
+    let time_field = field_name(
+        &t.key("time_field"),
+        t.need(
+            "time_field",
+            &format!(
+                "a {kind:?} window needs the event-time field (integer milliseconds), e.g. time_field = \"ts\""
+            ),
+        )?,
+    )?;
+    let agg_key = t.key("aggregate");
+    let aggregate = match t.get("aggregate") {
+        None => return fail(agg_key, format!("missing; expected one of: {AGGREGATES}")),
+        Some(Val::Str(s)) => match Aggregate::from_name(s) {
+            Some(a) => a,
+            None => {
+                return fail(
+                    agg_key,
+                    format!(
+                        "unknown aggregate {}; expected one of: {AGGREGATES}",
+                        quote(s)
+                    ),
+                )
+            }
+        },
+        Some(v) => {
+            return fail(
+                agg_key,
+                format!(
+                    "expected a string, one of: {AGGREGATES}; found {}",
+                    describe(v)
+                ),
+            )
+        }
+    };
+    let field = t.opt_field("field")?;
+    if field.is_none() && aggregate != Aggregate::Count {
+        return fail(
+            t.key("field"),
+            format!(
+                "missing; a {kind:?} window with aggregate = {:?} needs the field to aggregate",
+                aggregate.name()
+            ),
+        );
+    }
+    let out_of_orderness = match t.get("out_of_orderness") {
+        None => Duration::ZERO,
+        Some(v) => window_duration(&t.key("out_of_orderness"), v, true)?,
+    };
+    let output = match t.get("output") {
+        None => aggregate.name().to_string(),
+        Some(v) => field_name(&t.key("output"), v)?,
+    };
+    if output == "window_start" || output == "window_end" {
+        return fail(
+            t.key("output"),
+            format!(
+                "{} clashes with the window's own {output} field; expected another name",
+                quote(&output)
+            ),
+        );
+    }
+    Ok(WindowConfig {
+        size,
+        slide,
+        time_field,
+        aggregate,
+        field,
+        out_of_orderness,
+        output,
+    })
+}
+
+/// Checks that keyed transforms have a `key_by` before them. A `key_by` stays
+/// in force until the next `key_by`.
+fn check_flow(transforms: &[TransformConfig]) -> Res<()> {
+    let mut key: Option<&[String]> = None;
+    for (i, t) in transforms.iter().enumerate() {
+        let at = format!("transform[{i}]");
+        match t {
+            TransformConfig::KeyBy { fields } => key = Some(fields),
+            TransformConfig::Running { aggregate, .. } if key.is_none() => {
+                return fail(
+                    at,
+                    format!("{:?} needs a key_by before it", aggregate.name()),
+                );
+            }
+            TransformConfig::Window(w) => {
+                let kind = if w.slide.is_some() {
+                    "sliding"
+                } else {
+                    "tumbling"
+                };
+                let Some(key) = key else {
+                    return fail(at, format!("{kind:?} needs a key_by before it"));
+                };
+                if key.contains(&w.output) {
+                    return fail(
+                        format!("{at}.output"),
+                        format!(
+                            "{} clashes with the key field of the key_by before it; expected another name (set output = \"...\")",
+                            quote(&w.output)
+                        ),
+                    );
+                }
+            }
+            TransformConfig::Dedupe { fields: None } if key.is_none() => {
+                return fail(
+                    at,
+                    "\"dedupe\" without fields needs a key_by before it (or set fields = [\"id\"])",
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// --set overrides
+// ---------------------------------------------------------------------------
+
+/// An applied override: the key path it set (`transform[1].field`) and the
+/// `--set` text.
+struct Applied {
+    path: String,
+    text: String,
+}
+
+fn apply_overrides(root: &mut Val, overrides: &[String]) -> Res<Vec<Applied>> {
+    overrides
+        .iter()
+        .map(|o| {
+            Ok(Applied {
+                path: apply_override(root, o)?,
+                text: o.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Points errors about an overridden key at the `--set` that produced it.
+fn annotate_override(mut f: Fail, applied: &[Applied]) -> Fail {
+    let hit = applied.iter().rev().find(|a| {
+        f.key == a.path
+            || f.key.starts_with(&format!("{}.", a.path))
+            || f.key.starts_with(&format!("{}[", a.path))
+    });
+    if let Some(a) = hit {
+        f.message = format!("{} (value from --set {})", f.message, a.text);
+    }
+    f
+}
+
+/// A `--set` value: a TOML value when it parses as one, else a plain string.
+fn parse_set_value(v: &str) -> Val {
+    if let Ok(Val::Table(mut entries)) = toml::from_str::<Val>(&format!("v = {v}")) {
+        if entries.len() == 1 && entries[0].0 == "v" {
+            if let Some((_, val)) = entries.pop() {
+                return val;
+            }
+        }
+    }
+    Val::Str(v.to_string())
+}
+
+/// Applies one `key=value` override; returns the key path it set.
+fn apply_override(root: &mut Val, text: &str) -> Res<String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return fail(
+            text.trim(),
+            format!(
+                "invalid --set {}: expected key=value, e.g. --set parallelism=4",
+                quote(text)
+            ),
+        );
+    };
+    let key = key.trim();
+    let segments: Vec<&str> = key.split('.').map(str::trim).collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return fail(
+            key,
+            format!(
+                "invalid --set key {}: expected a dotted key such as parallelism, source.count or transform.1.field",
+                quote(key)
+            ),
+        );
+    }
+    let value = parse_set_value(value.trim());
+    let mut cur = root;
+    let mut path = String::new();
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match cur {
+            Val::Array(items) => {
+                let Ok(index) = seg.parse::<usize>() else {
+                    return fail(
+                        key,
+                        format!(
+                            "invalid --set: {path} is an array; expected a numeric index after it (e.g. {path}.0), found {}",
+                            quote(seg)
+                        ),
+                    );
+                };
+                if index >= items.len() {
+                    let has = match items.len() {
+                        0 => format!("{path} is empty"),
+                        1 => format!("{path} has 1 entry (index 0)"),
+                        n => format!("{path} has {n} entries (indexes 0 to {})", n - 1),
+                    };
+                    return fail(
+                        key,
+                        format!("invalid --set: index {index} is out of range; {has}"),
+                    );
+                }
+                path = format!("{path}[{index}]");
+                if last {
+                    items[index] = value;
+                    return Ok(path);
+                }
+                cur = &mut items[index];
+            }
+            Val::Table(entries) => {
+                path = join_key(&path, seg);
+                let pos = entries.iter().position(|(n, _)| n == seg);
+                if last {
+                    match pos {
+                        Some(p) => entries[p].1 = value,
+                        None => entries.push((seg.to_string(), value)),
+                    }
+                    return Ok(path);
+                }
+                let p = match pos {
+                    Some(p) => p,
+                    None => {
+                        if let Some(next) =
+                            segments.get(i + 1).filter(|s| s.parse::<usize>().is_ok())
+                        {
+                            return fail(
+                                key,
+                                format!("invalid --set: index {next} is out of range; the job file has no {path}"),
+                            );
+                        }
+                        entries.push((seg.to_string(), Val::Table(Vec::new())));
+                        entries.len() - 1
+                    }
+                };
+                cur = &mut entries[p].1;
+            }
+            other => {
+                return fail(
+                    key,
+                    format!(
+                        "invalid --set: {path} is {}, not a table or array, so {key} cannot be set",
+                        describe(other)
+                    ),
+                );
+            }
+        }
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "jobs/job.toml";
+    const MIN: &str =
+        "name = \"t\"\n[source]\ntype = \"generator\"\n[sink]\ntype = \"blackhole\"\n";
+
+    fn parse(text: &str) -> Result<JobFile, JobFileError> {
+        parse_job(text, Path::new(FILE), &[])
+    }
+
+    fn parse_set(text: &str, sets: &[&str]) -> Result<JobFile, JobFileError> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        parse_job(text, Path::new(FILE), &sets)
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(job) => panic!("expected an error, got {job:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn set_err(text: &str, sets: &[&str]) -> String {
+        match parse_set(text, sets) {
+            Ok(job) => panic!("expected an error, got {job:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// `MIN` plus the given transforms (TOML text of [[transform]] tables).
+    fn with(transforms: &str) -> String {
+        format!("{MIN}{transforms}")
+    }
+
+    fn transforms(text: &str) -> Vec<TransformConfig> {
+        parse(&with(text)).unwrap().transforms
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    const FULL: &str = r#"
+name = "sums.v2-test_1"
+parallelism = 2
+workers = 3
+max_parallelism = 64
+batch_size = 500
+channel_capacity = 8
+
+[source]
+type = "generator"
+count = 1000000
+keys = 10
+seed = 7
+rate = 2500
+ts_step_ms = 0
+
+[[transform]]
+type = "filter"
+expr = "value > 10 and key != 'a'"
+
+[[transform]]
+type = "project"
+keep = ["id", "key", "value", "ts", "price", "qty"]
+rename = { zeta = "z", alpha = "a" }
+compute = { total = "price * qty", avg = "total / 2" }
+
+[[transform]]
+type = "key_by"
+field = "key"
+
+[[transform]]
+type = "sum"
+field = "value"
+
+[[transform]]
+type = "count"
+field = "n"
+
+[[transform]]
+type = "min"
+field = "value"
+
+[[transform]]
+type = "max"
+field = "value"
+
+[[transform]]
+type = "avg"
+field = "value"
+
+[[transform]]
+type = "tumbling"
+size = "10s"
+time_field = "ts"
+aggregate = "sum"
+field = "value"
+
+[[transform]]
+type = "key_by"
+fields = ["key", "window_start"]
+
+[[transform]]
+type = "sliding"
+size = "1m"
+slide = "1.5s"
+time_field = "ts"
+aggregate = "count"
+out_of_orderness = "200ms"
+output = "n"
+
+[[transform]]
+type = "dedupe"
+
+[[transform]]
+type = "dedupe"
+fields = ["id"]
+
+[sink]
+type = "file"
+path = "output/"
+overwrite = true
+"#;
+
+    #[test]
+    fn full_file_with_every_transform() {
+        let job = parse(FULL).unwrap();
+        let expected = JobFile {
+            name: "sums.v2-test_1".into(),
+            parallelism: Some(2),
+            workers: Some(3),
+            max_parallelism: 64,
+            batch_size: 500,
+            channel_capacity: 8,
+            source: SourceConfig::Generator(GeneratorConfig {
+                count: Some(1_000_000),
+                keys: 10,
+                seed: 7,
+                rate: Some(2500.0),
+                ts_step_ms: 0,
+            }),
+            transforms: vec![
+                TransformConfig::Filter {
+                    expr: "value > 10 and key != 'a'".into(),
+                },
+                TransformConfig::Project {
+                    keep: Some(
+                        ["id", "key", "value", "ts", "price", "qty"]
+                            .map(String::from)
+                            .to_vec(),
+                    ),
+                    // File order, not sorted.
+                    rename: vec![("zeta".into(), "z".into()), ("alpha".into(), "a".into())],
+                    compute: vec![
+                        ("total".into(), "price * qty".into()),
+                        ("avg".into(), "total / 2".into()),
+                    ],
+                },
+                TransformConfig::KeyBy {
+                    fields: vec!["key".into()],
+                },
+                TransformConfig::Running {
+                    aggregate: Aggregate::Sum,
+                    field: "value".into(),
+                },
+                TransformConfig::Running {
+                    aggregate: Aggregate::Count,
+                    field: "n".into(),
+                },
+                TransformConfig::Running {
+                    aggregate: Aggregate::Min,
+                    field: "value".into(),
+                },
+                TransformConfig::Running {
+                    aggregate: Aggregate::Max,
+                    field: "value".into(),
+                },
+                TransformConfig::Running {
+                    aggregate: Aggregate::Avg,
+                    field: "value".into(),
+                },
+                TransformConfig::Window(WindowConfig {
+                    size: ms(10_000),
+                    slide: None,
+                    time_field: "ts".into(),
+                    aggregate: Aggregate::Sum,
+                    field: Some("value".into()),
+                    out_of_orderness: Duration::ZERO,
+                    output: "sum".into(),
+                }),
+                TransformConfig::KeyBy {
+                    fields: vec!["key".into(), "window_start".into()],
+                },
+                TransformConfig::Window(WindowConfig {
+                    size: ms(60_000),
+                    slide: Some(ms(1_500)),
+                    time_field: "ts".into(),
+                    aggregate: Aggregate::Count,
+                    field: None,
+                    out_of_orderness: ms(200),
+                    output: "n".into(),
+                }),
+                TransformConfig::Dedupe { fields: None },
+                TransformConfig::Dedupe {
+                    fields: Some(vec!["id".into()]),
+                },
+            ],
+            sink: SinkConfig::File {
+                path: PathBuf::from("jobs/output/"),
+                overwrite: true,
+            },
+            path: PathBuf::from(FILE),
+        };
+        assert_eq!(job, expected);
+    }
+
+    #[test]
+    fn defaults_file_source_and_other_sinks() {
+        let text = "name = \"a\"\n[source]\ntype = \"file\"\npath = \"in.jsonl\"\n[sink]\ntype = \"stdout\"\n";
+        let job = parse(text).unwrap();
+        assert_eq!(job.parallelism, None);
+        assert_eq!(job.workers, None);
+        assert_eq!(job.max_parallelism, 128);
+        assert_eq!(job.batch_size, 1024);
+        assert_eq!(job.channel_capacity, 16);
+        assert_eq!(job.transforms, vec![]);
+        assert_eq!(
+            job.source,
+            SourceConfig::File {
+                path: PathBuf::from("jobs/in.jsonl")
+            }
+        );
+        assert_eq!(job.sink, SinkConfig::Stdout);
+
+        let job = parse(MIN).unwrap();
+        assert_eq!(job.sink, SinkConfig::Blackhole);
+        assert_eq!(
+            job.source,
+            SourceConfig::Generator(GeneratorConfig {
+                count: None,
+                keys: 100,
+                seed: 0,
+                rate: None,
+                ts_step_ms: 1,
+            })
+        );
+
+        let job = parse(&MIN.replace("blackhole\"", "file\"\npath = \"/abs/out\"")).unwrap();
+        assert_eq!(
+            job.sink,
+            SinkConfig::File {
+                path: PathBuf::from("/abs/out"),
+                overwrite: false
+            }
+        );
+        // Float rate, zero count.
+        let job = parse(&MIN.replace("generator\"", "generator\"\nrate = 0.5\ncount = 0")).unwrap();
+        let SourceConfig::Generator(g) = job.source else {
+            panic!()
+        };
+        assert_eq!((g.rate, g.count), (Some(0.5), Some(0)));
+    }
+
+    #[test]
+    fn aggregate_names() {
+        for a in Aggregate::ALL {
+            assert_eq!(Aggregate::from_name(a.name()), Some(a));
+        }
+        assert_eq!(Aggregate::Avg.name(), "avg");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_job_file_directory() {
+        let text = "name = \"a\"\n[source]\ntype = \"file\"\npath = \"input/\"\n[sink]\ntype = \"file\"\npath = \"../out\"\n";
+        let job = parse_job(text, Path::new("/srv/jobs/sums.toml"), &[]).unwrap();
+        assert_eq!(
+            job.source,
+            SourceConfig::File {
+                path: PathBuf::from("/srv/jobs/input/")
+            }
+        );
+        assert_eq!(
+            job.sink,
+            SinkConfig::File {
+                path: PathBuf::from("/srv/jobs/../out"),
+                overwrite: false
+            }
+        );
+        assert_eq!(job.path, PathBuf::from("/srv/jobs/sums.toml"));
+        // A bare file name: relative to the current directory.
+        let job = parse_job(text, Path::new("sums.toml"), &[]).unwrap();
+        assert_eq!(
+            job.source,
+            SourceConfig::File {
+                path: PathBuf::from("input/")
+            }
+        );
+        // Absolute paths stay as they are.
+        let abs = text.replace("\"input/\"", "\"/data/in\"");
+        let job = parse_job(&abs, Path::new("/srv/jobs/sums.toml"), &[]).unwrap();
+        assert_eq!(
+            job.source,
+            SourceConfig::File {
+                path: PathBuf::from("/data/in")
+            }
+        );
+    }
+
+    #[test]
+    fn load_job_file_reads_and_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(
+            &path,
+            "name = \"a\"\n[source]\ntype = \"file\"\npath = \"in\"\n[sink]\ntype = \"stdout\"\n",
+        )
+        .unwrap();
+        let job = load_job_file(&path, &["parallelism=3".to_string()]).unwrap();
+        assert_eq!(
+            job.source,
+            SourceConfig::File {
+                path: dir.path().join("in")
+            }
+        );
+        assert_eq!(job.parallelism, Some(3));
+        assert_eq!(job.path, path);
+
+        let missing = dir.path().join("nope.toml");
+        let e = load_job_file(&missing, &[]).unwrap_err();
+        assert_eq!(e.file, missing);
+        assert_eq!(e.key, "");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "{}: cannot read the job file: ",
+                missing.display()
+            )),
+            "{e}"
+        );
+
+        std::fs::write(&path, b"name = \"\xff\"\n").unwrap();
+        let e = load_job_file(&path, &[]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "cannot read the job file: it is not valid UTF-8 text"
+        );
+    }
+
+    // ----- errors -----
+
+    #[test]
+    fn unknown_keys() {
+        let text = with("[[transform]]\ntype = \"key_by\"\nfield = \"k\"\n[[transform]]\ntype = \"sum\"\nfeild = \"value\"\n");
+        assert_eq!(
+            err(&text),
+            "jobs/job.toml: transform[1].feild: unknown key; expected one of: type, field"
+        );
+        assert_eq!(
+            err(&format!("paralelism = 2\n{MIN}")),
+            "jobs/job.toml: paralelism: unknown key; expected one of: name, parallelism, workers, max_parallelism, batch_size, channel_capacity, source, transform, sink"
+        );
+        assert_eq!(
+            err(&MIN.replace("generator\"", "generator\"\npath = \"x\"")),
+            "jobs/job.toml: source.path: unknown key; expected one of: type, count, keys, seed, rate, ts_step_ms"
+        );
+        assert_eq!(
+            err(&MIN.replace("blackhole\"", "blackhole\"\npath = \"x\"")),
+            "jobs/job.toml: sink.path: unknown key; expected one of: type"
+        );
+        assert_eq!(
+            err(&with(
+                "[[transform]]\ntype = \"filter\"\nexpr = \"a\"\n\"odd key\" = 1\n"
+            )),
+            "jobs/job.toml: transform[0].\"odd key\": unknown key; expected one of: type, expr"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"tumbling\"\nslide = \"1s\"\n")),
+            "jobs/job.toml: transform[0].slide: unknown key; expected one of: type, size, time_field, aggregate, field, out_of_orderness, output"
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        assert_eq!(
+            err(&format!("parallelism = \"two\"\n{MIN}")),
+            "jobs/job.toml: parallelism: expected a positive integer, found string \"two\""
+        );
+        assert_eq!(
+            err(&format!("parallelism = 0\n{MIN}")),
+            "jobs/job.toml: parallelism: expected a positive integer, found 0"
+        );
+        assert_eq!(
+            err(&format!("workers = 2.5\n{MIN}")),
+            "jobs/job.toml: workers: expected a positive integer, found float 2.5"
+        );
+        assert_eq!(
+            err(&format!("max_parallelism = 40000\n{MIN}")),
+            "jobs/job.toml: max_parallelism: expected an integer from 1 to 32768, found 40000"
+        );
+        assert_eq!(
+            err(&format!("batch_size = [1]\n{MIN}")),
+            "jobs/job.toml: batch_size: expected an integer from 1 to 1000000, found an array"
+        );
+        assert_eq!(
+            err(&format!("channel_capacity = 4097\n{MIN}")),
+            "jobs/job.toml: channel_capacity: expected an integer from 1 to 4096, found 4097"
+        );
+        assert_eq!(
+            err(&MIN.replace("\"t\"", "5")),
+            "jobs/job.toml: name: expected a string, found integer 5"
+        );
+        assert_eq!(
+            err(&MIN.replace("generator\"", "generator\"\nrate = -1")),
+            "jobs/job.toml: source.rate: expected a positive number of records per second, found -1"
+        );
+        assert_eq!(
+            err(&MIN.replace("generator\"", "generator\"\nrate = inf")),
+            "jobs/job.toml: source.rate: expected a positive number of records per second, found inf"
+        );
+        assert_eq!(
+            err(&MIN.replace("generator\"", "generator\"\nkeys = 0")),
+            "jobs/job.toml: source.keys: expected a positive integer, found 0"
+        );
+        assert_eq!(
+            err(&MIN.replace("generator\"", "generator\"\nseed = -1")),
+            "jobs/job.toml: source.seed: expected a non-negative integer, found -1"
+        );
+        assert_eq!(
+            err(&MIN.replace("generator\"", "generator\"\ncount = 1979-05-27")),
+            "jobs/job.toml: source.count: expected a non-negative integer, found datetime 1979-05-27"
+        );
+        assert_eq!(
+            err(&MIN.replace("blackhole\"", "file\"\npath = \"o\"\noverwrite = \"yes\"")),
+            "jobs/job.toml: sink.overwrite: expected true or false, found string \"yes\""
+        );
+        assert_eq!(
+            err(&with("[transform]\ntype = \"filter\"\n")),
+            "jobs/job.toml: transform: expected an array of tables (write each one as [[transform]]), found a table"
+        );
+        assert_eq!(
+            err("name = \"t\"\ntransform = [1]\n[source]\ntype = \"generator\"\n"),
+            "jobs/job.toml: transform[0]: expected a table, found integer 1"
+        );
+        assert_eq!(
+            err("name = \"a\"\nsource = \"file\"\n"),
+            "jobs/job.toml: source: expected a table ([source] with type = \"file\" or \"generator\"), found string \"file\""
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"key_by\"\nfields = [\"a\", 3]\n")),
+            "jobs/job.toml: transform[0].fields[1]: expected a field name (a non-empty string), found integer 3"
+        );
+        let long = "x".repeat(100);
+        assert_eq!(
+            err(&MIN.replace("\"t\"", &format!("\"{long}\"")).replace("generator", &long)),
+            format!("jobs/job.toml: source.type: unknown source type \"{}\"... (100 characters); expected one of: file, generator", "x".repeat(60))
+        );
+    }
+
+    #[test]
+    fn bad_types_of_tables() {
+        assert_eq!(
+            err(&MIN.replace("blackhole", "kafkaa")),
+            "jobs/job.toml: sink.type: unknown sink type \"kafkaa\"; expected one of: file, stdout, blackhole"
+        );
+        assert_eq!(
+            err(&MIN.replace("generator", "kafka")),
+            "jobs/job.toml: source.type: unknown source type \"kafka\"; expected one of: file, generator"
+        );
+        assert_eq!(
+            err(&MIN.replace("type = \"generator\"", "type = 1")),
+            "jobs/job.toml: source.type: expected a string, one of: file, generator; found integer 1"
+        );
+        assert_eq!(
+            err(&MIN.replace("type = \"blackhole\"", "path = \"x\"")),
+            "jobs/job.toml: sink.type: missing; expected one of: file, stdout, blackhole"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"sume\"\n")),
+            "jobs/job.toml: transform[0].type: unknown transform type \"sume\"; expected one of: filter, project, key_by, sum, count, min, max, avg, tumbling, sliding, dedupe"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\nfield = \"x\"\n")),
+            "jobs/job.toml: transform[0].type: missing; expected one of: filter, project, key_by, sum, count, min, max, avg, tumbling, sliding, dedupe"
+        );
+        let w = "[[transform]]\ntype = \"key_by\"\nfield = \"k\"\n[[transform]]\ntype = \"tumbling\"\nsize = \"1s\"\ntime_field = \"ts\"\n";
+        assert_eq!(
+            err(&with(&format!("{w}aggregate = \"mean\"\n"))),
+            "jobs/job.toml: transform[1].aggregate: unknown aggregate \"mean\"; expected one of: sum, count, min, max, avg"
+        );
+        assert_eq!(
+            err(&with(w)),
+            "jobs/job.toml: transform[1].aggregate: missing; expected one of: sum, count, min, max, avg"
+        );
+    }
+
+    #[test]
+    fn missing_keys() {
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"key_by\"\nfield = \"k\"\n[[transform]]\ntype = \"sum\"\n")),
+            "jobs/job.toml: transform[1].field: missing; a \"sum\" transform needs the field to aggregate"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"sum\"\n")),
+            "jobs/job.toml: transform[0].field: missing; a \"sum\" transform needs the field to aggregate"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"count\"\n")),
+            "jobs/job.toml: transform[0].field: missing; a \"count\" transform needs the field that receives the running count"
+        );
+        assert_eq!(
+            err(&MIN.replace("name = \"t\"\n", "")),
+            "jobs/job.toml: name: missing; expected the job name, e.g. name = \"sums\""
+        );
+        assert_eq!(
+            err("name = \"t\"\n[sink]\ntype = \"stdout\"\n"),
+            "jobs/job.toml: source: missing; expected a [source] table with type = \"file\" or \"generator\""
+        );
+        assert_eq!(
+            err("name = \"t\"\n[source]\ntype = \"generator\"\n"),
+            "jobs/job.toml: sink: missing; expected a [sink] table with type = \"file\", \"stdout\" or \"blackhole\""
+        );
+        assert_eq!(
+            err(""),
+            "jobs/job.toml: name: missing; expected the job name, e.g. name = \"sums\""
+        );
+        assert_eq!(
+            err(&MIN.replace("generator", "file")),
+            "jobs/job.toml: source.path: missing; a \"file\" source needs a file or directory of JSON lines, e.g. path = \"input/\""
+        );
+        assert_eq!(
+            err(&MIN.replace("blackhole", "file")),
+            "jobs/job.toml: sink.path: missing; a \"file\" sink needs its output directory, e.g. path = \"output/\""
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"filter\"\n")),
+            "jobs/job.toml: transform[0].expr: missing; a \"filter\" transform needs an expression, e.g. expr = \"value > 10\""
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"filter\"\nexpr = \"  \"\n")),
+            "jobs/job.toml: transform[0].expr: expected an expression (a non-empty string), found \"  \""
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"project\"\n")),
+            "jobs/job.toml: transform[0]: a \"project\" transform needs at least one of keep, rename or compute"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"key_by\"\n")),
+            "jobs/job.toml: transform[0].field: missing; a \"key_by\" transform needs field = \"a\" or fields = [\"a\", \"b\"]"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"key_by\"\nfield = \"a\"\nfields = [\"b\"]\n")),
+            "jobs/job.toml: transform[0]: a \"key_by\" transform takes either field = \"a\" or fields = [\"a\", \"b\"], not both"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"key_by\"\nfields = []\n")),
+            "jobs/job.toml: transform[0].fields: expected a non-empty array of field names, found an empty array"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"dedupe\"\nfields = [\"a\", \"a\"]\n")),
+            "jobs/job.toml: transform[0].fields[1]: duplicate field \"a\"; expected each field once"
+        );
+        let kb = "[[transform]]\ntype = \"key_by\"\nfield = \"k\"\n";
+        assert_eq!(
+            err(&with(&format!("{kb}[[transform]]\ntype = \"tumbling\"\n"))),
+            "jobs/job.toml: transform[1].size: missing; a \"tumbling\" window needs its length, e.g. size = \"10s\""
+        );
+        assert_eq!(
+            err(&with(&format!("{kb}[[transform]]\ntype = \"sliding\"\nsize = \"10s\"\n"))),
+            "jobs/job.toml: transform[1].slide: missing; a \"sliding\" window needs how often a window starts, e.g. slide = \"5s\" (0 < slide <= size)"
+        );
+        assert_eq!(
+            err(&with(&format!("{kb}[[transform]]\ntype = \"tumbling\"\nsize = \"10s\"\n"))),
+            "jobs/job.toml: transform[1].time_field: missing; a \"tumbling\" window needs the event-time field (integer milliseconds), e.g. time_field = \"ts\""
+        );
+        assert_eq!(
+            err(&with(&format!("{kb}[[transform]]\ntype = \"tumbling\"\nsize = \"10s\"\ntime_field = \"ts\"\naggregate = \"max\"\n"))),
+            "jobs/job.toml: transform[1].field: missing; a \"tumbling\" window with aggregate = \"max\" needs the field to aggregate"
+        );
+    }
+
+    #[test]
+    fn bad_durations_in_windows() {
+        let win = |extra: &str| {
+            with(&format!(
+                "[[transform]]\ntype = \"key_by\"\nfield = \"k\"\n[[transform]]\ntype = \"filter\"\nexpr = \"x\"\n[[transform]]\ntype = \"sum\"\nfield = \"v\"\n[[transform]]\ntype = \"sliding\"\ntime_field = \"ts\"\naggregate = \"count\"\n{extra}"
+            ))
+        };
+        assert!(parse(&win("size = \"10s\"\nslide = \"10s\"\n")).is_ok());
+        assert_eq!(
+            err(&win("size = \"10x\"\nslide = \"1s\"\n")),
+            "jobs/job.toml: transform[3].size: invalid duration \"10x\"; expected a number followed by ms, s, m or h (e.g. \"200ms\", \"30s\", \"10m\")"
+        );
+        assert_eq!(
+            err(&win("size = 10\nslide = \"1s\"\n")),
+            "jobs/job.toml: transform[3].size: expected a duration string such as \"10s\", found integer 10"
+        );
+        assert_eq!(
+            err(&win("size = \"0s\"\nslide = \"1s\"\n")),
+            "jobs/job.toml: transform[3].size: expected a duration greater than 0, found \"0s\""
+        );
+        assert_eq!(
+            err(&win("size = \"10s\"\nslide = \"0ms\"\n")),
+            "jobs/job.toml: transform[3].slide: expected a duration greater than 0, found \"0ms\""
+        );
+        assert_eq!(
+            err(&win("size = \"10s\"\nslide = \"20s\"\n")),
+            "jobs/job.toml: transform[3].slide: \"20s\" is longer than size \"10s\"; expected 0 < slide <= size"
+        );
+        assert_eq!(
+            err(&win("size = \"0.5ms\"\nslide = \"1s\"\n")),
+            "jobs/job.toml: transform[3].size: expected a whole number of milliseconds (event time is integer milliseconds), found \"0.5ms\""
+        );
+        assert_eq!(
+            err(&win("size = \"1s\"\nslide = \"1s\"\nout_of_orderness = \"-1s\"\n")),
+            "jobs/job.toml: transform[3].out_of_orderness: invalid duration \"-1s\"; expected a number followed by ms, s, m or h (e.g. \"200ms\", \"30s\", \"10m\")"
+        );
+        assert!(parse(&win(
+            "size = \"1s\"\nslide = \"1s\"\nout_of_orderness = \"0s\"\n"
+        ))
+        .is_ok());
+        assert_eq!(
+            err(&win("size = \"1s\"\nslide = \"1s\"\noutput = \"window_end\"\n")),
+            "jobs/job.toml: transform[3].output: \"window_end\" clashes with the window's own window_end field; expected another name"
+        );
+        assert_eq!(
+            err(&win("size = \"1s\"\nslide = \"1s\"\noutput = \"k\"\n")),
+            "jobs/job.toml: transform[3].output: \"k\" clashes with the key field of the key_by before it; expected another name (set output = \"...\")"
+        );
+    }
+
+    #[test]
+    fn semantic_errors() {
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"filter\"\nexpr = \"x\"\n[[transform]]\ntype = \"project\"\nkeep = [\"a\"]\n[[transform]]\ntype = \"sum\"\nfield = \"v\"\n")),
+            "jobs/job.toml: transform[2]: \"sum\" needs a key_by before it"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"tumbling\"\nsize = \"1s\"\ntime_field = \"ts\"\naggregate = \"count\"\n")),
+            "jobs/job.toml: transform[0]: \"tumbling\" needs a key_by before it"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"dedupe\"\n")),
+            "jobs/job.toml: transform[0]: \"dedupe\" without fields needs a key_by before it (or set fields = [\"id\"])"
+        );
+        // Dedupe on explicit fields needs no key.
+        assert!(parse(&with(
+            "[[transform]]\ntype = \"dedupe\"\nfields = [\"id\"]\n"
+        ))
+        .is_ok());
+        // A key_by stays in force through filter, project and aggregates.
+        let ok = transforms("[[transform]]\ntype = \"key_by\"\nfield = \"k\"\n[[transform]]\ntype = \"filter\"\nexpr = \"x\"\n[[transform]]\ntype = \"project\"\ncompute = { y = \"1\" }\n[[transform]]\ntype = \"avg\"\nfield = \"v\"\n[[transform]]\ntype = \"dedupe\"\n");
+        assert_eq!(ok.len(), 5);
+        assert_eq!(
+            err(&format!("parallelism = 300\n{MIN}")),
+            "jobs/job.toml: parallelism: 300 exceeds max_parallelism 128"
+        );
+        assert!(parse(&format!("parallelism = 300\nmax_parallelism = 300\n{MIN}")).is_ok());
+        assert_eq!(
+            err(&MIN.replace("\"t\"", "\"my job\"")),
+            "jobs/job.toml: name: invalid job name \"my job\"; expected letters, digits, '_', '.' and '-' only (it is used as a directory name), not \".\" or \"..\""
+        );
+        assert!(err(&MIN.replace("\"t\"", "\"..\"")).contains("invalid job name \"..\""));
+        assert!(err(&MIN.replace("\"t\"", "\"\"")).contains("invalid job name \"\""));
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"project\"\nrename = { a = \"x\", b = \"x\" }\n")),
+            "jobs/job.toml: transform[0].rename.b: \"x\" is already the new name of \"a\"; expected distinct new names"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"project\"\ncompute = { a = 1 }\n")),
+            "jobs/job.toml: transform[0].compute.a: expected an expression (a non-empty string), found integer 1"
+        );
+        assert_eq!(
+            err(&with("[[transform]]\ntype = \"project\"\nrename = [\"a\"]\n")),
+            "jobs/job.toml: transform[0].rename: expected a table such as { old = \"new\" }, found an array"
+        );
+    }
+
+    #[test]
+    fn toml_syntax_errors_have_line_and_column() {
+        let e = parse("name = \"t\"\nparallelism = = 2\n").unwrap_err();
+        assert_eq!(e.key, "");
+        assert!(
+            e.message.starts_with("invalid TOML at line 2, column 15: "),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.to_string(), format!("jobs/job.toml: {}", e.message));
+        let e = parse("name = \"t\"\nname = \"u\"\n").unwrap_err();
+        assert!(
+            e.message.starts_with("invalid TOML at line 2, column 1: "),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("duplicate key"), "{}", e.message);
+        // Columns count characters, not bytes.
+        let e = parse("name = \"é\" x\n").unwrap_err();
+        assert!(
+            e.message.starts_with("invalid TOML at line 1, column 12: "),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains('\n'));
+    }
+
+    // ----- overrides -----
+
+    #[test]
+    fn overrides_set_values() {
+        let text = with("[[transform]]\ntype = \"key_by\"\nfield = \"k\"\n[[transform]]\ntype = \"sum\"\nfield = \"value\"\n");
+        let job = parse_set(
+            &text,
+            &[
+                "parallelism=4",
+                "source.count = 100",
+                "transform.1.field=price",
+                "sink.type=file",
+                "sink.path=/tmp/out",
+                "name=\"renamed\"",
+            ],
+        )
+        .unwrap();
+        assert_eq!(job.parallelism, Some(4));
+        assert_eq!(job.name, "renamed");
+        let SourceConfig::Generator(g) = &job.source else {
+            panic!()
+        };
+        assert_eq!(g.count, Some(100));
+        assert_eq!(
+            job.transforms[1],
+            TransformConfig::Running {
+                aggregate: Aggregate::Sum,
+                field: "price".into()
+            }
+        );
+        // /tmp/out is not TOML: taken as a plain string.
+        assert_eq!(
+            job.sink,
+            SinkConfig::File {
+                path: PathBuf::from("/tmp/out"),
+                overwrite: false
+            }
+        );
+        // Arrays, booleans, inline tables (order kept), later wins.
+        let job = parse_set(
+            &text,
+            &[
+                "transform.0.fields=[\"a\",\"b\"]",
+                "transform.0={type=\"key_by\", fields=[\"x\"]}",
+                "transform.1 = {type = \"project\", rename = {z = \"1\", a = \"2\"}}",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            job.transforms,
+            vec![
+                TransformConfig::KeyBy {
+                    fields: vec!["x".into()]
+                },
+                TransformConfig::Project {
+                    keep: None,
+                    rename: vec![("z".into(), "1".into()), ("a".into(), "2".into())],
+                    compute: vec![],
+                }
+            ]
+        );
+        // Missing tables are created.
+        let job = parse_set(
+            "name = \"a\"",
+            &[
+                "source.type=generator",
+                "source.count=5",
+                "sink.type=stdout",
+                "transform=[]",
+            ],
+        )
+        .unwrap();
+        assert_eq!(job.sink, SinkConfig::Stdout);
+        assert!(job.transforms.is_empty());
+        // A value that looks like key=value keeps everything after the first '='.
+        let job = parse_set(
+            &with("[[transform]]\ntype = \"filter\"\nexpr = \"a\"\n"),
+            &["transform.0.expr=a == 'b'"],
+        )
+        .unwrap();
+        assert_eq!(
+            job.transforms[0],
+            TransformConfig::Filter {
+                expr: "a == 'b'".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_overrides() {
+        let text = with("[[transform]]\ntype = \"key_by\"\nfield = \"k\"\n");
+        assert_eq!(
+            set_err(&text, &["parallelism"]),
+            "jobs/job.toml: parallelism: invalid --set \"parallelism\": expected key=value, e.g. --set parallelism=4"
+        );
+        assert_eq!(
+            set_err(&text, &["transform.7.field=price"]),
+            "jobs/job.toml: transform.7.field: invalid --set: index 7 is out of range; transform has 1 entry (index 0)"
+        );
+        assert_eq!(
+            set_err(MIN, &["transform.0.field=price"]),
+            "jobs/job.toml: transform.0.field: invalid --set: index 0 is out of range; the job file has no transform"
+        );
+        assert_eq!(
+            set_err(&text, &["transform.x=1"]),
+            "jobs/job.toml: transform.x: invalid --set: transform is an array; expected a numeric index after it (e.g. transform.0), found \"x\""
+        );
+        assert_eq!(
+            set_err(&text, &["source..count=1"]),
+            "jobs/job.toml: source..count: invalid --set key \"source..count\": expected a dotted key such as parallelism, source.count or transform.1.field"
+        );
+        assert_eq!(
+            set_err(&text, &["=1"]),
+            "jobs/job.toml: invalid --set key \"\": expected a dotted key such as parallelism, source.count or transform.1.field"
+        );
+        assert_eq!(
+            set_err(&text, &["name.x=1"]),
+            "jobs/job.toml: name.x: invalid --set: name is string \"t\", not a table or array, so name.x cannot be set"
+        );
+        // Errors about an overridden value say where it came from.
+        assert_eq!(
+            set_err(&text, &["parallelism=two"]),
+            "jobs/job.toml: parallelism: expected a positive integer, found string \"two\" (value from --set parallelism=two)"
+        );
+        assert_eq!(
+            set_err(&text, &["transform.0.fields=[]", "transform.0.field=\"k\""]),
+            "jobs/job.toml: transform[0].fields: expected a non-empty array of field names, found an empty array (value from --set transform.0.fields=[])"
+        );
+        assert_eq!(
+            set_err(&text, &["source.typo=1"]),
+            "jobs/job.toml: source.typo: unknown key; expected one of: type, count, keys, seed, rate, ts_step_ms (value from --set source.typo=1)"
+        );
+    }
+
+    // ----- durations -----
+
+    #[test]
+    fn durations() {
+        let ok = |s: &str| parse_duration(s).unwrap();
+        assert_eq!(ok("200ms"), ms(200));
+        assert_eq!(ok("1.5s"), ms(1500));
+        assert_eq!(ok("30s"), Duration::from_secs(30));
+        assert_eq!(ok("10m"), Duration::from_secs(600));
+        assert_eq!(ok("2h"), Duration::from_secs(7200));
+        assert_eq!(ok("0s"), Duration::ZERO);
+        assert_eq!(ok("0.25h"), Duration::from_secs(900));
+        assert_eq!(ok("0.5ms"), Duration::from_micros(500));
+        assert_eq!(ok("0.000001ms"), Duration::from_nanos(1));
+        assert_eq!(ok("007.500s"), ms(7500));
+        assert_eq!(ok("1.00000000000000000000000000s"), Duration::from_secs(1));
+        assert_eq!(ok("5124095h"), Duration::from_secs(5_124_095 * 3600));
+        let syntax = DURATION_SYNTAX.to_string();
+        for bad in [
+            "", "10", "10x", "s", "ms", "1.s", ".5s", "-1s", "+1s", " 1s", "1s ", "1 s", "1e3ms",
+            "1.2.3s", "10sec", "10us", "1_000ms", "１s",
+        ] {
+            assert_eq!(parse_duration(bad), Err(syntax.clone()), "{bad:?}");
+        }
+        let big = Err("expected at most 5124095h (about 584 years)".to_string());
+        assert_eq!(parse_duration("5124096h"), big);
+        assert_eq!(parse_duration("18446744074s"), big);
+        assert_eq!(parse_duration("99999999999999999999999999999999999h"), big);
+        assert_eq!(
+            parse_duration("0.0000001ms"),
+            Err(
+                "expected at most nanosecond precision (\"0.0000001ms\" has too many decimals)"
+                    .to_string()
+            )
+        );
+        assert!(parse_duration("1.0000000000000000001s").is_err());
+    }
+
+    // ----- robustness -----
+
+    /// xorshift64*: a tiny deterministic generator for the garbling tests.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn garbled_input_never_panics() {
+        const PIECES: &[&str] = &[
+            "[",
+            "]",
+            "[[",
+            "]]",
+            "=",
+            "\"",
+            "'",
+            "\n",
+            ".",
+            ",",
+            "{",
+            "}",
+            "#",
+            "\\",
+            "0",
+            "-1",
+            "1.5",
+            "inf",
+            "nan",
+            "true",
+            "1979-05-27T07:32:00Z",
+            "transform",
+            "source",
+            "sink",
+            "type",
+            "sum",
+            "key_by",
+            "\"sliding\"",
+            "\"10s\"",
+            "\"0.5ms\"",
+            "é",
+            "\u{0}",
+            "x",
+            "[[transform]]\n",
+            "[source]\n",
+            "fields = []\n",
+            "size = \"1s\"\n",
+            "\"\"\"",
+        ];
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut outcomes = (0, 0);
+        for round in 0..3000 {
+            let mut text: Vec<char> = FULL.chars().collect();
+            for _ in 0..1 + rng.below(6) {
+                let at = rng.below(text.len() + 1);
+                match rng.below(4) {
+                    0 if at < text.len() => {
+                        let n = rng.below(8).min(text.len() - at);
+                        text.drain(at..at + n);
+                    }
+                    1 if at < text.len() => {
+                        text[at] = char::from_u32(rng.below(0x80) as u32).unwrap_or('?');
+                    }
+                    _ => {
+                        let piece = PIECES[rng.below(PIECES.len())];
+                        for (i, c) in piece.chars().enumerate() {
+                            text.insert(at + i, c);
+                        }
+                    }
+                }
+            }
+            let text: String = if round % 10 == 0 {
+                // Pure noise.
+                (0..rng.below(200))
+                    .map(|_| PIECES[rng.below(PIECES.len())])
+                    .collect()
+            } else {
+                text.into_iter().collect()
+            };
+            let sets: Vec<String> = (0..rng.below(3))
+                .map(|_| {
+                    let k = [
+                        "transform.1.field",
+                        "source.count",
+                        "a..b",
+                        "transform.99",
+                        "name.x",
+                        "sink",
+                    ];
+                    let v = PIECES[rng.below(PIECES.len())];
+                    if rng.below(5) == 0 {
+                        k[rng.below(k.len())].to_string()
+                    } else {
+                        format!("{}={v}", k[rng.below(k.len())])
+                    }
+                })
+                .collect();
+            match parse_job(&text, Path::new(FILE), &sets) {
+                Ok(_) => outcomes.0 += 1,
+                Err(e) => {
+                    assert!(!e.message.is_empty());
+                    outcomes.1 += 1;
+                }
+            }
+        }
+        // The garbling should exercise both outcomes.
+        assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
+    }
+
+    #[test]
+    fn deeply_nested_input_does_not_overflow() {
+        let text = format!("name = {}{}", "[".repeat(5000), "]".repeat(5000));
+        assert!(parse(&text).is_err());
+        let text = format!("name = {}", "{a = ".repeat(5000));
+        assert!(parse(&text).is_err());
+    }
+}
