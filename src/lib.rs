@@ -1,1 +1,25 @@
+//! Weir: a thread-per-core stream-processing engine built around checkpoints.
+//!
+//! The embedded library in five lines:
+//! ```
+//! use weir::{RuntimeConfig, StreamEnv};
+//! let env = StreamEnv::new(RuntimeConfig { workers: 2, parallelism: 2, ..Default::default() });
+//! let sums = env.from_iter("words", vec!["a", "b", "a"]).map(|w| (w, 1u64)).key_by(|p| p.0).sum(|p| &mut p.1).collect();
+//! env.execute("word-count").unwrap();
+//! assert_eq!(sums.take().len(), 3);
+//! ```
+//! Jobs described in TOML run with the `weir` binary; see `docs/job-file.md`.
 
+pub mod connectors;
+pub mod expr;
+pub mod job;
+pub mod plan;
+
+pub use weir_runtime::{
+    key_group_for, AggregateFunction, Avg, BoxError, CollectHandle, Context, Count, DataStream,
+    JobError, JobHandle, JobMetrics, JobSummary, KeyedContext, KeyedProcessFunction, KeyedStream,
+    ListState, MapState, Max, Min, NodeMetrics, OpenContext, ProcessFunction, RuntimeConfig,
+    SinkWriter, SourcePoll, SourceReader, StreamEnv, Sum, TaskInfo, Timestamp, ValueState, Waker,
+    WindowAssigner, WindowResult, WindowedStream, DEFAULT_MAX_PARALLELISM, MAX_WATERMARK,
+    NO_TIMESTAMP,
+};

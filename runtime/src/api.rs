@@ -28,7 +28,9 @@ use crate::graph::{
     cast, AnyBox, Edge, Graph, HashFn, Kind, Node, NodeId, Outlets, RouteSpec, SourceDriver,
     TypeOps, VecSource,
 };
-use crate::keyed::{key_group_for, key_group_range, KeyedFoldOp, KeyedProcessFunction, KeyedProcessOp};
+use crate::keyed::{
+    key_group_for, key_group_range, KeyedFoldOp, KeyedProcessFunction, KeyedProcessOp,
+};
 use crate::operator::{
     FilterOp, FlatMapOp, MapOp, Out, ProcessFunction, ProcessOp, SinkOp, SinkOutlet, TimestampOp,
     TryMapOp,
@@ -36,8 +38,7 @@ use crate::operator::{
 use crate::source::{SinkWriter, SourceReader, TaskInfo};
 use crate::state::KeyGroups;
 use crate::window::{
-    AggregateFunction, Avg, Count, Max, Min, ReduceAgg, Sum, WindowAssigner, WindowOp,
-    WindowResult,
+    AggregateFunction, Avg, Count, Max, Min, ReduceAgg, Sum, WindowAssigner, WindowOp, WindowResult,
 };
 use crate::{Timestamp, NO_TIMESTAMP};
 
@@ -64,7 +65,11 @@ pub struct DataStream<T> {
 
 impl<T> Clone for DataStream<T> {
     fn clone(&self) -> Self {
-        DataStream { env: self.env.clone(), node: self.node, _t: PhantomData }
+        DataStream {
+            env: self.env.clone(),
+            node: self.node,
+            _t: PhantomData,
+        }
     }
 }
 
@@ -166,7 +171,11 @@ impl StreamEnv {
             kind: Kind::Source(Arc::new(build)),
             out_type: TypeOps::<T>::arc(),
         });
-        DataStream { env: self.clone(), node, _t: PhantomData }
+        DataStream {
+            env: self.clone(),
+            node,
+            _t: PhantomData,
+        }
     }
 
     /// A bounded source over `items`, split among the parallel instances.
@@ -176,7 +185,11 @@ impl StreamEnv {
     {
         let items = Arc::new(items);
         self.source(name, move |info| {
-            Ok(VecSource { items: items.clone(), next: info.subtask, step: info.parallelism })
+            Ok(VecSource {
+                items: items.clone(),
+                next: info.subtask,
+                step: info.parallelism,
+            })
         })
     }
 
@@ -198,18 +211,28 @@ impl<T: Clone + Send + 'static> DataStream<T> {
         O: Clone + Send + 'static,
         B: Fn(&TaskInfo, &mut Outlets, Out<O>) -> Result<Out<T>, JobError> + Send + Sync + 'static,
     {
-        let b = move |info: &TaskInfo, outlets: &mut Outlets, down: AnyBox| -> Result<AnyBox, JobError> {
+        let b = move |info: &TaskInfo,
+                      outlets: &mut Outlets,
+                      down: AnyBox|
+              -> Result<AnyBox, JobError> {
             let up: Out<T> = build(info, outlets, cast(down))?;
             Ok(Box::new(up))
         };
         let node = self.env.add_node(Node {
             name: name.to_string(),
             parallelism: None,
-            inputs: vec![Edge { from: self.node, route }],
+            inputs: vec![Edge {
+                from: self.node,
+                route,
+            }],
             kind: Kind::Operator(Arc::new(b)),
             out_type: TypeOps::<O>::arc(),
         });
-        DataStream { env: self.env.clone(), node, _t: PhantomData }
+        DataStream {
+            env: self.env.clone(),
+            node,
+            _t: PhantomData,
+        }
     }
 
     /// Sets the parallelism of the operator that produces this stream.
@@ -268,7 +291,11 @@ impl<T: Clone + Send + 'static> DataStream<T> {
     {
         let f = Arc::new(f);
         self.then(name, RouteSpec::Forward, move |info, _, out| {
-            Ok(Box::new(TryMapOp { f: f.clone(), info: info.clone(), out }))
+            Ok(Box::new(TryMapOp {
+                f: f.clone(),
+                info: info.clone(),
+                out,
+            }))
         })
     }
 
@@ -281,7 +308,12 @@ impl<T: Clone + Send + 'static> DataStream<T> {
         self.then(name, RouteSpec::Forward, move |info, _, out| {
             let mut f = f.clone();
             f.open(info).map_err(|e| JobError::from_user(info, e))?;
-            Ok(Box::new(ProcessOp { f, info: info.clone(), watermark: NO_TIMESTAMP, out }))
+            Ok(Box::new(ProcessOp {
+                f,
+                info: info.clone(),
+                watermark: NO_TIMESTAMP,
+                out,
+            }))
         })
     }
 
@@ -310,7 +342,10 @@ impl<T: Clone + Send + 'static> DataStream<T> {
         K: Hash + Eq + Clone + 'static,
         F: Fn(&T) -> K + Send + Sync + 'static,
     {
-        KeyedStream { input: self.clone(), key: Arc::new(f) }
+        KeyedStream {
+            input: self.clone(),
+            key: Arc::new(f),
+        }
     }
 
     /// Redistributes batches round-robin over the next operator's instances.
@@ -325,9 +360,16 @@ impl<T: Clone + Send + 'static> DataStream<T> {
 
     /// Merges streams of the same type.
     pub fn union(&self, others: &[DataStream<T>]) -> DataStream<T> {
-        let mut inputs = vec![Edge { from: self.node, route: RouteSpec::Rebalance }];
-        inputs.extend(others.iter().map(|o| Edge { from: o.node, route: RouteSpec::Rebalance }));
-        let b = |_: &TaskInfo, _: &mut Outlets, down: AnyBox| -> Result<AnyBox, JobError> { Ok(down) };
+        let mut inputs = vec![Edge {
+            from: self.node,
+            route: RouteSpec::Rebalance,
+        }];
+        inputs.extend(others.iter().map(|o| Edge {
+            from: o.node,
+            route: RouteSpec::Rebalance,
+        }));
+        let b =
+            |_: &TaskInfo, _: &mut Outlets, down: AnyBox| -> Result<AnyBox, JobError> { Ok(down) };
         let node = self.env.add_node(Node {
             name: "union".to_string(),
             parallelism: None,
@@ -335,7 +377,11 @@ impl<T: Clone + Send + 'static> DataStream<T> {
             kind: Kind::Operator(Arc::new(b)),
             out_type: TypeOps::<T>::arc(),
         });
-        DataStream { env: self.env.clone(), node, _t: PhantomData }
+        DataStream {
+            env: self.env.clone(),
+            node,
+            _t: PhantomData,
+        }
     }
 
     /// Adds a sink. `factory` runs once per parallel instance, on its worker thread.
@@ -347,14 +393,23 @@ impl<T: Clone + Send + 'static> DataStream<T> {
         let b = move |info: &TaskInfo, outlets: &mut Outlets| -> Result<AnyBox, JobError> {
             let w = factory(info).map_err(|e| JobError::from_user(info, e))?;
             let writer: Rc<RefCell<Box<dyn SinkWriter<T>>>> = Rc::new(RefCell::new(Box::new(w)));
-            outlets.push(Rc::new(SinkOutlet { writer: writer.clone(), info: info.clone() }));
-            let out: Out<T> = Box::new(SinkOp { writer, info: info.clone() });
+            outlets.push(Rc::new(SinkOutlet {
+                writer: writer.clone(),
+                info: info.clone(),
+            }));
+            let out: Out<T> = Box::new(SinkOp {
+                writer,
+                info: info.clone(),
+            });
             Ok(Box::new(out))
         };
         self.env.add_node(Node {
             name: name.to_string(),
             parallelism: None,
-            inputs: vec![Edge { from: self.node, route: RouteSpec::Forward }],
+            inputs: vec![Edge {
+                from: self.node,
+                route: RouteSpec::Forward,
+            }],
             kind: Kind::Sink(Arc::new(b)),
             out_type: TypeOps::<T>::arc(),
         });
@@ -394,17 +449,18 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
     {
         let f = Arc::new(f);
         let key = self.key.clone();
-        self.input.then(name, self.hash_route(), move |info, _, out| {
-            let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
-            Ok(Box::new(KeyedFoldOp {
-                key: key.clone(),
-                f: f.clone(),
-                state: KeyGroups::new(range),
-                info: info.clone(),
-                out,
-                _t: PhantomData,
-            }))
-        })
+        self.input
+            .then(name, self.hash_route(), move |info, _, out| {
+                let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
+                Ok(Box::new(KeyedFoldOp {
+                    key: key.clone(),
+                    f: f.clone(),
+                    state: KeyGroups::new(range),
+                    info: info.clone(),
+                    out,
+                    _t: PhantomData,
+                }))
+            })
     }
 
     /// Running reduce: emits the new accumulated value of the record's key for every record.
@@ -482,14 +538,23 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
         P: KeyedProcessFunction<K, T, O>,
     {
         let key = self.key.clone();
-        self.input.then(name, self.hash_route(), move |info, _, out| {
-            Ok(Box::new(KeyedProcessOp::new(key.clone(), f.clone(), info.clone(), out)?))
-        })
+        self.input
+            .then(name, self.hash_route(), move |info, _, out| {
+                Ok(Box::new(KeyedProcessOp::new(
+                    key.clone(),
+                    f.clone(),
+                    info.clone(),
+                    out,
+                )?))
+            })
     }
 
     /// Groups each key's records into event-time windows.
     pub fn window(self, assigner: WindowAssigner) -> WindowedStream<T, K> {
-        WindowedStream { keyed: self, assigner }
+        WindowedStream {
+            keyed: self,
+            assigner,
+        }
     }
 }
 
@@ -501,10 +566,19 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + Send + 'static> WindowedS
     {
         let key = self.keyed.key.clone();
         let assigner = self.assigner;
-        self.keyed.input.then(name, self.keyed.hash_route(), move |info, _, out| {
-            let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
-            Ok(Box::new(WindowOp::new(key.clone(), agg.clone(), assigner, range, info.clone(), out)))
-        })
+        self.keyed
+            .input
+            .then(name, self.keyed.hash_route(), move |info, _, out| {
+                let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
+                Ok(Box::new(WindowOp::new(
+                    key.clone(),
+                    agg.clone(),
+                    assigner,
+                    range,
+                    info.clone(),
+                    out,
+                )))
+            })
     }
     /// Records per key and window.
     pub fn count(&self) -> DataStream<WindowResult<K, u64>> {

@@ -54,7 +54,10 @@ pub enum JobError {
 }
 
 impl JobError {
-    pub(crate) fn operator(info: &crate::source::TaskInfo, message: impl std::fmt::Display) -> Self {
+    pub(crate) fn operator(
+        info: &crate::source::TaskInfo,
+        message: impl std::fmt::Display,
+    ) -> Self {
         JobError::Operator {
             operator: info.operator.to_string(),
             subtask: info.subtask,

@@ -59,7 +59,13 @@ impl Plan {
         }
     }
 
-    fn info(&self, node: NodeId, subtask: usize, waker: &Waker, stop: &Arc<AtomicBool>) -> TaskInfo {
+    fn info(
+        &self,
+        node: NodeId,
+        subtask: usize,
+        waker: &Waker,
+        stop: &Arc<AtomicBool>,
+    ) -> TaskInfo {
         TaskInfo {
             job: self.job.clone(),
             operator: self.graph.nodes[node].name.as_str().into(),
@@ -76,10 +82,14 @@ impl Plan {
 fn validate(graph: &Graph, config: &RuntimeConfig) -> Result<Vec<usize>, JobError> {
     config.validate()?;
     if graph.nodes.is_empty() {
-        return Err(JobError::Graph("the job has no operators; add a source and a sink".into()));
+        return Err(JobError::Graph(
+            "the job has no operators; add a source and a sink".into(),
+        ));
     }
     if !graph.nodes.iter().any(|n| matches!(n.kind, Kind::Sink(_))) {
-        return Err(JobError::Graph("the job has no sink; add one with `.sink(..)`, `.for_each(..)` or `.collect()`".into()));
+        return Err(JobError::Graph(
+            "the job has no sink; add one with `.sink(..)`, `.for_each(..)` or `.collect()`".into(),
+        ));
     }
     let mut par = Vec::with_capacity(graph.nodes.len());
     for n in &graph.nodes {
@@ -92,7 +102,10 @@ fn validate(graph: &Graph, config: &RuntimeConfig) -> Result<Vec<usize>, JobErro
         }
         for e in &n.inputs {
             if matches!(graph.nodes[e.from].kind, Kind::Sink(_)) {
-                return Err(JobError::Graph(format!("operator `{}` reads from a sink", n.name)));
+                return Err(JobError::Graph(format!(
+                    "operator `{}` reads from a sink",
+                    n.name
+                )));
             }
         }
         par.push(p);
@@ -182,7 +195,9 @@ pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<Jo
     for (key, tx) in endpoints.senders.drain() {
         let (to, input, from_s, _) = key;
         let from = plan.graph.nodes[to].inputs[input].from;
-        per_worker[worker_of(chain_of(from), from_s)].senders.insert(key, tx);
+        per_worker[worker_of(chain_of(from), from_s)]
+            .senders
+            .insert(key, tx);
     }
     for (key, rx) in endpoints.receivers.drain() {
         let (to, _, _, to_s) = key;
@@ -210,14 +225,22 @@ pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<Jo
         let (cancel2, stop2, failure2) = (cancel.clone(), stop.clone(), failure.clone());
         let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
         let name = format!("weir-worker-{w}");
-        let spawned = std::thread::Builder::new().name(name.clone()).spawn(move || {
-            if let Some(core) = core {
-                if !core_affinity::set_for_current(core) {
-                    tracing::warn!(worker = w, core = core.id, "could not pin worker thread to its core; running unpinned");
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(
+                            worker = w,
+                            core = core.id,
+                            "could not pin worker thread to its core; running unpinned"
+                        );
+                    }
                 }
-            }
-            run_worker(w, &plan, tasks, eps, waker, doorbell, &cancel2, &stop2, &failure2)
-        });
+                run_worker(
+                    w, &plan, tasks, eps, waker, doorbell, &cancel2, &stop2, &failure2,
+                )
+            });
         match spawned {
             Ok(t) => threads.push(t),
             Err(source) => {
@@ -236,7 +259,9 @@ pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<Jo
         stop,
         failure,
         wakers,
-        metrics: JobMetrics { nodes: Arc::new(metrics) },
+        metrics: JobMetrics {
+            nodes: Arc::new(metrics),
+        },
         started: Instant::now(),
         job: plan.job.to_string(),
     })
@@ -272,7 +297,12 @@ fn run_worker(
         buffer_timeout: plan.config.buffer_timeout,
     };
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let mut b = Builder { plan, eps: &mut eps, waker: &waker, stop };
+        let mut b = Builder {
+            plan,
+            eps: &mut eps,
+            waker: &waker,
+            stop,
+        };
         for (head, s) in assigned {
             let mut outlets = Vec::new();
             let driver = b.chain(head, s, &mut outlets)?;
@@ -289,7 +319,10 @@ fn run_worker(
     let err = match result {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
-        Err(p) => Some(JobError::Panic { worker: w, message: panic_message(&*p) }),
+        Err(p) => Some(JobError::Panic {
+            worker: w,
+            message: panic_message(&*p),
+        }),
     };
     if let Some(e) = err {
         // The first failure is the cause; later ones (cancelled, closed channels) are effects.
@@ -312,7 +345,12 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn chain(&mut self, head: NodeId, s: usize, outlets: &mut Outlets) -> Result<Box<dyn Driver>, JobError> {
+    fn chain(
+        &mut self,
+        head: NodeId,
+        s: usize,
+        outlets: &mut Outlets,
+    ) -> Result<Box<dyn Driver>, JobError> {
         let plan = self.plan;
         let node = &plan.graph.nodes[head];
         let info = plan.info(head, s, self.waker, self.stop);
@@ -337,7 +375,12 @@ impl Builder<'_> {
     }
 
     /// The input collector of `node` (its operator, wrapped with its metrics).
-    fn collector(&mut self, node_id: NodeId, s: usize, outlets: &mut Outlets) -> Result<AnyBox, JobError> {
+    fn collector(
+        &mut self,
+        node_id: NodeId,
+        s: usize,
+        outlets: &mut Outlets,
+    ) -> Result<AnyBox, JobError> {
         let plan = self.plan;
         let node = &plan.graph.nodes[node_id];
         let info = plan.info(node_id, s, self.waker, self.stop);
@@ -354,7 +397,12 @@ impl Builder<'_> {
     }
 
     /// The output collector of `node`: its chained consumers and exchanges.
-    fn output(&mut self, node_id: NodeId, s: usize, outlets: &mut Outlets) -> Result<AnyBox, JobError> {
+    fn output(
+        &mut self,
+        node_id: NodeId,
+        s: usize,
+        outlets: &mut Outlets,
+    ) -> Result<AnyBox, JobError> {
         let plan = self.plan;
         let ty = &plan.graph.nodes[node_id].out_type;
         let mut outs = Vec::new();
@@ -445,7 +493,12 @@ impl JobHandle {
             // Worker threads catch their own panics; a join error cannot carry more.
             let _ = t.join();
         }
-        if let Some(e) = self.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(e) = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             return Err(e);
         }
         if self.cancel.load(Ordering::SeqCst) {

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::JobError;
-use crate::exchange::{Driver, ExchangeOutput, ExchangeShared, InputGate, Message, Outlet, Poll, Route};
+use crate::exchange::{
+    Driver, ExchangeOutput, ExchangeShared, InputGate, Message, Outlet, Poll, Route,
+};
 use crate::metrics::NodeMetrics;
 use crate::operator::{Batch, Counted, Discard, Out, Tee};
 use crate::source::{SourcePoll, SourceReader, TaskInfo};
@@ -47,7 +49,8 @@ pub(crate) struct Edge {
 }
 
 type SourceBuild = dyn Fn(&TaskInfo, AnyBox) -> Result<Box<dyn Driver>, JobError> + Send + Sync;
-type OperatorBuild = dyn Fn(&TaskInfo, &mut Outlets, AnyBox) -> Result<AnyBox, JobError> + Send + Sync;
+type OperatorBuild =
+    dyn Fn(&TaskInfo, &mut Outlets, AnyBox) -> Result<AnyBox, JobError> + Send + Sync;
 type SinkBuild = dyn Fn(&TaskInfo, &mut Outlets) -> Result<AnyBox, JobError> + Send + Sync;
 
 pub(crate) enum Kind {
@@ -99,13 +102,21 @@ impl<T> TypeOps<T> {
 
 /// Downcasts a type-erased value built by this module; a mismatch is a bug in the executor.
 pub(crate) fn cast<X: 'static>(b: AnyBox) -> X {
-    *b.downcast::<X>()
-        .unwrap_or_else(|_| panic!("internal error: stream type mismatch, expected {}", std::any::type_name::<X>()))
+    *b.downcast::<X>().unwrap_or_else(|_| {
+        panic!(
+            "internal error: stream type mismatch, expected {}",
+            std::any::type_name::<X>()
+        )
+    })
 }
 
 fn cast_send<X: 'static>(b: AnySend) -> X {
-    *b.downcast::<X>()
-        .unwrap_or_else(|_| panic!("internal error: channel type mismatch, expected {}", std::any::type_name::<X>()))
+    *b.downcast::<X>().unwrap_or_else(|_| {
+        panic!(
+            "internal error: channel type mismatch, expected {}",
+            std::any::type_name::<X>()
+        )
+    })
 }
 
 impl<T: Clone + Send + 'static> StreamType for TypeOps<T> {
@@ -152,7 +163,10 @@ impl<T: Clone + Send + 'static> StreamType for TypeOps<T> {
     }
 
     fn counted(&self, metrics: Arc<NodeMetrics>, inner: AnyBox) -> AnyBox {
-        let out: Out<T> = Box::new(Counted { metrics, inner: cast(inner) });
+        let out: Out<T> = Box::new(Counted {
+            metrics,
+            inner: cast(inner),
+        });
         Box::new(out)
     }
 

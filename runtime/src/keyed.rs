@@ -75,7 +75,11 @@ pub fn key_group_for<K: Hash + ?Sized>(key: &K, max_parallelism: usize) -> u32 {
 }
 
 /// Key groups owned by `subtask` of `parallelism`.
-pub(crate) fn key_group_range(subtask: usize, parallelism: usize, max_parallelism: usize) -> Range<usize> {
+pub(crate) fn key_group_range(
+    subtask: usize,
+    parallelism: usize,
+    max_parallelism: usize,
+) -> Range<usize> {
     assert!(parallelism >= 1 && parallelism <= max_parallelism && subtask < parallelism);
     let start = (subtask * max_parallelism).div_ceil(parallelism);
     let end = ((subtask + 1) * max_parallelism).div_ceil(parallelism);
@@ -172,19 +176,37 @@ impl<K: Hash + Eq + Clone + 'static> OpenContext<'_, K> {
     }
     /// Declares a value per key.
     pub fn value_state<V: 'static>(&mut self, name: &'static str) -> ValueState<V> {
-        self.tables.push(Box::new(KeyGroups::<K, V>::new(self.range.clone())));
-        ValueState { idx: self.tables.len() - 1, name, _v: PhantomData }
+        self.tables
+            .push(Box::new(KeyGroups::<K, V>::new(self.range.clone())));
+        ValueState {
+            idx: self.tables.len() - 1,
+            name,
+            _v: PhantomData,
+        }
     }
     /// Declares a map per key.
-    pub fn map_state<UK: Hash + Eq + 'static, UV: 'static>(&mut self, name: &'static str) -> MapState<UK, UV> {
-        self.tables
-            .push(Box::new(KeyGroups::<K, rustc_hash::FxHashMap<UK, UV>>::new(self.range.clone())));
-        MapState { idx: self.tables.len() - 1, name, _v: PhantomData }
+    pub fn map_state<UK: Hash + Eq + 'static, UV: 'static>(
+        &mut self,
+        name: &'static str,
+    ) -> MapState<UK, UV> {
+        self.tables.push(Box::new(
+            KeyGroups::<K, rustc_hash::FxHashMap<UK, UV>>::new(self.range.clone()),
+        ));
+        MapState {
+            idx: self.tables.len() - 1,
+            name,
+            _v: PhantomData,
+        }
     }
     /// Declares a list per key.
     pub fn list_state<V: 'static>(&mut self, name: &'static str) -> ListState<V> {
-        self.tables.push(Box::new(KeyGroups::<K, Vec<V>>::new(self.range.clone())));
-        ListState { idx: self.tables.len() - 1, name, _v: PhantomData }
+        self.tables
+            .push(Box::new(KeyGroups::<K, Vec<V>>::new(self.range.clone())));
+        ListState {
+            idx: self.tables.len() - 1,
+            name,
+            _v: PhantomData,
+        }
     }
 }
 
@@ -196,7 +218,10 @@ pub(crate) struct Timers<K> {
 
 impl<K: Hash + Eq + Clone> Timers<K> {
     fn new() -> Self {
-        Timers { queue: BTreeMap::new(), set: FxHashSet::default() }
+        Timers {
+            queue: BTreeMap::new(),
+            set: FxHashSet::default(),
+        }
     }
     fn register(&mut self, ts: Timestamp, key: &K) {
         if self.set.insert((ts, key.clone())) {
@@ -289,11 +314,21 @@ where
     KF: Fn(&T) -> K + ?Sized,
     P: KeyedProcessFunction<K, T, O>,
 {
-    pub(crate) fn new(key: Arc<KF>, mut f: P, info: TaskInfo, out: Out<O>) -> Result<Self, JobError> {
+    pub(crate) fn new(
+        key: Arc<KF>,
+        mut f: P,
+        info: TaskInfo,
+        out: Out<O>,
+    ) -> Result<Self, JobError> {
         let mut tables = Vec::new();
         let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
-        f.open(&mut OpenContext { tables: &mut tables, range, info: &info, _k: PhantomData })
-            .map_err(|e| JobError::from_user(&info, e))?;
+        f.open(&mut OpenContext {
+            tables: &mut tables,
+            range,
+            info: &info,
+            _k: PhantomData,
+        })
+        .map_err(|e| JobError::from_user(&info, e))?;
         Ok(KeyedProcessOp {
             key,
             f,

@@ -29,11 +29,9 @@ pub use execute::{JobHandle, JobSummary};
 pub use keyed::{key_group_for, stable_hash, KeyedContext, KeyedProcessFunction, OpenContext};
 pub use metrics::{JobMetrics, NodeMetrics};
 pub use operator::{Context, ProcessFunction};
-pub use source::{SinkWriter, SourcePoll, SourceReader, TaskInfo};
+pub use source::{SinkWriter, SourcePoll, SourceReader, TaskInfo, Waker};
 pub use state::{ListState, MapState, ValueState};
-pub use window::{
-    AggregateFunction, Avg, Count, Max, Min, Sum, WindowAssigner, WindowResult,
-};
+pub use window::{AggregateFunction, Avg, Count, Max, Min, Sum, WindowAssigner, WindowResult};
 
 /// Event time in milliseconds since the Unix epoch (any monotonic millisecond scale works).
 pub type Timestamp = i64;

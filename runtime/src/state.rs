@@ -70,7 +70,9 @@ fn table<'c, K: 'static, V: 'static>(
     tables[idx]
         .as_any()
         .downcast_ref::<KeyGroups<K, V>>()
-        .unwrap_or_else(|| panic!("state handle `{name}` used with an operator that did not create it"))
+        .unwrap_or_else(|| {
+            panic!("state handle `{name}` used with an operator that did not create it")
+        })
 }
 
 fn table_mut<'c, K: 'static, V: 'static>(
@@ -81,7 +83,9 @@ fn table_mut<'c, K: 'static, V: 'static>(
     tables[idx]
         .as_any_mut()
         .downcast_mut::<KeyGroups<K, V>>()
-        .unwrap_or_else(|| panic!("state handle `{name}` used with an operator that did not create it"))
+        .unwrap_or_else(|| {
+            panic!("state handle `{name}` used with an operator that did not create it")
+        })
 }
 
 /// A single value per key.
@@ -93,7 +97,11 @@ pub struct ValueState<V> {
 
 impl<V> Clone for ValueState<V> {
     fn clone(&self) -> Self {
-        ValueState { idx: self.idx, name: self.name, _v: PhantomData }
+        ValueState {
+            idx: self.idx,
+            name: self.name,
+            _v: PhantomData,
+        }
     }
 }
 
@@ -120,7 +128,11 @@ impl<V: 'static> ValueState<V> {
     }
 
     /// Sets the current key's value.
-    pub fn set<K: Hash + Eq + Clone + 'static, O>(&self, ctx: &mut KeyedContext<'_, K, O>, value: V) {
+    pub fn set<K: Hash + Eq + Clone + 'static, O>(
+        &self,
+        ctx: &mut KeyedContext<'_, K, O>,
+        value: V,
+    ) {
         let key = ctx.key;
         let map = table_mut::<K, V>(ctx.tables, self.idx, self.name).group(ctx.key_group);
         match map.get_mut(key) {
@@ -132,7 +144,10 @@ impl<V: 'static> ValueState<V> {
     }
 
     /// Removes and returns the current key's value.
-    pub fn clear<K: Hash + Eq + Clone + 'static, O>(&self, ctx: &mut KeyedContext<'_, K, O>) -> Option<V> {
+    pub fn clear<K: Hash + Eq + Clone + 'static, O>(
+        &self,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Option<V> {
         let key = ctx.key;
         table_mut::<K, V>(ctx.tables, self.idx, self.name)
             .group(ctx.key_group)
@@ -149,7 +164,11 @@ pub struct MapState<UK, UV> {
 
 impl<UK, UV> Clone for MapState<UK, UV> {
     fn clone(&self) -> Self {
-        MapState { idx: self.idx, name: self.name, _v: PhantomData }
+        MapState {
+            idx: self.idx,
+            name: self.name,
+            _v: PhantomData,
+        }
     }
 }
 
@@ -184,7 +203,8 @@ impl<UK: Hash + Eq + 'static, UV: 'static> MapState<UK, UV> {
         value: UV,
     ) -> Option<UV> {
         let key = ctx.key;
-        let map = table_mut::<K, FxHashMap<UK, UV>>(ctx.tables, self.idx, self.name).group(ctx.key_group);
+        let map =
+            table_mut::<K, FxHashMap<UK, UV>>(ctx.tables, self.idx, self.name).group(ctx.key_group);
         if let Some(m) = map.get_mut(key) {
             return m.insert(user_key, value);
         }
@@ -201,7 +221,8 @@ impl<UK: Hash + Eq + 'static, UV: 'static> MapState<UK, UV> {
         user_key: &UK,
     ) -> Option<UV> {
         let key = ctx.key;
-        let map = table_mut::<K, FxHashMap<UK, UV>>(ctx.tables, self.idx, self.name).group(ctx.key_group);
+        let map =
+            table_mut::<K, FxHashMap<UK, UV>>(ctx.tables, self.idx, self.name).group(ctx.key_group);
         let m = map.get_mut(key)?;
         let v = m.remove(user_key);
         if m.is_empty() {
@@ -211,7 +232,10 @@ impl<UK: Hash + Eq + 'static, UV: 'static> MapState<UK, UV> {
     }
 
     /// Number of entries of the current key.
-    pub fn len<K: Hash + Eq + Clone + 'static, O>(&self, ctx: &mut KeyedContext<'_, K, O>) -> usize {
+    pub fn len<K: Hash + Eq + Clone + 'static, O>(
+        &self,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> usize {
         self.map(ctx).map_or(0, |m| m.len())
     }
 
@@ -244,13 +268,21 @@ pub struct ListState<V> {
 
 impl<V> Clone for ListState<V> {
     fn clone(&self) -> Self {
-        ListState { idx: self.idx, name: self.name, _v: PhantomData }
+        ListState {
+            idx: self.idx,
+            name: self.name,
+            _v: PhantomData,
+        }
     }
 }
 
 impl<V: 'static> ListState<V> {
     /// Appends to the current key's list.
-    pub fn push<K: Hash + Eq + Clone + 'static, O>(&self, ctx: &mut KeyedContext<'_, K, O>, value: V) {
+    pub fn push<K: Hash + Eq + Clone + 'static, O>(
+        &self,
+        ctx: &mut KeyedContext<'_, K, O>,
+        value: V,
+    ) {
         let key = ctx.key;
         let map = table_mut::<K, Vec<V>>(ctx.tables, self.idx, self.name).group(ctx.key_group);
         match map.get_mut(key) {
@@ -262,7 +294,10 @@ impl<V: 'static> ListState<V> {
     }
 
     /// The current key's list (empty if none).
-    pub fn get<'c, K: Hash + Eq + Clone + 'static, O>(&self, ctx: &'c KeyedContext<'_, K, O>) -> &'c [V] {
+    pub fn get<'c, K: Hash + Eq + Clone + 'static, O>(
+        &self,
+        ctx: &'c KeyedContext<'_, K, O>,
+    ) -> &'c [V] {
         table::<K, Vec<V>>(ctx.tables, self.idx, self.name)
             .group_ref(ctx.key_group)
             .get(ctx.key)
@@ -270,7 +305,10 @@ impl<V: 'static> ListState<V> {
     }
 
     /// Removes and returns the current key's list.
-    pub fn take<K: Hash + Eq + Clone + 'static, O>(&self, ctx: &mut KeyedContext<'_, K, O>) -> Vec<V> {
+    pub fn take<K: Hash + Eq + Clone + 'static, O>(
+        &self,
+        ctx: &mut KeyedContext<'_, K, O>,
+    ) -> Vec<V> {
         let key = ctx.key;
         table_mut::<K, Vec<V>>(ctx.tables, self.idx, self.name)
             .group(ctx.key_group)

@@ -33,7 +33,10 @@ impl WindowAssigner {
     /// Fixed, non-overlapping windows of `size` (at least 1 ms).
     pub fn tumbling(size: Duration) -> Self {
         let size_ms = (size.as_millis() as i64).max(1);
-        WindowAssigner { size_ms, slide_ms: size_ms }
+        WindowAssigner {
+            size_ms,
+            slide_ms: size_ms,
+        }
     }
     /// Windows of `size` starting every `slide` (`0 < slide <= size`; clamped into that range).
     pub fn sliding(size: Duration, slide: Duration) -> Self {
@@ -305,7 +308,9 @@ where
                 let pane = panes.entry(end).or_default();
                 let acc = match pane.get_mut(&k) {
                     Some(a) => a,
-                    None => pane.entry(k.clone()).or_insert_with(|| (start, self.agg.create())),
+                    None => pane
+                        .entry(k.clone())
+                        .or_insert_with(|| (start, self.agg.create())),
                 };
                 self.agg
                     .add(&mut acc.1, &r)
@@ -313,7 +318,10 @@ where
             }
         }
         if late > 0 {
-            self.info.metrics.late_records.fetch_add(late, Ordering::Relaxed);
+            self.info
+                .metrics
+                .late_records
+                .fetch_add(late, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -329,7 +337,15 @@ where
                 }
                 for (key, (start, acc)) in entry.remove() {
                     let value = self.agg.result(acc);
-                    out.push((end - 1, WindowResult { key, start, end, value }));
+                    out.push((
+                        end - 1,
+                        WindowResult {
+                            key,
+                            start,
+                            end,
+                            value,
+                        },
+                    ));
                 }
             }
         }

@@ -32,7 +32,12 @@ fn env(parallelism: usize, batch_size: usize) -> StreamEnv {
 fn events(raw: &[(u32, i64, i64)]) -> Vec<Ev> {
     raw.iter()
         .enumerate()
-        .map(|(i, &(key, value, ts))| Ev { id: i as u64, key, value, ts })
+        .map(|(i, &(key, value, ts))| Ev {
+            id: i as u64,
+            key,
+            value,
+            ts,
+        })
         .collect()
 }
 
@@ -57,7 +62,10 @@ fn check_running_sum(raw: Vec<(u32, i64, i64)>, p: usize, batch: usize) {
         .map(|e| {
             let s = sums.entry(e.key).or_default();
             *s += e.value;
-            Ev { value: *s, ..e.clone() }
+            Ev {
+                value: *s,
+                ..e.clone()
+            }
         })
         .collect();
     assert_eq!(got, expected);
@@ -72,13 +80,24 @@ fn check_windows(raw: Vec<(u32, i64, i64)>, p: usize, size: i64, slide: i64) {
     let assigner = if size == slide {
         WindowAssigner::tumbling(Duration::from_millis(size as u64))
     } else {
-        WindowAssigner::sliding(Duration::from_millis(size as u64), Duration::from_millis(slide as u64))
+        WindowAssigner::sliding(
+            Duration::from_millis(size as u64),
+            Duration::from_millis(slide as u64),
+        )
     };
     let stream = env
         .from_iter("events", evs.clone())
         .with_timestamps(|e: &Ev| e.ts, Duration::from_millis(max_ts as u64 + 1));
-    let sums = stream.key_by(|e: &Ev| e.key).window(assigner).sum(|e: &Ev| e.value).collect();
-    let counts = stream.key_by(|e: &Ev| e.key).window(assigner).count().collect();
+    let sums = stream
+        .key_by(|e: &Ev| e.key)
+        .window(assigner)
+        .sum(|e: &Ev| e.value)
+        .collect();
+    let counts = stream
+        .key_by(|e: &Ev| e.key)
+        .window(assigner)
+        .count()
+        .collect();
     env.execute("windows").unwrap();
 
     let mut expected: BTreeMap<(u32, i64), (i64, u64)> = BTreeMap::new();
@@ -99,8 +118,11 @@ fn check_windows(raw: Vec<(u32, i64, i64)>, p: usize, size: i64, slide: i64) {
             ((r.key, r.start), r.value)
         })
         .collect();
-    let got_counts: BTreeMap<(u32, i64), u64> =
-        counts.take().into_iter().map(|r| ((r.key, r.start), r.value)).collect();
+    let got_counts: BTreeMap<(u32, i64), u64> = counts
+        .take()
+        .into_iter()
+        .map(|r| ((r.key, r.start), r.value))
+        .collect();
     let exp_sums: BTreeMap<_, _> = expected.iter().map(|(k, v)| (*k, v.0)).collect();
     let exp_counts: BTreeMap<_, _> = expected.iter().map(|(k, v)| (*k, v.1)).collect();
     assert_eq!(got_sums, exp_sums);
@@ -128,8 +150,9 @@ proptest! {
 
 #[test]
 fn running_sum_large_input_all_parallelisms() {
-    let raw: Vec<(u32, i64, i64)> =
-        (0..50_000u64).map(|i| ((i * 7919 % 1013) as u32, (i % 17) as i64 - 8, i as i64)).collect();
+    let raw: Vec<(u32, i64, i64)> = (0..50_000u64)
+        .map(|i| ((i * 7919 % 1013) as u32, (i % 17) as i64 - 8, i as i64))
+        .collect();
     for p in [1, 2, 4] {
         check_running_sum(raw.clone(), p, 256);
     }
@@ -173,7 +196,11 @@ impl KeyedProcessFunction<u32, Ev, (u32, u64)> for CountThenFire {
         self.count = Some(ctx.value_state("count"));
         Ok(())
     }
-    fn process(&mut self, e: Ev, ctx: &mut KeyedContext<'_, u32, (u32, u64)>) -> Result<(), weir_runtime::BoxError> {
+    fn process(
+        &mut self,
+        e: Ev,
+        ctx: &mut KeyedContext<'_, u32, (u32, u64)>,
+    ) -> Result<(), weir_runtime::BoxError> {
         let st = self.count.as_ref().unwrap();
         let n = st.get(ctx).copied().unwrap_or(0);
         if n == 0 {
@@ -182,7 +209,10 @@ impl KeyedProcessFunction<u32, Ev, (u32, u64)> for CountThenFire {
         st.set(ctx, n + 1);
         Ok(())
     }
-    fn on_timer(&mut self, ctx: &mut KeyedContext<'_, u32, (u32, u64)>) -> Result<(), weir_runtime::BoxError> {
+    fn on_timer(
+        &mut self,
+        ctx: &mut KeyedContext<'_, u32, (u32, u64)>,
+    ) -> Result<(), weir_runtime::BoxError> {
         let st = self.count.as_ref().unwrap();
         let n = st.clear(ctx).unwrap_or(0);
         let k = *ctx.key();
@@ -211,9 +241,14 @@ fn keyed_process_function_with_state_and_timers() {
         for (k, n) in &got {
             *per_key.entry(*k).or_default() += n;
         }
-        let expected: BTreeMap<u32, u64> = (0..13u32).map(|k| (k, (0..1000).filter(|i| i % 13 == k).count() as u64)).collect();
+        let expected: BTreeMap<u32, u64> = (0..13u32)
+            .map(|k| (k, (0..1000).filter(|i| i % 13 == k).count() as u64))
+            .collect();
         assert_eq!(per_key, expected, "p={p}");
         // Timers fired repeatedly per key (state was cleared and timers re-registered).
-        assert!(got.len() >= 13 && got.iter().all(|(_, n)| *n > 0), "p={p}: {got:?}");
+        assert!(
+            got.len() >= 13 && got.iter().all(|(_, n)| *n > 0),
+            "p={p}: {got:?}"
+        );
     }
 }
