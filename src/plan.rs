@@ -283,7 +283,7 @@ pub fn build(job: &JobFile, env: &StreamEnv) -> Result<(), JobFileError> {
         s = match t {
             TransformConfig::Filter { expr } => {
                 let e = parse_expr(job, format!("transform[{i}].expr"), expr)?;
-                s.try_map("filter", move |r: JsonRecord| {
+                s.try_map(&format!("transform[{i}] filter"), move |r: JsonRecord| {
                     Ok(e.eval_bool(&r)?.then_some(r))
                 })
             }
@@ -303,21 +303,24 @@ pub fn build(job: &JobFile, env: &StreamEnv) -> Result<(), JobFileError> {
                     .collect::<Result<Vec<(String, Expr)>, JobFileError>>()?;
                 let keep = keep.clone();
                 let rename = rename.clone();
-                s.try_map("project", move |mut r: JsonRecord| {
-                    if let Some(keep) = &keep {
-                        r.retain(|k, _| keep.contains(k));
-                    }
-                    for (old, new) in &rename {
-                        if let Some(v) = r.remove(old) {
-                            r.insert(new.clone(), v);
+                s.try_map(
+                    &format!("transform[{i}] project"),
+                    move |mut r: JsonRecord| {
+                        if let Some(keep) = &keep {
+                            r.retain(|k, _| keep.contains(k));
                         }
-                    }
-                    for (f, e) in &computed {
-                        let v = e.eval(&r)?;
-                        r.insert(f.clone(), v);
-                    }
-                    Ok(Some(r))
-                })
+                        for (old, new) in &rename {
+                            if let Some(v) = r.remove(old) {
+                                r.insert(new.clone(), v);
+                            }
+                        }
+                        for (f, e) in &computed {
+                            let v = e.eval(&r)?;
+                            r.insert(f.clone(), v);
+                        }
+                        Ok(Some(r))
+                    },
+                )
             }
             TransformConfig::KeyBy { fields } => {
                 key = Some(fields.clone());

@@ -439,6 +439,18 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
         RouteSpec::Hash(Arc::new(f))
     }
 
+    /// Applies `f` to every record after partitioning by key (Flink's `keyBy(..).map(..)`).
+    pub fn map<O, F>(&self, f: F) -> DataStream<O>
+    where
+        O: Clone + Send + 'static,
+        F: Fn(T) -> O + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.input.then("map", self.hash_route(), move |_, _, out| {
+            Ok(Box::new(MapOp { f: f.clone(), out }))
+        })
+    }
+
     /// The general running aggregate: for each record, `f(state_of_its_key, record)` may update
     /// the key's state (setting it to `None` removes it) and emit one record.
     pub fn map_with_state<S, O, F>(&self, name: &str, f: F) -> DataStream<O>
