@@ -72,7 +72,7 @@ fn human(n: f64) -> String {
 }
 
 fn run(
-    path: &PathBuf,
+    path: &std::path::Path,
     parallelism: Option<u32>,
     set: &[String],
     quiet: bool,

@@ -134,6 +134,8 @@ impl<T: Clone + Send + 'static> StreamType for TypeOps<T> {
     ) -> (AnyBox, Rc<dyn Outlet>) {
         let senders: Vec<Sender<Message<T>>> = senders.into_iter().map(cast_send).collect();
         let route = match route {
+            // A forward edge between different parallelisms has several targets: spread.
+            RouteSpec::Forward if senders.len() > 1 => Route::Rebalance,
             RouteSpec::Forward => Route::Forward,
             RouteSpec::Rebalance => Route::Rebalance,
             RouteSpec::Broadcast => Route::Broadcast,

@@ -252,3 +252,51 @@ fn keyed_process_function_with_state_and_timers() {
         );
     }
 }
+
+#[derive(Clone, Default)]
+struct TagSubtask {
+    subtask: usize,
+}
+
+impl weir_runtime::ProcessFunction<u64, (usize, u64)> for TagSubtask {
+    fn open(&mut self, info: &weir_runtime::TaskInfo) -> Result<(), weir_runtime::BoxError> {
+        self.subtask = info.subtask;
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        v: u64,
+        ctx: &mut weir_runtime::Context<'_, (usize, u64)>,
+    ) -> Result<(), weir_runtime::BoxError> {
+        ctx.emit((self.subtask, v));
+        Ok(())
+    }
+}
+
+/// A forward edge between different parallelisms (1 -> 3) spreads records over every
+/// downstream instance, and an edge 3 -> 1 merges them; nothing is lost or duplicated.
+#[test]
+fn forward_edges_between_different_parallelisms_spread_and_merge() {
+    let env = env(3, 8);
+    let out = env
+        .from_iter("numbers", (0..10_000u64).collect())
+        .set_parallelism(1)
+        .process("tag", TagSubtask::default())
+        .set_parallelism(3)
+        .map(|x| x)
+        .set_parallelism(1)
+        .collect();
+    env.execute("spread").unwrap();
+    let got = out.take();
+    let mut per_subtask = [0usize; 3];
+    let mut values: Vec<u64> = got
+        .iter()
+        .map(|&(s, v)| {
+            per_subtask[s] += 1;
+            v
+        })
+        .collect();
+    values.sort();
+    assert_eq!(values, (0..10_000).collect::<Vec<_>>());
+    assert!(per_subtask.iter().all(|&n| n > 1000), "{per_subtask:?}");
+}

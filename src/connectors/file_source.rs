@@ -308,7 +308,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = d.path().join("a.jsonl");
         std::fs::write(&a, "{\"x\":1}\n{\"x\":2}\n{\"x\":3}").unwrap();
-        let (lines, err) = collect(&[a.clone()], FilePosition::default());
+        let (lines, err) = collect(std::slice::from_ref(&a), FilePosition::default());
         assert!(err.is_none());
         assert_eq!(lines.len(), 3);
         let (lines, _) = collect(

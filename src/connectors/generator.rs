@@ -11,14 +11,14 @@ use super::JsonRecord;
 
 /// Generates `f(i)` for `i = 0, 1, ..` (up to `count`), split among subtasks: subtask `s` of
 /// `p` produces the indices `i` with `i % p == s`.
-pub struct Generator<T> {
-    f: Arc<dyn Fn(u64) -> T + Send + Sync>,
+pub struct Generator<F> {
+    f: Arc<F>,
     count: Option<u64>,
     /// Records per second over all subtasks.
     rate: Option<f64>,
 }
 
-impl<T> Clone for Generator<T> {
+impl<F> Clone for Generator<F> {
     fn clone(&self) -> Self {
         Generator {
             f: self.f.clone(),
@@ -28,9 +28,12 @@ impl<T> Clone for Generator<T> {
     }
 }
 
-impl<T: 'static> Generator<T> {
+impl<F> Generator<F> {
     /// An unbounded, unthrottled generator.
-    pub fn new(f: impl Fn(u64) -> T + Send + Sync + 'static) -> Self {
+    pub fn new<T>(f: F) -> Self
+    where
+        F: Fn(u64) -> T + Send + Sync + 'static,
+    {
         Generator {
             f: Arc::new(f),
             count: None,
@@ -48,7 +51,7 @@ impl<T: 'static> Generator<T> {
         self
     }
     /// A reader for one subtask; pass this to `StreamEnv::source`.
-    pub fn reader(&self, info: &TaskInfo) -> Result<GeneratorReader<T>, BoxError> {
+    pub fn reader(&self, info: &TaskInfo) -> Result<GeneratorReader<F>, BoxError> {
         if let Some(r) = self.rate {
             if !(r.is_finite() && r > 0.0) {
                 return Err(format!("generator rate {r} is invalid; expected a positive number of records per second").into());
@@ -67,8 +70,8 @@ impl<T: 'static> Generator<T> {
 }
 
 /// One subtask's generator.
-pub struct GeneratorReader<T> {
-    f: Arc<dyn Fn(u64) -> T + Send + Sync>,
+pub struct GeneratorReader<F> {
+    f: Arc<F>,
     next: u64,
     step: u64,
     end: Option<u64>,
@@ -77,14 +80,14 @@ pub struct GeneratorReader<T> {
     produced: u64,
 }
 
-impl<T> GeneratorReader<T> {
+impl<F> GeneratorReader<F> {
     /// Index of the next record this subtask generates (its read position).
     pub fn position(&self) -> u64 {
         self.next
     }
 }
 
-impl<T> SourceReader<T> for GeneratorReader<T> {
+impl<T, F: Fn(u64) -> T> SourceReader<T> for GeneratorReader<F> {
     fn poll(&mut self, out: &mut Vec<(i64, T)>, max: usize) -> Result<SourcePoll, BoxError> {
         let mut budget = max as u64;
         if let Some(rate) = self.rate {

@@ -28,9 +28,10 @@ pub struct Blackhole;
 
 impl<T> SinkWriter<T> for Blackhole {
     fn write(&mut self, batch: &mut Vec<(i64, T)>) -> Result<(), BoxError> {
-        for r in batch.drain(..) {
-            black_box(r);
-        }
+        // The records exist (computed and stored in the batch); make sure the optimizer
+        // cannot prove otherwise, then drop them.
+        black_box(&*batch);
+        batch.clear();
         Ok(())
     }
     fn finish(&mut self) -> Result<(), BoxError> {
