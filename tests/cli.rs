@@ -370,3 +370,142 @@ fn sigterm_stops_gracefully_and_commits_output() {
         assert_eq!(v, (1..=v.len() as u64).collect::<Vec<_>>(), "key {k}");
     }
 }
+
+/// count, min, max and avg as running aggregates, chained, checked record by record against a
+/// sequential reference (one input file, so each key's order is the file order), and a sliding
+/// window average.
+#[test]
+fn all_running_aggregates_and_sliding_windows_match_reference() {
+    let d = tempfile::tempdir().unwrap();
+    let input = write_input(&d.path().join("in"), 6_000, 11);
+    // Keep only the first input file: per-key order is then fixed.
+    for f in 1..5 {
+        std::fs::remove_file(d.path().join(format!("in/in-{f}.jsonl"))).unwrap();
+    }
+    let input: Vec<Value> = input
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 5 == 0)
+        .map(|(_, r)| r)
+        .collect();
+    let job = write_job(
+        d.path(),
+        r#"
+name = "aggs"
+[source]
+type = "file"
+path = "in"
+[[transform]]
+type = "project"
+compute = { lo = "value", hi = "value", mean = "value" }
+[[transform]]
+type = "key_by"
+field = "key"
+[[transform]]
+type = "count"
+field = "n"
+[[transform]]
+type = "min"
+field = "lo"
+[[transform]]
+type = "max"
+field = "hi"
+[[transform]]
+type = "avg"
+field = "mean"
+[sink]
+type = "file"
+path = "out"
+overwrite = true
+"#,
+    );
+    let mut state: HashMap<String, (u64, u64, u64, u64)> = HashMap::new();
+    let mut expected: BTreeMap<u64, (u64, u64, u64, f64)> = BTreeMap::new();
+    for r in &input {
+        let v = r["value"].as_u64().unwrap();
+        let s = state
+            .entry(r["key"].as_str().unwrap().to_string())
+            .or_insert((0, u64::MAX, 0, 0));
+        s.0 += 1;
+        s.1 = s.1.min(v);
+        s.2 = s.2.max(v);
+        s.3 += v;
+        expected.insert(
+            r["id"].as_u64().unwrap(),
+            (s.0, s.1, s.2, s.3 as f64 / s.0 as f64),
+        );
+    }
+    for p in ["1", "4"] {
+        let o = run(&job, &["--quiet", "--parallelism", p]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = read_output(&d.path().join("out"));
+        assert_eq!(out.len(), expected.len());
+        for r in out {
+            let (n, lo, hi, mean) = expected[&r["id"].as_u64().unwrap()];
+            assert_eq!(r["n"].as_u64().unwrap(), n, "{r}");
+            assert_eq!(r["lo"].as_u64().unwrap(), lo, "{r}");
+            assert_eq!(r["hi"].as_u64().unwrap(), hi, "{r}");
+            assert!(
+                (r["mean"].as_f64().unwrap() - mean).abs() < 1e-9,
+                "{r} vs {mean}"
+            );
+        }
+    }
+
+    // Sliding windows: 100 ms windows every 50 ms, average of value per key.
+    let job = write_job(
+        d.path(),
+        r#"
+name = "sliding"
+parallelism = 3
+[source]
+type = "file"
+path = "in"
+[[transform]]
+type = "key_by"
+field = "key"
+[[transform]]
+type = "sliding"
+size = "100ms"
+slide = "50ms"
+time_field = "ts"
+aggregate = "avg"
+field = "value"
+out_of_orderness = "10ms"
+[sink]
+type = "file"
+path = "out"
+overwrite = true
+"#,
+    );
+    let mut sums: BTreeMap<(String, i64), (u64, u64)> = BTreeMap::new();
+    for r in &input {
+        let ts = r["ts"].as_i64().unwrap();
+        let k = r["key"].as_str().unwrap().to_string();
+        let mut start = ts - ts % 50;
+        while start > ts - 100 {
+            let e = sums.entry((k.clone(), start)).or_default();
+            e.0 += r["value"].as_u64().unwrap();
+            e.1 += 1;
+            start -= 50;
+        }
+    }
+    let o = run(&job, &["--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: BTreeMap<(String, i64), f64> = read_output(&d.path().join("out"))
+        .into_iter()
+        .map(|r| {
+            (
+                (
+                    r["key"].as_str().unwrap().to_string(),
+                    r["window_start"].as_i64().unwrap(),
+                ),
+                r["avg"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), sums.len());
+    for (k, (s, c)) in sums {
+        assert!((got[&k] - s as f64 / c as f64).abs() < 1e-9, "{k:?}");
+    }
+}

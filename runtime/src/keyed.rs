@@ -428,10 +428,16 @@ mod tests {
         }
     }
 
+    const GOLDEN: [u32; 4] = [0, 85, 10, 3076];
+
     #[test]
     fn stable_hash_is_stable_and_spreads() {
-        // Fixed values: changing them breaks restoring state written by earlier versions.
-        assert_eq!(stable_hash(&0u64), stable_hash(&0u64));
+        // Pinned values: changing them moves keys to other key groups and breaks restoring
+        // state written by earlier versions.
+        assert_eq!(key_group_for(&0u64, 128), GOLDEN[0]);
+        assert_eq!(key_group_for(&12345u64, 128), GOLDEN[1]);
+        assert_eq!(key_group_for("key-7", 128), GOLDEN[2]);
+        assert_eq!(key_group_for(&(3u32, "x".to_string()), 32768), GOLDEN[3]);
         let mut counts = [0usize; 128];
         for i in 0..128_000u64 {
             counts[key_group_for(&i, 128) as usize] += 1;

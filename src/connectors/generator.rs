@@ -167,3 +167,54 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+    use weir_runtime::SourceReader;
+
+    /// The generator never runs ahead of its rate: after `t` seconds at most `rate * t` (+1)
+    /// records were produced, and it does produce once time passes.
+    #[test]
+    fn rate_limit_is_never_exceeded() {
+        let g = Generator::new(|i| i).rate(2000.0).count(1_000_000);
+        let mut r = GeneratorReader {
+            f: g.f.clone(),
+            next: 0,
+            step: 1,
+            end: g.count,
+            rate: g.rate,
+            started: Instant::now(),
+            produced: 0,
+        };
+        let mut out = Vec::new();
+        let t0 = r.started;
+        let mut idle_seen = false;
+        while t0.elapsed() < Duration::from_millis(300) {
+            match r.poll(&mut out, 64).unwrap() {
+                SourcePoll::Idle(Some(at)) => {
+                    idle_seen = true;
+                    assert!(at > Instant::now() - Duration::from_millis(1));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                SourcePoll::Ready => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            let allowed = (t0.elapsed().as_secs_f64() * 2000.0) as usize + 1;
+            assert!(
+                out.len() <= allowed,
+                "{} records after {:?}",
+                out.len(),
+                t0.elapsed()
+            );
+        }
+        assert!(idle_seen);
+        assert!(
+            out.len() >= 100,
+            "only {} records in 300 ms at 2000/s",
+            out.len()
+        );
+        let ids: Vec<u64> = out.iter().map(|(_, i)| *i).collect();
+        assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+    }
+}
