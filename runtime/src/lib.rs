@@ -9,6 +9,7 @@
 //! The public surface is this facade; every module is private. See `ARCHITECTURE.md`.
 
 mod api;
+mod checkpoint;
 mod config;
 mod error;
 mod exchange;
@@ -22,6 +23,7 @@ mod state;
 mod window;
 mod worker;
 
+pub use checkpoint::{CheckpointConfig, CheckpointMode, OnCancel};
 pub use api::{CollectHandle, DataStream, KeyedStream, StreamEnv, WindowedStream};
 pub use config::{RuntimeConfig, DEFAULT_MAX_PARALLELISM};
 pub use error::{BoxError, ConfigError, JobError};
