@@ -1,8 +1,9 @@
 //! Job files: loading, `--set` overrides and validation.
 //!
 //! A job file is a TOML document describing one pipeline: a `[source]`, zero or
-//! more `[[transform]]` tables applied in order, and a `[sink]`. The user
-//! reference is `docs/job-file.md`.
+//! more `[[transform]]` tables applied in order, a `[sink]`, and optionally
+//! checkpoint settings (`[checkpoint]`, or Flink's `execution.checkpointing.*`
+//! and `state.checkpoints.*` names). The user reference is `docs/job-file.md`.
 //!
 //! Loading happens in three steps:
 //!
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use weir_runtime::{CheckpointConfig, CheckpointMode, OnCancel};
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -42,8 +44,43 @@ pub struct JobFile {
     pub source: SourceConfig,
     pub transforms: Vec<TransformConfig>,
     pub sink: SinkConfig,
+    /// Checkpoint settings, validated; `None` when the file has none
+    /// (checkpointing disabled). `storage` is a `file://` URI with an absolute
+    /// path and `local_dir` is resolved against the job file's directory.
+    pub checkpoint: Option<CheckpointConfig>,
+    /// What `weir run` does when the job fails (needs checkpointing to restart).
+    pub restart: RestartStrategy,
     /// The job file path, as given to [`load_job_file`] / [`parse_job`].
     pub path: PathBuf,
+}
+
+/// Restart strategy (`[restart]`): after an operator error, a panic or too many failed
+/// checkpoints, `weir run` restores the latest checkpoint in the same process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartStrategy {
+    /// Restarts allowed before the job fails for good (`attempts`, default 3; 0 disables).
+    pub attempts: u32,
+    /// Delay before the first restart (`delay`, default 1s).
+    pub delay: Duration,
+    /// `strategy = "exponential-backoff"`: each delay is the previous one times `multiplier`,
+    /// up to `max_delay`; `"fixed-delay"` (default) waits `delay` every time.
+    pub exponential: bool,
+    /// Growth factor of exponential backoff (default 2.0, at least 1.0).
+    pub multiplier: f64,
+    /// Longest delay of exponential backoff (default 1m).
+    pub max_delay: Duration,
+}
+
+impl Default for RestartStrategy {
+    fn default() -> Self {
+        RestartStrategy {
+            attempts: 3,
+            delay: Duration::from_secs(1),
+            exponential: false,
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -209,8 +246,6 @@ const DURATION_SYNTAX: &str =
 /// The error is the "expected ..." explanation, to be put after the offending
 /// value in a message.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    const NS: u128 = 1;
-    const MS: u128 = 1_000_000 * NS;
     let (number, unit_ns) = if let Some(n) = s.strip_suffix("ms") {
         (n, MS)
     } else if let Some(n) = s.strip_suffix('s') {
@@ -222,20 +257,58 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         return Err(DURATION_SYNTAX.to_string());
     };
+    times_unit(s, number, unit_ns).map_err(|e| e.unwrap_or_else(|| DURATION_SYNTAX.to_string()))
+}
+
+const FLINK_DURATION_SYNTAX: &str = r#"expected a number and an optional unit: ms, s, min, h or d (e.g. "500 ms", "30 s", "1 min"); a bare number is milliseconds"#;
+
+/// Parses a duration as Flink writes it, for Flink's option names: a number,
+/// optional spaces and an optional unit, case-insensitive. Units: `ms`,
+/// `milli(s)`, `millisecond(s)`; `s`, `sec(s)`, `second(s)`; `m`, `min`,
+/// `minute(s)`; `h`, `hour(s)`; `d`, `day(s)`. A bare number is milliseconds
+/// (`"10000"`). Leading and trailing spaces are ignored. Every form that
+/// [`parse_duration`] accepts is accepted too.
+///
+/// The error is the "expected ..." explanation, as for [`parse_duration`].
+pub fn parse_flink_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit_ns = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => MS,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000 * MS,
+        "m" | "min" | "minute" | "minutes" => 60_000 * MS,
+        "h" | "hour" | "hours" => 3_600_000 * MS,
+        "d" | "day" | "days" => 86_400_000 * MS,
+        _ => return Err(FLINK_DURATION_SYNTAX.to_string()),
+    };
+    times_unit(s, number, unit_ns)
+        .map_err(|e| e.unwrap_or_else(|| FLINK_DURATION_SYNTAX.to_string()))
+}
+
+/// Nanoseconds in a millisecond.
+const MS: u128 = 1_000_000;
+
+/// `number` (digits, optionally with a decimal part) times `unit_ns`
+/// nanoseconds. `Err(None)`: `number` has the wrong syntax; `Err(Some(e))`:
+/// too large or too precise (`s` is the whole duration, for the message).
+fn times_unit(s: &str, number: &str, unit_ns: u128) -> Result<Duration, Option<String>> {
     let (int, frac) = match number.split_once('.') {
         Some((i, f)) => (i, f),
         None => (number, ""),
     };
     let all_digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     if !all_digits(int) || (number.contains('.') && !all_digits(frac)) {
-        return Err(DURATION_SYNTAX.to_string());
+        return Err(None);
     }
-    let too_large = || "expected at most 5124095h (about 584 years)".to_string();
+    let too_large = || Some("expected at most 5124095h (about 584 years)".to_string());
     let int = int.trim_start_matches('0');
     if int.len() > 25 {
         return Err(too_large());
     }
-    // At most 25 digits times at most 3.6e12 ns: fits in u128.
+    // At most 25 digits: fits in u128 (the product is checked below).
     let whole: u128 = if int.is_empty() {
         0
     } else {
@@ -245,17 +318,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut frac_ns: u128 = 0;
     if !frac.is_empty() {
         let precision = || {
-            format!(
+            Some(format!(
                 "expected at most nanosecond precision (\"{}\" has too many decimals)",
                 s
-            )
+            ))
         };
         if frac.len() > 15 {
             return Err(precision());
         }
         let digits: u128 = frac.parse().map_err(|_| precision())?;
         let scale = 10u128.pow(frac.len() as u32);
-        let scaled = digits * unit_ns; // < 1e15 * 3.6e12
+        let scaled = digits * unit_ns; // < 1e15 * 8.64e13
         if scaled % scale != 0 {
             return Err(precision());
         }
@@ -391,6 +464,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 struct Fail {
     key: String,
     message: String,
+    /// Another key the error is about (the other side of a conflict), so that
+    /// a `--set` of either key is pointed at.
+    also: Option<String>,
 }
 
 type Res<T> = Result<T, Fail>;
@@ -399,6 +475,7 @@ fn fail<T>(key: impl Into<String>, message: impl Into<String>) -> Res<T> {
     Err(Fail {
         key: key.into(),
         message: message.into(),
+        also: None,
     })
 }
 
@@ -467,11 +544,16 @@ impl<'a> Tbl<'a> {
 
     /// Rejects keys not in `allowed`.
     fn allow(&self, allowed: &[&str]) -> Res<()> {
+        self.allow_listing(allowed, &allowed.join(", "))
+    }
+
+    /// Rejects keys not in `allowed`; `listing` shows them in the message.
+    fn allow_listing(&self, allowed: &[&str], listing: &str) -> Res<()> {
         for (k, _) in self.entries {
             if !allowed.contains(&k.as_str()) {
                 return fail(
                     self.key(k),
-                    format!("unknown key; expected one of: {}", allowed.join(", ")),
+                    format!("unknown key; expected one of: {listing}"),
                 );
             }
         }
@@ -659,6 +741,10 @@ const TOP_KEYS: &[&str] = &[
     "source",
     "transform",
     "sink",
+    "checkpoint",
+    "restart",
+    "execution",
+    "state",
 ];
 const SOURCE_TYPES: &[&str] = &["file", "generator"];
 const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole"];
@@ -672,7 +758,15 @@ const MAX_NAME_LEN: usize = 255;
 
 fn build(root: &Val, file: &Path) -> Res<JobFile> {
     let top = Tbl::of(String::new(), root, "a TOML table")?;
-    top.allow(TOP_KEYS)?;
+    let listing: Vec<&str> = TOP_KEYS
+        .iter()
+        .map(|k| match *k {
+            "execution" => "execution.checkpointing",
+            "state" => "state.checkpoints",
+            k => k,
+        })
+        .collect();
+    top.allow_listing(TOP_KEYS, &listing.join(", "))?;
 
     let name = job_name(top.need("name", "expected the job name, e.g. name = \"sums\"")?)?;
     let parallelism = top
@@ -711,6 +805,11 @@ fn build(root: &Val, file: &Path) -> Res<JobFile> {
         dir,
     )?;
     check_flow(&transforms)?;
+    let checkpoint = checkpoint(&top, dir)?;
+    let restart = match top.get("restart") {
+        None => RestartStrategy::default(),
+        Some(v) => restart(v)?,
+    };
 
     Ok(JobFile {
         name,
@@ -722,8 +821,65 @@ fn build(root: &Val, file: &Path) -> Res<JobFile> {
         source,
         transforms,
         sink,
+        checkpoint,
+        restart,
         path: file.to_path_buf(),
     })
+}
+
+fn restart(v: &Val) -> Res<RestartStrategy> {
+    let t = Tbl::of("restart".into(), v, "a [restart] table")?;
+    t.allow(&["strategy", "attempts", "delay", "multiplier", "max_delay"])?;
+    let mut r = RestartStrategy::default();
+    if let Some(s) = t.get("strategy") {
+        r.exponential = choice(
+            &t.key("strategy"),
+            s,
+            "restart strategy",
+            &[("fixed-delay", false), ("exponential-backoff", true)],
+        )?;
+    }
+    if let Some(a) = t.opt_int("attempts", 0, 1_000_000, "an integer from 0 to 1000000")? {
+        r.attempts = a as u32;
+    }
+    if let Some(d) = t.get("delay") {
+        r.delay = duration(&t.key("delay"), d)?;
+    }
+    if let Some(d) = t.get("max_delay") {
+        r.max_delay = duration(&t.key("max_delay"), d)?;
+    }
+    if let Some(m) = t.get("multiplier") {
+        let key = t.key("multiplier");
+        r.multiplier = match m {
+            Val::Int(i) => *i as f64,
+            Val::Float(f) => *f,
+            other => {
+                return fail(
+                    key,
+                    format!(
+                        "expected a number of at least 1.0, found {}",
+                        describe(other)
+                    ),
+                )
+            }
+        };
+        if !(r.multiplier.is_finite() && r.multiplier >= 1.0) {
+            return fail(
+                key,
+                format!(
+                    "{} is out of range; expected a number of at least 1.0",
+                    r.multiplier
+                ),
+            );
+        }
+    }
+    if r.max_delay < r.delay {
+        return fail(
+            t.key("max_delay"),
+            format!("{:?} is shorter than delay {:?}", r.max_delay, r.delay),
+        );
+    }
+    Ok(r)
 }
 
 fn range_or(t: &Tbl, k: &str, default: i64, max: i64) -> Res<usize> {
@@ -1144,6 +1300,348 @@ fn check_flow(transforms: &[TransformConfig]) -> Res<()> {
 }
 
 // ---------------------------------------------------------------------------
+// Checkpoint settings
+// ---------------------------------------------------------------------------
+
+/// The keys of `[checkpoint]`.
+const CHECKPOINT_KEYS: &[&str] = &[
+    "interval",
+    "mode",
+    "min_pause",
+    "timeout",
+    "max_concurrent",
+    "tolerable_failures",
+    "retained",
+    "on_cancel",
+    "storage",
+    "local_dir",
+];
+
+/// Flink's option names, as `(table, key, [checkpoint] key it sets)`.
+const FLINK_KEYS: &[(&str, &str, &str)] = &[
+    ("execution.checkpointing", "interval", "interval"),
+    ("execution.checkpointing", "mode", "mode"),
+    ("execution.checkpointing", "min-pause", "min_pause"),
+    ("execution.checkpointing", "timeout", "timeout"),
+    (
+        "execution.checkpointing",
+        "max-concurrent-checkpoints",
+        "max_concurrent",
+    ),
+    (
+        "execution.checkpointing",
+        "tolerable-failed-checkpoints",
+        "tolerable_failures",
+    ),
+    (
+        "execution.checkpointing",
+        "externalized-checkpoint-retention",
+        "on_cancel",
+    ),
+    ("state.checkpoints", "num-retained", "retained"),
+    ("state.checkpoints", "dir", "storage"),
+];
+
+const STORAGE_NEEDED: &str =
+    "checkpointing needs a storage location; set checkpoint.storage or state.checkpoints.dir";
+const STORAGE_EXAMPLE: &str = "\"file:///var/lib/weir/checkpoints\"";
+
+/// One checkpoint setting found in the file.
+struct Setting<'a> {
+    /// The `[checkpoint]` key it sets (`"interval"`).
+    name: &'static str,
+    /// Where it is in the file (`checkpoint.interval`, `execution.checkpointing.interval`).
+    key: String,
+    value: &'a Val,
+    /// Given under Flink's name, so Flink's value forms are accepted.
+    flink: bool,
+}
+
+/// The checkpoint settings of the file: `[checkpoint]` and Flink's names.
+/// `None` when there are none.
+fn checkpoint(top: &Tbl, dir: &Path) -> Res<Option<CheckpointConfig>> {
+    /// Adds `s`, unless its setting is already set under its other name.
+    fn add<'a>(settings: &mut Vec<Setting<'a>>, s: Setting<'a>) -> Res<()> {
+        if let Some(prev) = settings.iter().find(|p| p.name == s.name) {
+            return Err(Fail {
+                message: format!(
+                    "conflicts with {}, which sets the same setting; keep only one of the two",
+                    prev.key
+                ),
+                also: Some(prev.key.clone()),
+                key: s.key,
+            });
+        }
+        settings.push(s);
+        Ok(())
+    }
+    let mut settings: Vec<Setting> = Vec::new();
+    let own = top.get("checkpoint");
+    if let Some(v) = own {
+        let t = Tbl::of(
+            "checkpoint".into(),
+            v,
+            &format!("a table ([checkpoint] with storage = {STORAGE_EXAMPLE} and the other checkpoint settings)"),
+        )?;
+        t.allow(CHECKPOINT_KEYS)?;
+        for (k, value) in t.entries {
+            if let Some(name) = CHECKPOINT_KEYS.iter().find(|n| *n == k) {
+                add(
+                    &mut settings,
+                    Setting {
+                        name,
+                        key: t.key(k),
+                        value,
+                        flink: false,
+                    },
+                )?;
+            }
+        }
+    }
+    for (outer, inner) in [("execution", "checkpointing"), ("state", "checkpoints")] {
+        let Some(v) = top.get(outer) else { continue };
+        let what = format!("a table ([{outer}.{inner}] with Flink's checkpoint options)");
+        let o = Tbl::of(outer.to_string(), v, &what)?;
+        o.allow(&[inner])?;
+        let Some(v) = o.get(inner) else { continue };
+        let t = Tbl::of(o.key(inner), v, &what)?;
+        let keys: Vec<(&str, &'static str)> = FLINK_KEYS
+            .iter()
+            .filter(|(table, _, _)| *table == t.path)
+            .map(|(_, key, name)| (*key, *name))
+            .collect();
+        let names: Vec<&str> = keys.iter().map(|(key, _)| *key).collect();
+        t.allow(&names)?;
+        for (k, value) in t.entries {
+            if let Some((_, name)) = keys.iter().find(|(key, _)| key == k) {
+                add(
+                    &mut settings,
+                    Setting {
+                        name,
+                        key: t.key(k),
+                        value,
+                        flink: true,
+                    },
+                )?;
+            }
+        }
+    }
+    if own.is_none() && settings.is_empty() {
+        return Ok(None);
+    }
+
+    let Some(storage) = settings.iter().find(|s| s.name == "storage") else {
+        return match settings.first() {
+            Some(first) if own.is_none() => fail(first.key.clone(), STORAGE_NEEDED),
+            _ => fail("checkpoint.storage", format!("missing; {STORAGE_NEEDED}")),
+        };
+    };
+    let what = format!("a storage URI such as {STORAGE_EXAMPLE} or a directory path");
+    let uri = storage_uri(
+        &storage.key,
+        string(&storage.key, storage.value, &what)?,
+        dir,
+    )?;
+    let mut config = CheckpointConfig::new(uri);
+    for s in &settings {
+        let (key, v) = (s.key.as_str(), s.value);
+        match s.name {
+            "interval" => config.interval = checkpoint_duration(s)?,
+            "min_pause" => config.min_pause = checkpoint_duration(s)?,
+            "timeout" => config.timeout = checkpoint_duration(s)?,
+            "mode" if s.flink => {
+                config.mode = flink_choice(
+                    key,
+                    v,
+                    "checkpointing mode",
+                    &[
+                        ("EXACTLY_ONCE", CheckpointMode::ExactlyOnce),
+                        ("AT_LEAST_ONCE", CheckpointMode::AtLeastOnce),
+                    ],
+                )?
+            }
+            "mode" => {
+                config.mode = choice(
+                    key,
+                    v,
+                    "checkpoint mode",
+                    &[
+                        ("exactly-once", CheckpointMode::ExactlyOnce),
+                        ("at-least-once", CheckpointMode::AtLeastOnce),
+                    ],
+                )?
+            }
+            "on_cancel" if s.flink => {
+                const OPTIONS: [(&str, OnCancel); 2] = [
+                    ("RETAIN_ON_CANCELLATION", OnCancel::Retain),
+                    ("DELETE_ON_CANCELLATION", OnCancel::Delete),
+                ];
+                if let Val::Str(text) = v {
+                    if flink_name(text) == "NO_EXTERNALIZED_CHECKPOINTS" {
+                        return fail(
+                            key,
+                            format!(
+                                "{} is not supported: Weir always keeps completed checkpoints in the storage location; expected one of: RETAIN_ON_CANCELLATION, DELETE_ON_CANCELLATION",
+                                quote(text)
+                            ),
+                        );
+                    }
+                }
+                config.on_cancel = flink_choice(key, v, "retention", &OPTIONS)?
+            }
+            "on_cancel" => {
+                config.on_cancel = choice(
+                    key,
+                    v,
+                    "on_cancel value",
+                    &[("retain", OnCancel::Retain), ("delete", OnCancel::Delete)],
+                )?
+            }
+            "max_concurrent" => {
+                config.max_concurrent = to_usize(int(key, v, 1, i64::MAX, POSITIVE)?);
+            }
+            "tolerable_failures" => {
+                let max = i64::from(u32::MAX);
+                let i = int(key, v, 0, max, &format!("an integer from 0 to {max}"))?;
+                config.tolerable_failures = u32::try_from(i).unwrap_or(u32::MAX);
+            }
+            "retained" => config.retained = to_usize(int(key, v, 1, i64::MAX, POSITIVE)?),
+            "local_dir" => config.local_dir = resolve(dir, &non_empty(key, v, "a directory path")?),
+            _ => {} // storage: done above
+        }
+    }
+    if let Err(e) = config.validate() {
+        // Name the key the value came from (it may be a Flink name).
+        let name = e.setting.strip_prefix("checkpoint.").unwrap_or(e.setting);
+        let key = settings
+            .iter()
+            .find(|s| s.name == name)
+            .map_or_else(|| e.setting.to_string(), |s| s.key.clone());
+        return fail(key, e.message);
+    }
+    Ok(Some(config))
+}
+
+/// A duration: Weir's syntax under `[checkpoint]`; Flink's forms (and a bare
+/// integer of milliseconds) under Flink's names.
+fn checkpoint_duration(s: &Setting) -> Res<Duration> {
+    if !s.flink {
+        return duration(&s.key, s.value);
+    }
+    match s.value {
+        Val::Int(ms) if *ms >= 0 => Ok(Duration::from_millis(to_u64(*ms))),
+        Val::Str(text) => parse_flink_duration(text)
+            .or_else(|e| fail(&*s.key, format!("invalid duration {}; {e}", quote(text)))),
+        other => fail(
+            &*s.key,
+            format!(
+                "expected a duration such as \"30 s\" or a number of milliseconds, found {}",
+                describe(other)
+            ),
+        ),
+    }
+}
+
+/// One of `options` (`(name, value)`); `what` names the setting in messages.
+fn choice<T: Copy>(key: &str, v: &Val, what: &str, options: &[(&str, T)]) -> Res<T> {
+    pick(key, v, what, options, |s| s.to_string())
+}
+
+/// Like [`choice`] for a Flink value: case-insensitive, `-` or `_`.
+fn flink_choice<T: Copy>(key: &str, v: &Val, what: &str, options: &[(&str, T)]) -> Res<T> {
+    pick(key, v, what, options, flink_name)
+}
+
+/// `exactly-once`, `Exactly_Once` -> `EXACTLY_ONCE`.
+fn flink_name(s: &str) -> String {
+    s.trim().to_ascii_uppercase().replace('-', "_")
+}
+
+fn pick<T: Copy>(
+    key: &str,
+    v: &Val,
+    what: &str,
+    options: &[(&str, T)],
+    normalize: impl Fn(&str) -> String,
+) -> Res<T> {
+    let list = options
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match v {
+        Val::Str(s) => {
+            let s_norm = normalize(s);
+            match options.iter().find(|(n, _)| *n == s_norm) {
+                Some((_, t)) => Ok(*t),
+                None => fail(
+                    key,
+                    format!("unknown {what} {}; expected one of: {list}", quote(s)),
+                ),
+            }
+        }
+        other => fail(
+            key,
+            format!(
+                "expected a string, one of: {list}; found {}",
+                describe(other)
+            ),
+        ),
+    }
+}
+
+/// Checkpoint storage as a `file://` URI with an absolute path. A plain path,
+/// or a `file:` URI whose path is relative (`file://ckpt`), is resolved against
+/// the job file's directory (and that against the current directory when it
+/// is relative). Other schemes are rejected: only file storage exists so far.
+fn storage_uri(key: &str, s: &str, dir: &Path) -> Res<String> {
+    if s.trim().is_empty() {
+        // CheckpointConfig::validate reports it.
+        return Ok(s.to_string());
+    }
+    let is_scheme = |t: &str| {
+        // Two characters at least, so that `C:\...` stays a path.
+        t.len() >= 2
+            && t.starts_with(|c: char| c.is_ascii_alphabetic())
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    };
+    let path = match s.split_once(':') {
+        Some((scheme, rest)) if is_scheme(scheme) => {
+            if !scheme.eq_ignore_ascii_case("file") {
+                return fail(
+                    key,
+                    format!(
+                        "unsupported storage scheme {} in {}; only file:// storage is supported for now: expected a URI such as {STORAGE_EXAMPLE} or a directory path",
+                        quote(scheme),
+                        quote(s)
+                    ),
+                );
+            }
+            rest.strip_prefix("//").unwrap_or(rest)
+        }
+        _ => s,
+    };
+    if path.is_empty() {
+        return fail(
+            key,
+            format!(
+                "{} names no directory; expected a URI such as {STORAGE_EXAMPLE}",
+                quote(s)
+            ),
+        );
+    }
+    let resolved = resolve(dir, path);
+    let absolute = std::path::absolute(&resolved).or_else(|e| {
+        fail(
+            key,
+            format!("cannot make {} absolute: {e}", resolved.display()),
+        )
+    })?;
+    Ok(format!("file://{}", absolute.display()))
+}
+
+// ---------------------------------------------------------------------------
 // --set overrides
 // ---------------------------------------------------------------------------
 
@@ -1168,11 +1666,13 @@ fn apply_overrides(root: &mut Val, overrides: &[String]) -> Res<Vec<Applied>> {
 
 /// Points errors about an overridden key at the `--set` that produced it.
 fn annotate_override(mut f: Fail, applied: &[Applied]) -> Fail {
-    let hit = applied.iter().rev().find(|a| {
-        f.key == a.path
-            || f.key.starts_with(&format!("{}.", a.path))
-            || f.key.starts_with(&format!("{}[", a.path))
-    });
+    let covers = |path: &str, key: &str| {
+        key == path || key.starts_with(&format!("{path}.")) || key.starts_with(&format!("{path}["))
+    };
+    let hit = applied
+        .iter()
+        .rev()
+        .find(|a| covers(&a.path, &f.key) || f.also.as_deref().is_some_and(|k| covers(&a.path, k)));
     if let Some(a) = hit {
         f.message = format!("{} (value from --set {})", f.message, a.text);
     }
@@ -1413,6 +1913,10 @@ fields = ["id"]
 type = "file"
 path = "output/"
 overwrite = true
+
+[checkpoint]
+interval = "500ms"
+storage = "/var/lib/weir/ck"
 "#;
 
     #[test]
@@ -1502,6 +2006,11 @@ overwrite = true
                 path: PathBuf::from("jobs/output/"),
                 overwrite: true,
             },
+            checkpoint: Some(CheckpointConfig {
+                interval: ms(500),
+                ..CheckpointConfig::new("file:///var/lib/weir/ck")
+            }),
+            restart: RestartStrategy::default(),
             path: PathBuf::from(FILE),
         };
         assert_eq!(job, expected);
@@ -1649,7 +2158,7 @@ overwrite = true
         );
         assert_eq!(
             err(&format!("paralelism = 2\n{MIN}")),
-            "jobs/job.toml: paralelism: unknown key; expected one of: name, parallelism, workers, max_parallelism, batch_size, channel_capacity, source, transform, sink"
+            "jobs/job.toml: paralelism: unknown key; expected one of: name, parallelism, workers, max_parallelism, batch_size, channel_capacity, source, transform, sink, checkpoint, restart, execution.checkpointing, state.checkpoints"
         );
         assert_eq!(
             err(&MIN.replace("generator\"", "generator\"\npath = \"x\"")),
@@ -2166,6 +2675,530 @@ overwrite = true
         assert!(parse_duration("1.0000000000000000001s").is_err());
     }
 
+    // ----- checkpoints -----
+
+    /// `MIN` plus checkpoint settings given after it (tables).
+    fn ck(text: &str) -> Result<Option<CheckpointConfig>, JobFileError> {
+        parse(&format!("{MIN}{text}")).map(|job| job.checkpoint)
+    }
+
+    /// Checkpoint settings given as top-level dotted keys (before `MIN`'s tables).
+    fn ck_top(text: &str) -> Result<Option<CheckpointConfig>, JobFileError> {
+        parse(&format!("{text}{MIN}")).map(|job| job.checkpoint)
+    }
+
+    fn ck_err(text: &str) -> String {
+        err(&format!("{MIN}{text}"))
+    }
+
+    fn ck_top_err(text: &str) -> String {
+        err(&format!("{text}{MIN}"))
+    }
+
+    #[test]
+    fn checkpoint_full_table() {
+        let text = format!(
+            "{MIN}[checkpoint]\ninterval = \"200ms\"\nmode = \"at-least-once\"\nmin_pause = \"1.5s\"\ntimeout = \"2m\"\nmax_concurrent = 2\ntolerable_failures = 5\nretained = 7\non_cancel = \"delete\"\nstorage = \"file:///var/lib/weir/checkpoints\"\nlocal_dir = \"/var/lib/weir/local\"\n"
+        );
+        let job = parse_job(&text, Path::new("/srv/jobs/sums.toml"), &[]).unwrap();
+        assert_eq!(
+            job.checkpoint,
+            Some(CheckpointConfig {
+                interval: ms(200),
+                mode: CheckpointMode::AtLeastOnce,
+                min_pause: ms(1500),
+                timeout: Duration::from_secs(120),
+                max_concurrent: 2,
+                tolerable_failures: 5,
+                retained: 7,
+                on_cancel: OnCancel::Delete,
+                storage: "file:///var/lib/weir/checkpoints".into(),
+                local_dir: PathBuf::from("/var/lib/weir/local"),
+            })
+        );
+        // The other values of mode and on_cancel.
+        let c =
+            ck("[checkpoint]\nstorage = \"/c\"\nmode = \"exactly-once\"\non_cancel = \"retain\"\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            (c.mode, c.on_cancel),
+            (CheckpointMode::ExactlyOnce, OnCancel::Retain)
+        );
+    }
+
+    #[test]
+    fn checkpoint_defaults_and_disabled() {
+        assert_eq!(parse(MIN).unwrap().checkpoint, None);
+        assert_eq!(
+            ck("[checkpoint]\nstorage = \"file:///ck\"\n").unwrap(),
+            Some(CheckpointConfig::new("file:///ck"))
+        );
+        assert_eq!(
+            ck_top("state.checkpoints.dir = \"file:///ck\"\n").unwrap(),
+            Some(CheckpointConfig::new("file:///ck"))
+        );
+        // Empty Flink tables set nothing.
+        assert_eq!(
+            ck("[execution.checkpointing]\n[state.checkpoints]\n").unwrap(),
+            None
+        );
+        assert_eq!(ck_top("execution = {}\nstate = {}\n").unwrap(), None);
+    }
+
+    #[test]
+    fn checkpoint_flink_keys() {
+        let flink = "execution.checkpointing.interval = \"30 s\"\nexecution.checkpointing.mode = \"AT_LEAST_ONCE\"\nexecution.checkpointing.min-pause = \"500 ms\"\nexecution.checkpointing.timeout = \"1 min\"\nexecution.checkpointing.max-concurrent-checkpoints = 2\nexecution.checkpointing.tolerable-failed-checkpoints = 0\nexecution.checkpointing.externalized-checkpoint-retention = \"DELETE_ON_CANCELLATION\"\nstate.checkpoints.num-retained = 5\nstate.checkpoints.dir = \"file:///ck\"\n";
+        let expected = CheckpointConfig {
+            interval: Duration::from_secs(30),
+            mode: CheckpointMode::AtLeastOnce,
+            min_pause: ms(500),
+            timeout: Duration::from_secs(60),
+            max_concurrent: 2,
+            tolerable_failures: 0,
+            retained: 5,
+            on_cancel: OnCancel::Delete,
+            ..CheckpointConfig::new("file:///ck")
+        };
+        assert_eq!(ck_top(flink).unwrap(), Some(expected.clone()));
+        // The same as [execution.checkpointing] and [state.checkpoints] tables.
+        let tables = flink
+            .replace("execution.checkpointing.", "")
+            .replace("state.checkpoints.", "");
+        let (exec, state) = tables.split_at(tables.find("num-retained").unwrap());
+        assert_eq!(
+            ck(&format!(
+                "[execution.checkpointing]\n{exec}[state.checkpoints]\n{state}"
+            ))
+            .unwrap(),
+            Some(expected)
+        );
+        // Modes and retentions: case-insensitive, '-' or '_'.
+        for (text, mode) in [
+            ("EXACTLY_ONCE", CheckpointMode::ExactlyOnce),
+            ("exactly_once", CheckpointMode::ExactlyOnce),
+            ("exactly-once", CheckpointMode::ExactlyOnce),
+            ("Exactly-Once", CheckpointMode::ExactlyOnce),
+            ("at_least_once", CheckpointMode::AtLeastOnce),
+            ("at-least-once", CheckpointMode::AtLeastOnce),
+        ] {
+            let c = ck_top(&format!(
+                "execution.checkpointing.mode = \"{text}\"\nstate.checkpoints.dir = \"/c\"\n"
+            ))
+            .unwrap()
+            .unwrap();
+            assert_eq!(c.mode, mode, "{text}");
+        }
+        for (text, on_cancel) in [
+            ("RETAIN_ON_CANCELLATION", OnCancel::Retain),
+            ("retain-on-cancellation", OnCancel::Retain),
+            ("delete_on_cancellation", OnCancel::Delete),
+        ] {
+            let c = ck_top(&format!("execution.checkpointing.externalized-checkpoint-retention = \"{text}\"\nstate.checkpoints.dir = \"/c\"\n"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.on_cancel, on_cancel, "{text}");
+        }
+        // Flink keys mix with [checkpoint] keys for other settings.
+        let c = parse(&format!("state.checkpoints.num-retained = 9\n{MIN}[checkpoint]\nstorage = \"/c\"\ninterval = \"5s\"\n"))
+            .unwrap()
+            .checkpoint
+            .unwrap();
+        assert_eq!((c.retained, c.interval), (9, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn checkpoint_flink_durations() {
+        let interval = |v: &str| {
+            ck_top(&format!(
+                "execution.checkpointing.interval = {v}\nstate.checkpoints.dir = \"/c\"\n"
+            ))
+            .map(|c| c.unwrap().interval)
+        };
+        assert_eq!(interval("10000").unwrap(), ms(10_000));
+        assert_eq!(interval("\"10000\"").unwrap(), ms(10_000));
+        assert_eq!(interval("\"30 s\"").unwrap(), Duration::from_secs(30));
+        assert_eq!(interval("\"2 h\"").unwrap(), Duration::from_secs(7200));
+        let ok = |s: &str| parse_flink_duration(s).unwrap();
+        for (text, expected) in [
+            ("30 s", Duration::from_secs(30)),
+            ("30s", Duration::from_secs(30)),
+            ("1 min", Duration::from_secs(60)),
+            ("2 h", Duration::from_secs(7200)),
+            ("500 ms", ms(500)),
+            ("10000", ms(10_000)),
+            ("0", Duration::ZERO),
+            ("7 milli", ms(7)),
+            ("7 millis", ms(7)),
+            ("7 millisecond", ms(7)),
+            ("7 milliseconds", ms(7)),
+            ("3 sec", Duration::from_secs(3)),
+            ("3 secs", Duration::from_secs(3)),
+            ("3 second", Duration::from_secs(3)),
+            ("3 seconds", Duration::from_secs(3)),
+            ("4m", Duration::from_secs(240)),
+            ("4 minute", Duration::from_secs(240)),
+            ("4 minutes", Duration::from_secs(240)),
+            ("1 hour", Duration::from_secs(3600)),
+            ("3 hours", Duration::from_secs(3 * 3600)),
+            ("1 d", Duration::from_secs(86_400)),
+            ("1 day", Duration::from_secs(86_400)),
+            ("2 days", Duration::from_secs(2 * 86_400)),
+            ("30 S", Duration::from_secs(30)),
+            ("1 MIN", Duration::from_secs(60)),
+            ("  30   s  ", Duration::from_secs(30)),
+            // Weir's forms too.
+            ("1.5s", ms(1500)),
+            ("0.5 min", Duration::from_secs(30)),
+            ("200ms", ms(200)),
+        ] {
+            assert_eq!(ok(text), expected, "{text:?}");
+        }
+        let syntax = Err(FLINK_DURATION_SYNTAX.to_string());
+        for bad in [
+            "", " ", "s", "ms", "-1 s", "+1 s", "30 x", "30 s s", "1e3 ms", "1,5 s", "1.s", ".5 s",
+            "10 us", "1 mins", "30 s.",
+        ] {
+            assert_eq!(parse_flink_duration(bad), syntax, "{bad:?}");
+        }
+        assert_eq!(
+            parse_flink_duration("213504 d"),
+            Err("expected at most 5124095h (about 584 years)".to_string())
+        );
+        assert!(parse_flink_duration("213503 d").is_ok());
+        assert!(parse_flink_duration("9999999999999999999999999 d").is_err());
+        // In a job file.
+        assert_eq!(
+            ck_top_err("execution.checkpointing.timeout = \"30 x\"\nstate.checkpoints.dir = \"/c\"\n"),
+            "jobs/job.toml: execution.checkpointing.timeout: invalid duration \"30 x\"; expected a number and an optional unit: ms, s, min, h or d (e.g. \"500 ms\", \"30 s\", \"1 min\"); a bare number is milliseconds"
+        );
+        assert_eq!(
+            ck_top_err("execution.checkpointing.min-pause = -5\nstate.checkpoints.dir = \"/c\"\n"),
+            "jobs/job.toml: execution.checkpointing.min-pause: expected a duration such as \"30 s\" or a number of milliseconds, found integer -5"
+        );
+        assert_eq!(
+            ck_top_err("execution.checkpointing.interval = true\nstate.checkpoints.dir = \"/c\"\n"),
+            "jobs/job.toml: execution.checkpointing.interval: expected a duration such as \"30 s\" or a number of milliseconds, found boolean true"
+        );
+        // Weir's keys keep Weir's syntax.
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = \"/c\"\ninterval = \"30 s\"\n"),
+            "jobs/job.toml: checkpoint.interval: invalid duration \"30 s\"; expected a number followed by ms, s, m or h (e.g. \"200ms\", \"30s\", \"10m\")"
+        );
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = \"/c\"\nmin_pause = 100\n"),
+            "jobs/job.toml: checkpoint.min_pause: expected a duration string such as \"10s\", found integer 100"
+        );
+    }
+
+    #[test]
+    fn checkpoint_conflicting_names() {
+        assert_eq!(
+            err(&format!("execution.checkpointing.interval = \"30 s\"\n{MIN}[checkpoint]\ninterval = \"1s\"\nstorage = \"/c\"\n")),
+            "jobs/job.toml: execution.checkpointing.interval: conflicts with checkpoint.interval, which sets the same setting; keep only one of the two"
+        );
+        assert_eq!(
+            ck("[checkpoint]\nstorage = \"/c\"\n[state.checkpoints]\ndir = \"/d\"\n").unwrap_err().to_string(),
+            "jobs/job.toml: state.checkpoints.dir: conflicts with checkpoint.storage, which sets the same setting; keep only one of the two"
+        );
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = \"/c\"\nretained = 2\non_cancel = \"retain\"\n[state.checkpoints]\nnum-retained = 2\n"),
+            "jobs/job.toml: state.checkpoints.num-retained: conflicts with checkpoint.retained, which sets the same setting; keep only one of the two"
+        );
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = \"/c\"\non_cancel = \"retain\"\n[execution.checkpointing]\nexternalized-checkpoint-retention = \"RETAIN_ON_CANCELLATION\"\n"),
+            "jobs/job.toml: execution.checkpointing.externalized-checkpoint-retention: conflicts with checkpoint.on_cancel, which sets the same setting; keep only one of the two"
+        );
+        // Even with equal values.
+        assert!(ck_err("[checkpoint]\nstorage = \"/c\"\nmode = \"exactly-once\"\n[execution.checkpointing]\nmode = \"EXACTLY_ONCE\"\n")
+            .contains("execution.checkpointing.mode: conflicts with checkpoint.mode"));
+    }
+
+    #[test]
+    fn checkpoint_needs_storage() {
+        let missing = "jobs/job.toml: checkpoint.storage: missing; checkpointing needs a storage location; set checkpoint.storage or state.checkpoints.dir";
+        assert_eq!(ck_err("[checkpoint]\ninterval = \"1s\"\n"), missing);
+        assert_eq!(ck_err("[checkpoint]\n"), missing);
+        assert_eq!(
+            ck_err("[checkpoint]\n[execution.checkpointing]\ninterval = \"1s\"\n"),
+            missing
+        );
+        assert_eq!(
+            ck_top_err("execution.checkpointing.interval = \"30 s\"\nstate.checkpoints.num-retained = 2\n"),
+            "jobs/job.toml: execution.checkpointing.interval: checkpointing needs a storage location; set checkpoint.storage or state.checkpoints.dir"
+        );
+        assert_eq!(
+            ck_err("[state.checkpoints]\nnum-retained = 2\n"),
+            "jobs/job.toml: state.checkpoints.num-retained: checkpointing needs a storage location; set checkpoint.storage or state.checkpoints.dir"
+        );
+    }
+
+    #[test]
+    fn checkpoint_bad_values() {
+        let c = |body: &str| ck_err(&format!("[checkpoint]\nstorage = \"/c\"\n{body}"));
+        let f = |body: &str| {
+            ck_err(&format!(
+                "[state.checkpoints]\ndir = \"/c\"\n[execution.checkpointing]\n{body}"
+            ))
+        };
+        assert_eq!(
+            c("mode = \"exactly_once\"\n"),
+            "jobs/job.toml: checkpoint.mode: unknown checkpoint mode \"exactly_once\"; expected one of: exactly-once, at-least-once"
+        );
+        assert_eq!(
+            c("mode = 1\n"),
+            "jobs/job.toml: checkpoint.mode: expected a string, one of: exactly-once, at-least-once; found integer 1"
+        );
+        assert_eq!(
+            c("on_cancel = \"keep\"\n"),
+            "jobs/job.toml: checkpoint.on_cancel: unknown on_cancel value \"keep\"; expected one of: retain, delete"
+        );
+        assert_eq!(
+            f("mode = \"ONCE\"\n"),
+            "jobs/job.toml: execution.checkpointing.mode: unknown checkpointing mode \"ONCE\"; expected one of: EXACTLY_ONCE, AT_LEAST_ONCE"
+        );
+        assert_eq!(
+            f("externalized-checkpoint-retention = \"RETAIN\"\n"),
+            "jobs/job.toml: execution.checkpointing.externalized-checkpoint-retention: unknown retention \"RETAIN\"; expected one of: RETAIN_ON_CANCELLATION, DELETE_ON_CANCELLATION"
+        );
+        assert_eq!(
+            f("externalized-checkpoint-retention = \"NO_EXTERNALIZED_CHECKPOINTS\"\n"),
+            "jobs/job.toml: execution.checkpointing.externalized-checkpoint-retention: \"NO_EXTERNALIZED_CHECKPOINTS\" is not supported: Weir always keeps completed checkpoints in the storage location; expected one of: RETAIN_ON_CANCELLATION, DELETE_ON_CANCELLATION"
+        );
+        assert_eq!(
+            c("max_concurrent = \"2\"\n"),
+            "jobs/job.toml: checkpoint.max_concurrent: expected a positive integer, found string \"2\""
+        );
+        assert_eq!(
+            f("max-concurrent-checkpoints = 0\n"),
+            "jobs/job.toml: execution.checkpointing.max-concurrent-checkpoints: expected a positive integer, found 0"
+        );
+        assert_eq!(
+            c("tolerable_failures = -1\n"),
+            "jobs/job.toml: checkpoint.tolerable_failures: expected an integer from 0 to 4294967295, found -1"
+        );
+        assert_eq!(
+            f("tolerable-failed-checkpoints = 4294967296\n"),
+            "jobs/job.toml: execution.checkpointing.tolerable-failed-checkpoints: expected an integer from 0 to 4294967295, found 4294967296"
+        );
+        assert_eq!(
+            c("retained = 1.0\n"),
+            "jobs/job.toml: checkpoint.retained: expected a positive integer, found float 1.0"
+        );
+        assert_eq!(
+            c("local_dir = \"\"\n"),
+            "jobs/job.toml: checkpoint.local_dir: expected a directory path (a non-empty string), found \"\""
+        );
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = 5\n"),
+            "jobs/job.toml: checkpoint.storage: expected a storage URI such as \"file:///var/lib/weir/checkpoints\" or a directory path, found integer 5"
+        );
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = \"s3://bucket/ck\"\n"),
+            "jobs/job.toml: checkpoint.storage: unsupported storage scheme \"s3\" in \"s3://bucket/ck\"; only file:// storage is supported for now: expected a URI such as \"file:///var/lib/weir/checkpoints\" or a directory path"
+        );
+        assert_eq!(
+            ck_err("[state.checkpoints]\ndir = \"hdfs:///flink/ck\"\n"),
+            "jobs/job.toml: state.checkpoints.dir: unsupported storage scheme \"hdfs\" in \"hdfs:///flink/ck\"; only file:// storage is supported for now: expected a URI such as \"file:///var/lib/weir/checkpoints\" or a directory path"
+        );
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = \"file://\"\n"),
+            "jobs/job.toml: checkpoint.storage: \"file://\" names no directory; expected a URI such as \"file:///var/lib/weir/checkpoints\""
+        );
+        // Unknown keys and wrong table types.
+        assert_eq!(
+            c("intervall = \"1s\"\n"),
+            "jobs/job.toml: checkpoint.intervall: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir"
+        );
+        assert_eq!(
+            f("unaligned = true\n"),
+            "jobs/job.toml: execution.checkpointing.unaligned: unknown key; expected one of: interval, mode, min-pause, timeout, max-concurrent-checkpoints, tolerable-failed-checkpoints, externalized-checkpoint-retention"
+        );
+        assert_eq!(
+            ck_top_err("state.checkpoints.dir = \"/c\"\nstate.checkpoints.num_retained = 3\n"),
+            "jobs/job.toml: state.checkpoints.num_retained: unknown key; expected one of: num-retained, dir"
+        );
+        assert_eq!(
+            ck_top_err("state.backend = \"rocksdb\"\n"),
+            "jobs/job.toml: state.backend: unknown key; expected one of: checkpoints"
+        );
+        assert_eq!(
+            ck_top_err("execution.runtime-mode = \"STREAMING\"\n"),
+            "jobs/job.toml: execution.runtime-mode: unknown key; expected one of: checkpointing"
+        );
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = \"/c\"\nexecution.checkpointing.interval = \"1s\"\n"),
+            "jobs/job.toml: checkpoint.execution: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir"
+        );
+        assert_eq!(
+            ck_top_err("checkpoint = \"file:///c\"\n"),
+            "jobs/job.toml: checkpoint: expected a table ([checkpoint] with storage = \"file:///var/lib/weir/checkpoints\" and the other checkpoint settings), found string \"file:///c\""
+        );
+        assert_eq!(
+            ck_top_err("execution.checkpointing = 5\n"),
+            "jobs/job.toml: execution.checkpointing: expected a table ([execution.checkpointing] with Flink's checkpoint options), found integer 5"
+        );
+        assert_eq!(
+            ck_top_err("state = []\n"),
+            "jobs/job.toml: state: expected a table ([state.checkpoints] with Flink's checkpoint options), found an empty array"
+        );
+        assert_eq!(
+            ck_top_err("checkpoints = {}\n"),
+            "jobs/job.toml: checkpoints: unknown key; expected one of: name, parallelism, workers, max_parallelism, batch_size, channel_capacity, source, transform, sink, checkpoint, restart, execution.checkpointing, state.checkpoints"
+        );
+    }
+
+    #[test]
+    fn checkpoint_validation_errors() {
+        let c = |body: &str| ck_err(&format!("[checkpoint]\nstorage = \"/c\"\n{body}"));
+        assert_eq!(
+            c("interval = \"1ms\"\n"),
+            "jobs/job.toml: checkpoint.interval: 1ms is too short; expected at least 10ms"
+        );
+        assert_eq!(
+            c("timeout = \"0s\"\n"),
+            "jobs/job.toml: checkpoint.timeout: 0ns is too short; expected at least 10ms"
+        );
+        assert_eq!(
+            c("max_concurrent = 65\n"),
+            "jobs/job.toml: checkpoint.max_concurrent: 65 is out of range; expected 1..=64"
+        );
+        assert_eq!(
+            c("retained = 1001\n"),
+            "jobs/job.toml: checkpoint.retained: 1001 is out of range; expected 1..=1000"
+        );
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = \"  \"\n"),
+            "jobs/job.toml: checkpoint.storage: is empty; expected a URI such as file:///var/lib/weir/checkpoints"
+        );
+        // The error names the key the value came from.
+        assert_eq!(
+            ck_top_err("execution.checkpointing.interval = 5\nstate.checkpoints.dir = \"/c\"\n"),
+            "jobs/job.toml: execution.checkpointing.interval: 5ms is too short; expected at least 10ms"
+        );
+        assert_eq!(
+            ck_top_err("state.checkpoints.num-retained = 2000\nstate.checkpoints.dir = \"/c\"\n"),
+            "jobs/job.toml: state.checkpoints.num-retained: 2000 is out of range; expected 1..=1000"
+        );
+        assert_eq!(
+            ck_top_err("state.checkpoints.dir = \"\"\n"),
+            "jobs/job.toml: state.checkpoints.dir: is empty; expected a URI such as file:///var/lib/weir/checkpoints"
+        );
+        // Bounds are inclusive.
+        assert!(ck("[checkpoint]\nstorage = \"/c\"\ninterval = \"10ms\"\ntimeout = \"10ms\"\nmax_concurrent = 64\nretained = 1000\ntolerable_failures = 4294967295\nmin_pause = \"0s\"\n").is_ok());
+    }
+
+    #[test]
+    fn checkpoint_overrides() {
+        let file = format!("{MIN}[checkpoint]\nstorage = \"/c\"\n");
+        let job = parse_set(&file, &["checkpoint.interval=200ms"]).unwrap();
+        assert_eq!(job.checkpoint.unwrap().interval, ms(200));
+        // --set alone enables checkpointing.
+        let job = parse_set(
+            MIN,
+            &[
+                "checkpoint.storage=/tmp/ck",
+                "checkpoint.mode=at-least-once",
+                "checkpoint.retained=4",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            job.checkpoint,
+            Some(CheckpointConfig {
+                mode: CheckpointMode::AtLeastOnce,
+                retained: 4,
+                ..CheckpointConfig::new("file:///tmp/ck")
+            })
+        );
+        // Flink names too.
+        let job = parse_set(
+            MIN,
+            &[
+                "state.checkpoints.dir=file:///ck",
+                "execution.checkpointing.interval=30 s",
+                "state.checkpoints.num-retained=2",
+            ],
+        )
+        .unwrap();
+        let c = job.checkpoint.unwrap();
+        assert_eq!(
+            (c.interval, c.retained, c.storage.as_str()),
+            (Duration::from_secs(30), 2, "file:///ck")
+        );
+        assert_eq!(
+            set_err(&file, &["checkpoint.interval=1ms"]),
+            "jobs/job.toml: checkpoint.interval: 1ms is too short; expected at least 10ms (value from --set checkpoint.interval=1ms)"
+        );
+        assert_eq!(
+            set_err(&file, &["checkpoint.mode=fast"]),
+            "jobs/job.toml: checkpoint.mode: unknown checkpoint mode \"fast\"; expected one of: exactly-once, at-least-once (value from --set checkpoint.mode=fast)"
+        );
+        assert_eq!(
+            set_err(MIN, &["checkpoint.interval=200ms"]),
+            "jobs/job.toml: checkpoint.storage: missing; checkpointing needs a storage location; set checkpoint.storage or state.checkpoints.dir"
+        );
+        // A conflict points at the --set of either side.
+        let flink = format!("execution.checkpointing.interval = \"30 s\"\n{file}");
+        assert_eq!(
+            set_err(&flink, &["checkpoint.interval=200ms"]),
+            "jobs/job.toml: execution.checkpointing.interval: conflicts with checkpoint.interval, which sets the same setting; keep only one of the two (value from --set checkpoint.interval=200ms)"
+        );
+        let job = parse_set(&flink, &["execution.checkpointing.interval=200ms"]).unwrap();
+        assert_eq!(job.checkpoint.unwrap().interval, ms(200));
+    }
+
+    #[test]
+    fn checkpoint_relative_paths() {
+        let at = |storage: &str, file: &str| {
+            let text =
+                format!("{MIN}[checkpoint]\nstorage = \"{storage}\"\nlocal_dir = \"local\"\n");
+            parse_job(&text, Path::new(file), &[])
+                .unwrap()
+                .checkpoint
+                .unwrap()
+        };
+        let c = at("ck", "/srv/jobs/sums.toml");
+        assert_eq!(c.storage, "file:///srv/jobs/ck");
+        assert_eq!(c.local_dir, PathBuf::from("/srv/jobs/local"));
+        for (storage, uri) in [
+            ("ck/", "file:///srv/jobs/ck/"),
+            ("../ck", "file:///srv/jobs/../ck"),
+            ("file://ck", "file:///srv/jobs/ck"),
+            ("file:ck", "file:///srv/jobs/ck"),
+            ("file:///var/ck", "file:///var/ck"),
+            ("file:/var/ck", "file:///var/ck"),
+            ("FILE:///var/ck", "file:///var/ck"),
+            ("/var/ck", "file:///var/ck"),
+        ] {
+            assert_eq!(at(storage, "/srv/jobs/sums.toml").storage, uri, "{storage}");
+        }
+        let c = ck("[checkpoint]\nstorage = \"/c\"\nlocal_dir = \"/abs/local\"\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.local_dir, PathBuf::from("/abs/local"));
+        // A relative job file: storage is made absolute with the current
+        // directory; local_dir stays relative, like the other paths.
+        let cwd = std::env::current_dir().unwrap();
+        let c = at("file://ck", FILE);
+        assert_eq!(
+            c.storage,
+            format!("file://{}", cwd.join("jobs/ck").display())
+        );
+        assert_eq!(c.local_dir, PathBuf::from("jobs/local"));
+        let c = at("ck", "sums.toml");
+        assert_eq!(c.storage, format!("file://{}", cwd.join("ck").display()));
+        assert_eq!(c.local_dir, PathBuf::from("local"));
+        // Flink's dir is resolved the same way.
+        let job = parse_job(
+            &format!("state.checkpoints.dir = \"ck\"\n{MIN}"),
+            Path::new("/srv/jobs/sums.toml"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(job.checkpoint.unwrap().storage, "file:///srv/jobs/ck");
+    }
+
     // ----- robustness -----
 
     /// xorshift64*: a tiny deterministic generator for the garbling tests.
@@ -2223,6 +3256,12 @@ overwrite = true
             "fields = []\n",
             "size = \"1s\"\n",
             "\"\"\"",
+            "[checkpoint]\n",
+            "storage = \"ck\"\n",
+            "interval = \"1s\"\n",
+            "execution.checkpointing.interval = \"30 s\"\n",
+            "[state.checkpoints]\n",
+            "num-retained = 0\n",
         ];
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mut outcomes = (0, 0);
@@ -2263,6 +3302,8 @@ overwrite = true
                         "transform.99",
                         "name.x",
                         "sink",
+                        "checkpoint.interval",
+                        "state.checkpoints.dir",
                     ];
                     let v = PIECES[rng.below(PIECES.len())];
                     if rng.below(5) == 0 {
@@ -2290,5 +3331,37 @@ overwrite = true
         assert!(parse(&text).is_err());
         let text = format!("name = {}", "{a = ".repeat(5000));
         assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn restart_table() {
+        let base = with("");
+        let j = parse(&format!("{base}\n[restart]\nstrategy = \"exponential-backoff\"\nattempts = 5\ndelay = \"200ms\"\nmultiplier = 3\nmax_delay = \"10s\"\n")).unwrap();
+        assert_eq!(
+            j.restart,
+            RestartStrategy {
+                attempts: 5,
+                delay: ms(200),
+                exponential: true,
+                multiplier: 3.0,
+                max_delay: ms(10_000)
+            }
+        );
+        assert_eq!(parse(&base).unwrap().restart, RestartStrategy::default());
+        let e = err(&format!("{base}\n[restart]\nstrategy = \"sometimes\"\n"));
+        assert!(
+            e.contains("restart.strategy") && e.contains("fixed-delay"),
+            "{e}"
+        );
+        let e = err(&format!("{base}\n[restart]\nmultiplier = 0.5\n"));
+        assert!(
+            e.contains("restart.multiplier") && e.contains("at least 1.0"),
+            "{e}"
+        );
+        let e = err(&format!("{base}\n[restart]\ntries = 1\n"));
+        assert!(
+            e.contains("restart.tries") && e.contains("unknown key"),
+            "{e}"
+        );
     }
 }

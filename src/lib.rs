@@ -12,14 +12,16 @@
 
 pub mod connectors;
 pub mod expr;
+pub mod inspect;
 pub mod job;
 pub mod plan;
 
 pub use weir_runtime::{
-    key_group_for, AggregateFunction, Avg, BoxError, CollectHandle, Context, Count, DataStream,
-    JobError, JobHandle, JobMetrics, JobSummary, KeyedContext, KeyedProcessFunction, KeyedStream,
-    ListState, MapState, Max, Min, NodeMetrics, OpenContext, ProcessFunction, RuntimeConfig,
-    SinkWriter, SourcePoll, SourceReader, StreamEnv, Sum, TaskInfo, Timestamp, ValueState, Waker,
-    WindowAssigner, WindowResult, WindowedStream, DEFAULT_MAX_PARALLELISM, MAX_WATERMARK,
-    NO_TIMESTAMP,
+    key_group_for, AggregateFunction, Avg, BoxError, CheckpointConfig, CheckpointMode,
+    CollectHandle, CompletedCheckpoint, Context, Count, DataStream, JobError, JobHandle,
+    JobMetrics, JobSummary, KeyedContext, KeyedProcessFunction, KeyedStream, ListState, MapState,
+    Max, Min, NodeMetrics, OnCancel, OpenContext, PreCommit, ProcessFunction, RestoreFrom,
+    RuntimeConfig, SinkWriter, SourcePoll, SourceReader, StateData, StreamEnv, Sum, TaskInfo,
+    Timestamp, ValueState, Waker, WindowAssigner, WindowResult, WindowedStream,
+    DEFAULT_MAX_PARALLELISM, MAX_WATERMARK, NO_TIMESTAMP,
 };

@@ -1,7 +1,7 @@
 //! The `weir` command line.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use weir::{JobError, StreamEnv};
+use weir::job::{JobFile, RestartStrategy};
+use weir::{JobError, RestoreFrom, StreamEnv};
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "Weir stream-processing engine")]
@@ -30,9 +31,41 @@ enum Command {
         /// Override a job-file key, e.g. `--set source.count=1000` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Restore from a checkpoint: `latest`, or a checkpoint directory
+        /// (`<storage>/<job>/chk-<n>`).
+        #[arg(long, value_name = "latest|PATH")]
+        restore: Option<String>,
         /// No progress line on stderr.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Look at a job's checkpoints.
+    Checkpoints {
+        #[command(subcommand)]
+        command: CheckpointsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointsCommand {
+    /// List the checkpoints of a job: id, completed at, duration, size, files.
+    List {
+        /// The job file (its `[checkpoint] storage` and `name` locate the checkpoints).
+        job: PathBuf,
+        /// Override a job-file key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one checkpoint: operators, state sizes, source positions.
+    Inspect {
+        /// A checkpoint directory, `<storage>/<job>/chk-<n>`.
+        path: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -45,19 +78,27 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    let result = match cli.command {
         Command::Run {
             job,
             parallelism,
             set,
+            restore,
             quiet,
-        } => match run(&job, parallelism, &set, quiet) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("weir: error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+        } => run(&job, parallelism, &set, restore, quiet),
+        Command::Checkpoints {
+            command: CheckpointsCommand::List { job, set, json },
+        } => weir::inspect::list(&job, &set, json),
+        Command::Checkpoints {
+            command: CheckpointsCommand::Inspect { path, json },
+        } => weir::inspect::inspect(&path, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weir: error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -71,10 +112,18 @@ fn human(n: f64) -> String {
     }
 }
 
+enum Outcome {
+    Finished,
+    Cancelled,
+    /// Failed in a way a restart from the latest checkpoint may cure.
+    Failed(JobError),
+}
+
 fn run(
-    path: &std::path::Path,
+    path: &Path,
     parallelism: Option<u32>,
     set: &[String],
+    restore: Option<String>,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
     let job = match weir::job::load_job_file(path, set) {
@@ -84,14 +133,21 @@ fn run(
             return Ok(ExitCode::from(2));
         }
     };
+    let restore = match restore.as_deref() {
+        None => None,
+        Some(_) if job.checkpoint.is_none() => {
+            eprintln!(
+                "weir: {}: --restore needs checkpointing: add a [checkpoint] table with `storage` to the job file",
+                job.path.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Some("latest") => Some(RestoreFrom::Latest),
+        Some(p) => Some(RestoreFrom::Path(p.to_string())),
+    };
     let config = weir::plan::runtime_config(&job, parallelism.map(|p| p as usize));
     if let Err(e) = config.validate() {
         eprintln!("weir: {}: {e}", job.path.display());
-        return Ok(ExitCode::from(2));
-    }
-    let env = StreamEnv::new(config.clone());
-    if let Err(e) = weir::plan::build(&job, &env) {
-        eprintln!("weir: {e}");
         return Ok(ExitCode::from(2));
     }
 
@@ -105,15 +161,90 @@ fn run(
         })
         .context("cannot install the Ctrl-C/SIGTERM handler")?;
     }
-    let handle = env
-        .start(&job.name)
-        .with_context(|| format!("cannot start job `{}`", job.name))?;
-    if !quiet {
-        eprintln!(
-            "weir: job `{}` started: {} workers, parallelism {}",
-            job.name, config.workers, config.parallelism
-        );
+
+    let mut attempt = 0u32;
+    let mut restore = restore;
+    loop {
+        let env = StreamEnv::new(config.clone());
+        if let Err(e) = weir::plan::build(&job, &env, restore.is_some()) {
+            eprintln!("weir: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        if let Some(r) = &restore {
+            env.restore_from(r.clone());
+        }
+        let handle = match env.start(&job.name) {
+            Ok(h) => h,
+            Err(
+                e @ (JobError::Config(_)
+                | JobError::Storage(_)
+                | JobError::Restore(_)
+                | JobError::Graph(_)),
+            ) => {
+                eprintln!("weir: {}: {e}", job.path.display());
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot start job `{}`", job.name)),
+        };
+        if !quiet {
+            let from = match handle.restored_from() {
+                Some(id) => format!(", restored from checkpoint {id}"),
+                None if restore.is_some() => {
+                    ", no checkpoint to restore: starting from the beginning".to_string()
+                }
+                None => String::new(),
+            };
+            eprintln!(
+                "weir: job `{}` started: {} workers, parallelism {}{from}",
+                job.name, config.workers, config.parallelism
+            );
+        }
+        match supervise(&job, handle, &signals, quiet) {
+            Outcome::Finished => return Ok(ExitCode::SUCCESS),
+            Outcome::Cancelled => {
+                eprintln!("weir: job `{}` cancelled", job.name);
+                return Ok(ExitCode::from(130));
+            }
+            Outcome::Failed(e) => {
+                eprintln!("\nweir: job `{}` failed: {e}", job.name);
+                let restartable = job.checkpoint.is_some()
+                    && matches!(
+                        e,
+                        JobError::Operator { .. }
+                            | JobError::Panic { .. }
+                            | JobError::Checkpoint(_)
+                    );
+                match next_delay(&job.restart, attempt) {
+                    Some(delay) if restartable && signals.load(Ordering::SeqCst) == 0 => {
+                        attempt += 1;
+                        eprintln!(
+                            "weir: restarting from the latest checkpoint in {delay:?} (attempt {attempt} of {})",
+                            job.restart.attempts
+                        );
+                        std::thread::sleep(delay);
+                        restore = Some(RestoreFrom::Latest);
+                    }
+                    _ => return Ok(ExitCode::from(1)),
+                }
+            }
+        }
     }
+}
+
+/// Delay before restart number `attempt + 1`, or None when the strategy allows no more.
+fn next_delay(s: &RestartStrategy, attempt: u32) -> Option<Duration> {
+    if attempt >= s.attempts {
+        return None;
+    }
+    if s.exponential {
+        let factor = s.multiplier.powi(attempt as i32);
+        Some(s.delay.mul_f64(factor).min(s.max_delay))
+    } else {
+        Some(s.delay)
+    }
+}
+
+fn supervise(job: &JobFile, handle: weir::JobHandle, signals: &AtomicU8, quiet: bool) -> Outcome {
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64);
     let mut seen_signals = 0;
@@ -138,10 +269,19 @@ fn run(
             let m = handle.metrics();
             let (rin, rout) = (m.source_records(), m.sink_records());
             let dt = last.0.elapsed().as_secs_f64().max(1e-9);
-            let rate = (rin - last.1) as f64 / dt;
+            let rate = rin.saturating_sub(last.1) as f64 / dt;
             last = (Instant::now(), rin);
+            let cps = handle.checkpoints();
+            let cp = cps.last().map_or(String::new(), |c| {
+                format!(
+                    "  chk {} ({} ms, {})",
+                    c.id,
+                    c.duration.as_millis(),
+                    human(c.bytes as f64)
+                )
+            });
             eprint!(
-                "\rweir: {:>8} in ({:>8}/s)  {:>8} out  {:6.1}s ",
+                "\rweir: {:>8} in ({:>8}/s)  {:>8} out  {:6.1}s{cp} ",
                 human(rin as f64),
                 human(rate),
                 human(rout as f64),
@@ -156,22 +296,16 @@ fn run(
                 let secs = summary.duration.as_secs_f64();
                 eprintln!(
                     "\rweir: job `{}` finished: {} records in, {} out, {:.2}s ({}/s)",
-                    summary.job,
+                    job.name,
                     summary.records_in,
                     summary.records_out,
                     secs,
                     human(summary.records_in as f64 / secs.max(1e-9))
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            Outcome::Finished
         }
-        Err(JobError::Cancelled) => {
-            eprintln!("weir: job `{}` cancelled", job.name);
-            Ok(ExitCode::from(130))
-        }
-        Err(e) => {
-            eprintln!("\nweir: job `{}` failed: {e}", job.name);
-            Ok(ExitCode::from(1))
-        }
+        Err(JobError::Cancelled) => Outcome::Cancelled,
+        Err(e) => Outcome::Failed(e),
     }
 }

@@ -11,8 +11,8 @@ use weir_runtime::{
 };
 
 use crate::connectors::{
-    json_generator, list_input_files, prepare_output_dir, Blackhole, FilePosition, FileSink,
-    FileSource, Generator, JsonRecord, StdoutSink,
+    json_generator, list_input_files, prepare_output_dir, Blackhole, FileSink, FileSource,
+    Generator, JsonRecord, StdoutSink,
 };
 use crate::expr::Expr;
 use crate::job::{Aggregate, JobFile, JobFileError, SinkConfig, SourceConfig, TransformConfig};
@@ -59,7 +59,7 @@ fn show(r: &JsonRecord) -> String {
 }
 
 /// A number of a JSON record, kept integral while possible.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 enum Num {
     Int(i64),
     Float(f64),
@@ -104,8 +104,8 @@ impl Num {
     }
 }
 
-/// Accumulator of one aggregate (running, or per window).
-#[derive(Debug, Clone)]
+/// Accumulator of one aggregate (running, or per window); kept in checkpoints.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Acc {
     Sum(Num),
     Count(u64),
@@ -249,7 +249,12 @@ fn require_fields(
 }
 
 /// Builds the job's graph into `env` after checking everything that can be checked up front.
-pub fn build(job: &JobFile, env: &StreamEnv) -> Result<(), JobFileError> {
+/// `restoring`: the job will restore from a checkpoint, so existing output in the sink's
+/// directory belongs to it (it is recovered, not refused).
+pub fn build(job: &JobFile, env: &StreamEnv, restoring: bool) -> Result<(), JobFileError> {
+    if let Some(c) = &job.checkpoint {
+        env.enable_checkpointing(c.clone());
+    }
     // Source.
     let mut s: DataStream<JsonRecord> = match &job.source {
         SourceConfig::File { path } => {
@@ -260,9 +265,7 @@ pub fn build(job: &JobFile, env: &StreamEnv) -> Result<(), JobFileError> {
                 tracing::warn!(path = %path.display(), "input directory has no files; the job will produce no records");
             }
             let src = FileSource::new(path).map_err(|e| err(job, "source.path", e.to_string()))?;
-            env.source("file-source", move |info| {
-                src.reader(info, FilePosition::default())
-            })
+            env.source("file-source", move |info| src.reader(info))
         }
         SourceConfig::Generator(g) => {
             let mut gen = Generator::new(json_generator(g.seed, g.keys, g.ts_step_ms));
@@ -440,7 +443,17 @@ pub fn build(job: &JobFile, env: &StreamEnv) -> Result<(), JobFileError> {
     // Sink.
     match &job.sink {
         SinkConfig::File { path, overwrite } => {
-            prepare_output_dir(path, *overwrite).map_err(|e| err(job, "sink.path", e))?;
+            if restoring && job.checkpoint.is_some() {
+                weir_storage::probe_writable(path).map_err(|e| {
+                    err(
+                        job,
+                        "sink.path",
+                        format!("output directory is not writable: {e}"),
+                    )
+                })?;
+            } else {
+                prepare_output_dir(path, *overwrite).map_err(|e| err(job, "sink.path", e))?;
+            }
             let sink = FileSink::new(path);
             s.sink("file-sink", move |info| sink.writer(info));
         }

@@ -21,22 +21,24 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::checkpoint::{CheckpointConfig, RestoreFrom};
 use crate::config::RuntimeConfig;
 use crate::error::{BoxError, JobError};
 use crate::execute::{self, JobHandle, JobSummary};
 use crate::graph::{
     cast, AnyBox, Edge, Graph, HashFn, Kind, Node, NodeId, Outlets, RouteSpec, SourceDriver,
-    TypeOps, VecSource,
+    SourceState, TypeOps, VecSource,
 };
 use crate::keyed::{
-    key_group_for, key_group_range, KeyedFoldOp, KeyedProcessFunction, KeyedProcessOp,
+    key_group_for, key_group_range, restored_groups, KeyedFoldOp, KeyedProcessFunction,
+    KeyedProcessOp,
 };
 use crate::operator::{
     FilterOp, FlatMapOp, MapOp, Out, ProcessFunction, ProcessOp, SinkOp, SinkOutlet, TimestampOp,
     TryMapOp,
 };
 use crate::source::{SinkWriter, SourceReader, TaskInfo};
-use crate::state::KeyGroups;
+use crate::state::StateData;
 use crate::window::{
     AggregateFunction, Avg, Count, Max, Min, ReduceAgg, Sum, WindowAssigner, WindowOp, WindowResult,
 };
@@ -48,6 +50,8 @@ use crate::{Timestamp, NO_TIMESTAMP};
 pub struct StreamEnv {
     graph: Rc<RefCell<Graph>>,
     config: Rc<RefCell<RuntimeConfig>>,
+    checkpoint: Rc<RefCell<Option<CheckpointConfig>>>,
+    restore: Rc<RefCell<Option<RestoreFrom>>>,
 }
 
 impl Default for StreamEnv {
@@ -126,7 +130,19 @@ impl StreamEnv {
         StreamEnv {
             graph: Rc::new(RefCell::new(Graph::default())),
             config: Rc::new(RefCell::new(config)),
+            checkpoint: Rc::new(RefCell::new(None)),
+            restore: Rc::new(RefCell::new(None)),
         }
+    }
+
+    /// Takes checkpoints with these settings (Flink's `enableCheckpointing`).
+    pub fn enable_checkpointing(&self, config: CheckpointConfig) {
+        *self.checkpoint.borrow_mut() = Some(config);
+    }
+
+    /// Restores state from a checkpoint when the job starts (needs checkpointing enabled).
+    pub fn restore_from(&self, from: RestoreFrom) {
+        *self.restore.borrow_mut() = Some(from);
     }
 
     /// The runtime settings (read).
@@ -160,7 +176,7 @@ impl StreamEnv {
                 out: cast(down),
                 info: info.clone(),
                 batch_size,
-                finished: false,
+                state: SourceState::Running,
             });
             Ok(d)
         };
@@ -196,7 +212,9 @@ impl StreamEnv {
     /// Starts the job on worker threads and returns at once.
     pub fn start(&self, job_name: &str) -> Result<JobHandle, JobError> {
         let graph = std::mem::take(&mut *self.graph.borrow_mut());
-        execute::start(graph, self.config(), job_name)
+        let checkpoint = self.checkpoint.borrow().clone();
+        let restore = self.restore.borrow().clone();
+        execute::start(graph, self.config(), checkpoint, restore, job_name)
     }
 
     /// Runs the job until every source is exhausted and all data reached the sinks.
@@ -432,7 +450,7 @@ impl<T: Clone + Send + 'static> DataStream<T> {
     }
 }
 
-impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K> {
+impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + StateData> KeyedStream<T, K> {
     fn hash_route(&self) -> RouteSpec {
         let key = self.key.clone();
         let f: HashFn<T> = Arc::new(move |r: &T, max_p| key_group_for(&key(r), max_p));
@@ -455,7 +473,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
     /// the key's state (setting it to `None` removes it) and emit one record.
     pub fn map_with_state<S, O, F>(&self, name: &str, f: F) -> DataStream<O>
     where
-        S: 'static,
+        S: StateData,
         O: Clone + Send + 'static,
         F: Fn(&mut Option<S>, T) -> Result<Option<O>, BoxError> + Send + Sync + 'static,
     {
@@ -463,11 +481,10 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
         let key = self.key.clone();
         self.input
             .then(name, self.hash_route(), move |info, _, out| {
-                let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
                 Ok(Box::new(KeyedFoldOp {
                     key: key.clone(),
                     f: f.clone(),
-                    state: KeyGroups::new(range),
+                    state: restored_groups(info)?,
                     info: info.clone(),
                     out,
                     _t: PhantomData,
@@ -478,6 +495,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
     /// Running reduce: emits the new accumulated value of the record's key for every record.
     pub fn reduce<F>(&self, f: F) -> DataStream<T>
     where
+        T: StateData,
         F: Fn(T, T) -> T + Send + Sync + 'static,
     {
         self.map_with_state("reduce", move |acc: &mut Option<T>, r: T| {
@@ -494,7 +512,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
     /// by the running sum of its key.
     pub fn sum<V, F>(&self, field: F) -> DataStream<T>
     where
-        V: AddAssign + Copy + 'static,
+        V: AddAssign + Copy + StateData,
         F: Fn(&mut T) -> &mut V + Send + Sync + 'static,
     {
         self.map_with_state("sum", move |acc: &mut Option<V>, mut r: T| {
@@ -514,7 +532,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
     /// smallest value seen for its key.
     pub fn min<V, F>(&self, field: F) -> DataStream<T>
     where
-        V: PartialOrd + Copy + 'static,
+        V: PartialOrd + Copy + StateData,
         F: Fn(&mut T) -> &mut V + Send + Sync + 'static,
     {
         self.map_with_state("min", move |acc: &mut Option<V>, mut r: T| {
@@ -530,7 +548,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
     /// Running maximum of a field.
     pub fn max<V, F>(&self, field: F) -> DataStream<T>
     where
-        V: PartialOrd + Copy + 'static,
+        V: PartialOrd + Copy + StateData,
         F: Fn(&mut T) -> &mut V + Send + Sync + 'static,
     {
         self.map_with_state("max", move |acc: &mut Option<V>, mut r: T| {
@@ -570,7 +588,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + 'static> KeyedStream<T, K
     }
 }
 
-impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + Send + 'static> WindowedStream<T, K> {
+impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + Send + StateData> WindowedStream<T, K> {
     /// Aggregates each window incrementally with `agg`.
     pub fn aggregate<A>(&self, name: &str, agg: A) -> DataStream<WindowResult<K, A::Out>>
     where
@@ -589,7 +607,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + Send + 'static> WindowedS
                     range,
                     info.clone(),
                     out,
-                )))
+                )?))
             })
     }
     /// Records per key and window.
@@ -600,7 +618,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + Send + 'static> WindowedS
     pub fn sum<V, F>(&self, f: F) -> DataStream<WindowResult<K, V>>
     where
         F: Fn(&T) -> V + Clone + Send + Sync + 'static,
-        V: std::ops::Add<Output = V> + Default + Copy + Send + 'static,
+        V: std::ops::Add<Output = V> + Default + Copy + Send + StateData,
     {
         self.aggregate("window_sum", Sum(f))
     }
@@ -608,7 +626,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + Send + 'static> WindowedS
     pub fn min<V, F>(&self, f: F) -> DataStream<WindowResult<K, V>>
     where
         F: Fn(&T) -> V + Clone + Send + Sync + 'static,
-        V: PartialOrd + Copy + Send + 'static,
+        V: PartialOrd + Copy + Send + StateData,
     {
         self.aggregate("window_min", Min(f))
     }
@@ -616,7 +634,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + Send + 'static> WindowedS
     pub fn max<V, F>(&self, f: F) -> DataStream<WindowResult<K, V>>
     where
         F: Fn(&T) -> V + Clone + Send + Sync + 'static,
-        V: PartialOrd + Copy + Send + 'static,
+        V: PartialOrd + Copy + Send + StateData,
     {
         self.aggregate("window_max", Max(f))
     }
@@ -630,6 +648,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + Send + 'static> WindowedS
     /// Reduces each key's records in a window with `f`.
     pub fn reduce<F>(&self, f: F) -> DataStream<WindowResult<K, T>>
     where
+        T: StateData,
         F: Fn(T, T) -> T + Send + Sync + 'static,
     {
         self.aggregate("window_reduce", ReduceAgg(Arc::new(f)))

@@ -40,6 +40,15 @@ pub enum JobError {
         /// The panic payload, when it was a string.
         message: String,
     },
+    /// Checkpointing failed beyond what the configuration tolerates.
+    #[error("checkpointing failed: {0}")]
+    Checkpoint(String),
+    /// The checkpoint to restore from is missing, damaged or does not fit the job.
+    #[error("cannot restore: {0}")]
+    Restore(String),
+    /// The checkpoint storage or local directory cannot be used.
+    #[error("checkpoint storage: {0}")]
+    Storage(String),
     /// The job was cancelled before its input ended.
     #[error("job cancelled")]
     Cancelled,

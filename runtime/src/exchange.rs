@@ -22,8 +22,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 
+use crate::checkpoint::{CheckpointMode, WorkerCheckpoints};
 use crate::error::JobError;
-use crate::operator::{Batch, Collector, Out};
+use crate::operator::{Barrier, Batch, Collector, Out};
 use crate::source::TaskInfo;
 use crate::{Timestamp, MAX_WATERMARK, NO_TIMESTAMP};
 
@@ -31,6 +32,8 @@ use crate::{Timestamp, MAX_WATERMARK, NO_TIMESTAMP};
 pub(crate) enum Message<T> {
     Data(Batch<T>),
     Watermark(Timestamp),
+    /// Checkpoint barrier `n`: everything before it belongs to checkpoint `n`.
+    Barrier(u64),
     End,
 }
 
@@ -46,6 +49,10 @@ pub(crate) trait Outlet {
     fn idle(&self) -> bool;
     /// Registers the send operations the worker may wait on; true if any.
     fn register<'a>(&'a self, sel: &mut Select<'a>) -> bool;
+    /// Checkpoint `id` completed (sinks commit).
+    fn checkpoint_complete(&self, _id: u64) -> Result<(), JobError> {
+        Ok(())
+    }
 }
 
 /// How records are routed to the subtasks of the next chain.
@@ -254,14 +261,38 @@ impl<T: Clone> Collector<T> for ExchangeOutput<T> {
         shared.send_pending(&mut st)?;
         Ok(())
     }
+
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        // Everything before the barrier goes out first, on every channel.
+        let shared = &*self.0;
+        let mut st = shared.state.borrow_mut();
+        for t in 0..st.buffers.len() {
+            st.seal(t);
+            st.pending[t].push_back(Message::Barrier(b.id));
+        }
+        shared.send_pending(&mut st)?;
+        Ok(())
+    }
 }
 
 /// Something the worker polls: the head of a chain fed by channels, or a source.
 pub(crate) trait Driver {
-    /// Does some work; Ok(true) on progress. Must return promptly.
-    fn poll(&mut self, outlets: &[Rc<dyn Outlet>]) -> Result<Poll, JobError>;
+    /// Does some work. Must return promptly.
+    fn poll(
+        &mut self,
+        outlets: &[Rc<dyn Outlet>],
+        cp: &mut WorkerCheckpoints,
+    ) -> Result<Poll, JobError>;
     /// Registers receive operations the worker may wait on; true if any.
     fn register<'a>(&'a self, sel: &mut Select<'a>) -> bool;
+    /// Sources: record the position and emit barrier `id`.
+    fn trigger(&mut self, _id: u64, _cp: &mut WorkerCheckpoints) -> Result<(), JobError> {
+        Ok(())
+    }
+    /// Sources: the final checkpoint completed; end the stream.
+    fn finish_sources(&mut self) -> Result<(), JobError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +309,8 @@ struct GateChannel<T> {
     rx: Receiver<Message<T>>,
     watermark: Timestamp,
     ended: bool,
+    /// Id of the last barrier this channel delivered.
+    barrier: u64,
 }
 
 /// Merges the input channels of a chain head.
@@ -289,14 +322,25 @@ pub(crate) struct InputGate<T> {
     next: usize,
     info: TaskInfo,
     finished: bool,
+    mode: CheckpointMode,
+    /// Last barrier forwarded to the chain.
+    aligned: u64,
+    /// When the first barrier after `aligned` arrived (alignment time).
+    align_start: Option<std::time::Instant>,
 }
 
 /// Messages a gate hands to its chain per poll before yielding to other tasks.
 const MESSAGES_PER_POLL: usize = 16;
 
 impl<T> InputGate<T> {
-    pub(crate) fn new(receivers: Vec<Receiver<Message<T>>>, head: Out<T>, info: TaskInfo) -> Self {
+    pub(crate) fn new(
+        receivers: Vec<Receiver<Message<T>>>,
+        head: Out<T>,
+        info: TaskInfo,
+        mode: CheckpointMode,
+    ) -> Self {
         let open = receivers.len();
+        let start = info.first_checkpoint.saturating_sub(1);
         InputGate {
             channels: receivers
                 .into_iter()
@@ -304,6 +348,7 @@ impl<T> InputGate<T> {
                     rx,
                     watermark: NO_TIMESTAMP,
                     ended: false,
+                    barrier: start,
                 })
                 .collect(),
             head,
@@ -312,7 +357,47 @@ impl<T> InputGate<T> {
             next: 0,
             info,
             finished: false,
+            mode,
+            aligned: start,
+            align_start: None,
         }
+    }
+
+    /// Exactly-once: a channel that delivered a barrier not yet forwarded is held back.
+    fn held(&self, ch: &GateChannel<T>) -> bool {
+        self.mode == CheckpointMode::ExactlyOnce && ch.barrier > self.aligned
+    }
+
+    /// Forwards every barrier that all open channels have delivered.
+    fn forward_barriers(&mut self, cp: &mut WorkerCheckpoints) -> Result<(), JobError> {
+        let Some(min) = self
+            .channels
+            .iter()
+            .filter(|c| !c.ended)
+            .map(|c| c.barrier)
+            .min()
+        else {
+            return Ok(());
+        };
+        while self.aligned < min {
+            let id = self.aligned + 1;
+            let alignment = self
+                .align_start
+                .take()
+                .map(|t| t.elapsed())
+                .unwrap_or_default();
+            let head = &mut self.head;
+            cp.task_barrier(id, alignment, |b| head.barrier(b))?;
+            self.aligned = id;
+            if self
+                .channels
+                .iter()
+                .any(|c| !c.ended && c.barrier > self.aligned)
+            {
+                self.align_start = Some(std::time::Instant::now());
+            }
+        }
+        Ok(())
     }
 
     fn advance_watermark(&mut self) -> Result<(), JobError> {
@@ -332,7 +417,11 @@ impl<T> InputGate<T> {
 }
 
 impl<T> Driver for InputGate<T> {
-    fn poll(&mut self, outlets: &[Rc<dyn Outlet>]) -> Result<Poll, JobError> {
+    fn poll(
+        &mut self,
+        outlets: &[Rc<dyn Outlet>],
+        cp: &mut WorkerCheckpoints,
+    ) -> Result<Poll, JobError> {
         if self.finished {
             return Ok(Poll::Finished);
         }
@@ -352,11 +441,11 @@ impl<T> Driver for InputGate<T> {
             }
             let i = self.next;
             self.next = (self.next + 1) % n;
-            let ch = &mut self.channels[i];
-            if ch.ended {
+            if self.channels[i].ended || self.held(&self.channels[i]) {
                 empty_in_a_row += 1;
                 continue;
             }
+            let ch = &mut self.channels[i];
             match ch.rx.try_recv() {
                 Ok(Message::Data(b)) => {
                     empty_in_a_row = 0;
@@ -371,11 +460,27 @@ impl<T> Driver for InputGate<T> {
                         self.advance_watermark()?;
                     }
                 }
+                Ok(Message::Barrier(id)) => {
+                    empty_in_a_row = 0;
+                    handled += 1;
+                    if id != ch.barrier + 1 {
+                        return Err(JobError::operator(
+                            &self.info,
+                            format!("input channel {i} delivered barrier {id} after barrier {}; barriers must arrive in order", ch.barrier),
+                        ));
+                    }
+                    ch.barrier = id;
+                    if self.align_start.is_none() {
+                        self.align_start = Some(std::time::Instant::now());
+                    }
+                    self.forward_barriers(cp)?;
+                }
                 Ok(Message::End) => {
                     empty_in_a_row = 0;
                     handled += 1;
                     ch.ended = true;
                     self.open -= 1;
+                    self.forward_barriers(cp)?;
                     self.advance_watermark()?;
                     if self.open == 0 {
                         self.head.finish()?;
@@ -401,7 +506,7 @@ impl<T> Driver for InputGate<T> {
 
     fn register<'a>(&'a self, sel: &mut Select<'a>) -> bool {
         let mut any = false;
-        for c in self.channels.iter().filter(|c| !c.ended) {
+        for c in self.channels.iter().filter(|c| !c.ended && !self.held(c)) {
             sel.recv(&c.rx);
             any = true;
         }

@@ -7,6 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::{
+    self as cp, CheckpointConfig, CompletedCheckpoint, OnCancel, RestoreFrom, RestoreSet,
+    ToCoordinator, ToWorker, WorkerCheckpoints,
+};
 use crate::config::RuntimeConfig;
 use crate::error::JobError;
 use crate::exchange::Driver;
@@ -19,6 +23,9 @@ use crate::worker::{Task, Worker};
 struct Plan {
     graph: Graph,
     config: RuntimeConfig,
+    checkpoint: Option<CheckpointConfig>,
+    restore: Option<Arc<RestoreSet>>,
+    first_checkpoint: u64,
     job: Arc<str>,
     parallelism: Vec<usize>,
     chained: Vec<bool>,
@@ -75,6 +82,10 @@ impl Plan {
             waker: waker.clone(),
             metrics: self.metrics[node].clone(),
             stop: stop.clone(),
+            node,
+            restore: self.restore.clone(),
+            checkpointing: self.checkpoint.is_some(),
+            first_checkpoint: self.first_checkpoint,
         }
     }
 }
@@ -113,8 +124,114 @@ fn validate(graph: &Graph, config: &RuntimeConfig) -> Result<Vec<usize>, JobErro
     Ok(par)
 }
 
-pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<JobHandle, JobError> {
+/// Everything a checkpointed job needs beside its workers.
+struct CheckpointSetup {
+    cfg: CheckpointConfig,
+    store: Arc<dyn weir_storage::CheckpointStore>,
+    local_dir: std::path::PathBuf,
+    operators: Vec<weir_storage::OperatorEntry>,
+}
+
+fn checkpoint_setup(
+    cfg: CheckpointConfig,
+    job: &str,
+    graph: &Graph,
+    parallelism: &[usize],
+) -> Result<CheckpointSetup, JobError> {
+    cfg.validate()?;
+    let store: Arc<dyn weir_storage::CheckpointStore> = weir_storage::open_store(&cfg.storage, job)
+        .map_err(|e| JobError::Storage(format!("checkpoint.storage `{}`: {e}", cfg.storage)))?
+        .into();
+    store.list().map_err(|e| {
+        JobError::Storage(format!(
+            "checkpoint.storage `{}` is not readable: {e}",
+            cfg.storage
+        ))
+    })?;
+    if !cfg.storage.contains("://") || cfg.storage.starts_with("file://") {
+        let root =
+            std::path::Path::new(cfg.storage.strip_prefix("file://").unwrap_or(&cfg.storage))
+                .join(job);
+        weir_storage::probe_writable(&root).map_err(|e| {
+            JobError::Storage(format!(
+                "checkpoint.storage `{}` is not writable: {e}",
+                cfg.storage
+            ))
+        })?;
+    }
+    let local_dir = cfg.local_dir.join(job);
+    weir_storage::probe_writable(&local_dir).map_err(|e| {
+        JobError::Storage(format!(
+            "checkpoint.local_dir `{}` is not writable: {e}",
+            cfg.local_dir.display()
+        ))
+    })?;
+    let operators = graph
+        .nodes
+        .iter()
+        .zip(parallelism)
+        .map(|(n, p)| weir_storage::OperatorEntry {
+            name: n.name.clone(),
+            parallelism: *p as u32,
+            state_bytes: 0,
+        })
+        .collect();
+    Ok(CheckpointSetup {
+        cfg,
+        store,
+        local_dir,
+        operators,
+    })
+}
+
+pub(crate) fn start(
+    graph: Graph,
+    config: RuntimeConfig,
+    checkpoint: Option<CheckpointConfig>,
+    restore_from: Option<RestoreFrom>,
+    job: &str,
+) -> Result<JobHandle, JobError> {
     let parallelism = validate(&graph, &config)?;
+    if restore_from.is_some() && checkpoint.is_none() {
+        return Err(JobError::Restore(
+            "restoring needs checkpointing to be configured (where are the checkpoints?)".into(),
+        ));
+    }
+    let ckpt = checkpoint
+        .map(|c| checkpoint_setup(c, job, &graph, &parallelism))
+        .transpose()?;
+    let mut restore = None;
+    let mut first_checkpoint = 1;
+    if let Some(c) = &ckpt {
+        if let Some(from) = &restore_from {
+            restore = cp::resolve_restore(
+                c.store.as_ref(),
+                &c.local_dir,
+                from,
+                &c.operators,
+                config.max_parallelism as u32,
+            )?;
+            match &restore {
+                Some(r) => tracing::info!(
+                    checkpoint = r.id,
+                    local_files = r.local_files,
+                    downloaded_files = r.downloaded_files,
+                    "restoring from checkpoint"
+                ),
+                None => tracing::info!("no checkpoint to restore; starting from the beginning"),
+            }
+        }
+        let existing = c
+            .store
+            .list()
+            .map_err(|e| JobError::Storage(format!("cannot list checkpoints: {e}")))?;
+        first_checkpoint = existing.iter().max().map_or(1, |m| m + 1);
+        if let Some(r) = &restore {
+            first_checkpoint = first_checkpoint.max(r.id + 1);
+        }
+    }
+    let restored_id = restore.as_ref().map(|r| r.id);
+    let restore = restore.map(Arc::new);
     let n = graph.nodes.len();
     let mut children = vec![Vec::new(); n];
     for (to, node) in graph.nodes.iter().enumerate() {
@@ -145,6 +262,9 @@ pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<Jo
         .collect();
     let plan = Plan {
         graph,
+        checkpoint: ckpt.as_ref().map(|c| c.cfg.clone()),
+        restore,
+        first_checkpoint,
         job: job.into(),
         parallelism,
         chained,
@@ -179,6 +299,9 @@ pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<Jo
             assignments[s % workers].push((head, s));
         }
     }
+    // Workers without tasks are not started (e.g. more cores than subtasks).
+    assignments.retain(|a| !a.is_empty());
+    let workers = assignments.len();
     let mut per_worker: Vec<Endpoints> = (0..workers).map(|_| Endpoints::default()).collect();
     let chain_of = |mut node: NodeId| {
         while plan.chained[node] {
@@ -218,6 +341,9 @@ pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<Jo
     }
     let mut threads = Vec::with_capacity(workers);
     let mut wakers = Vec::with_capacity(workers);
+    let mut helpers = Vec::new();
+    let (events_tx, events_rx) = crossbeam_channel::bounded::<ToCoordinator>(4096);
+    let mut controls = Vec::new();
     for (w, (tasks, eps)) in assignments.into_iter().zip(per_worker).enumerate() {
         let (waker, doorbell) = Waker::pair();
         wakers.push(waker.clone());
@@ -225,6 +351,33 @@ pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<Jo
         let (cancel2, stop2, failure2) = (cancel.clone(), stop.clone(), failure.clone());
         let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
         let name = format!("weir-worker-{w}");
+        let (mut wcp, control) = match &ckpt {
+            None => (WorkerCheckpoints::disabled(w), None),
+            Some(c) => {
+                let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(c.cfg.max_concurrent + 1);
+                let setup = cp::WriterSetup {
+                    worker: w,
+                    local_dir: c.local_dir.clone(),
+                    store: c.store.clone(),
+                    events: events_tx.clone(),
+                };
+                let writer = std::thread::Builder::new()
+                    .name(format!("weir-snapshot-writer-{w}"))
+                    .spawn(move || cp::writer_loop(setup, jobs_rx))
+                    .map_err(|source| JobError::Spawn {
+                        name: format!("weir-snapshot-writer-{w}"),
+                        source,
+                    })?;
+                helpers.push(writer);
+                let (ctl_tx, ctl_rx) = crossbeam_channel::bounded::<ToWorker>(64);
+                controls.push((ctl_tx, waker.clone()));
+                (
+                    WorkerCheckpoints::new(w, jobs_tx, events_tx.clone()),
+                    Some(ctl_rx),
+                )
+            }
+        };
+        wcp.tasks = tasks.len();
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
@@ -238,7 +391,8 @@ pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<Jo
                     }
                 }
                 run_worker(
-                    w, &plan, tasks, eps, waker, doorbell, &cancel2, &stop2, &failure2,
+                    w, &plan, tasks, eps, waker, doorbell, &cancel2, &stop2, &failure2, wcp,
+                    control,
                 )
             });
         match spawned {
@@ -252,8 +406,57 @@ pub(crate) fn start(graph: Graph, config: RuntimeConfig, job: &str) -> Result<Jo
             }
         }
     }
-    tracing::info!(job = %plan.job, workers, operators = n, "job started");
+    drop(events_tx);
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let mut coordinator = None;
+    if let Some(c) = ckpt {
+        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(1);
+        let sources = plan
+            .graph
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.kind, Kind::Source(_)))
+            .map(|(i, _)| plan.parallelism[i])
+            .sum();
+        let setup = cp::CoordinatorSetup {
+            cfg: c.cfg.clone(),
+            job: plan.job.clone(),
+            store: c.store.clone(),
+            local_dir: c.local_dir.clone(),
+            workers: controls,
+            events: events_rx,
+            shutdown: shutdown_rx,
+            failure: failure.clone(),
+            cancel: cancel.clone(),
+            history: history.clone(),
+            operators: c.operators.clone(),
+            max_parallelism: plan.config.max_parallelism as u32,
+            first_id: first_checkpoint,
+            sources,
+        };
+        let t = std::thread::Builder::new()
+            .name("weir-checkpoint-coordinator".into())
+            .spawn(move || cp::run_coordinator(setup))
+            .map_err(|source| JobError::Spawn {
+                name: "weir-checkpoint-coordinator".into(),
+                source,
+            })?;
+        coordinator = Some(Coordinator {
+            thread: t,
+            shutdown: shutdown_tx,
+            on_cancel: c.cfg.on_cancel,
+            store: c.store,
+            local_dir: c.local_dir,
+        });
+    }
+    tracing::info!(job = %plan.job, workers, operators = n, restored_from = ?restored_id, "job started");
     Ok(JobHandle {
+        coordinator,
+        helpers,
+        history,
+        restored_id,
+        user_cancel: AtomicBool::new(false),
         threads,
         cancel,
         stop,
@@ -288,6 +491,8 @@ fn run_worker(
     cancel: &Arc<AtomicBool>,
     stop: &Arc<AtomicBool>,
     failure: &Mutex<Option<JobError>>,
+    cp: WorkerCheckpoints,
+    control: Option<crossbeam_channel::Receiver<ToWorker>>,
 ) {
     let mut worker = Worker {
         index: w,
@@ -295,6 +500,8 @@ fn run_worker(
         doorbell,
         cancel: cancel.clone(),
         buffer_timeout: plan.config.buffer_timeout,
+        cp,
+        control,
     };
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut b = Builder {
@@ -371,7 +578,8 @@ impl Builder<'_> {
             }
         }
         let in_type = &plan.graph.nodes[node.inputs[0].from].out_type;
-        Ok(in_type.gate(receivers, head_collector, info))
+        let mode = plan.checkpoint.as_ref().map(|c| c.mode).unwrap_or_default();
+        Ok(in_type.gate(receivers, head_collector, info, mode))
     }
 
     /// The input collector of `node` (its operator, wrapped with its metrics).
@@ -452,8 +660,21 @@ pub struct JobSummary {
     pub records_out: u64,
 }
 
+struct Coordinator {
+    thread: JoinHandle<()>,
+    shutdown: crossbeam_channel::Sender<()>,
+    on_cancel: OnCancel,
+    store: Arc<dyn weir_storage::CheckpointStore>,
+    local_dir: std::path::PathBuf,
+}
+
 /// A running job.
 pub struct JobHandle {
+    coordinator: Option<Coordinator>,
+    helpers: Vec<JoinHandle<()>>,
+    history: Arc<Mutex<Vec<CompletedCheckpoint>>>,
+    restored_id: Option<u64>,
+    user_cancel: AtomicBool,
     threads: Vec<JoinHandle<()>>,
     cancel: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -478,6 +699,7 @@ impl JobHandle {
 
     /// Stops at once without draining; `join` returns [`JobError::Cancelled`].
     pub fn cancel(&self) {
+        self.user_cancel.store(true, Ordering::SeqCst);
         self.cancel.store(true, Ordering::SeqCst);
         self.wakers.iter().for_each(Waker::wake);
     }
@@ -487,11 +709,42 @@ impl JobHandle {
         self.threads.iter().all(|t| t.is_finished())
     }
 
+    /// Completed checkpoints of this run so far, oldest first.
+    pub fn checkpoints(&self) -> Vec<CompletedCheckpoint> {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The checkpoint this run was restored from, if any.
+    pub fn restored_from(&self) -> Option<u64> {
+        self.restored_id
+    }
+
     /// Waits for the job to end.
     pub fn join(self) -> Result<JobSummary, JobError> {
         for t in self.threads {
             // Worker threads catch their own panics; a join error cannot carry more.
             let _ = t.join();
+        }
+        if let Some(c) = self.coordinator {
+            let _ = c.shutdown.send(());
+            let _ = c.thread.join();
+            let failed = self
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+            let by_user =
+                self.stop.load(Ordering::SeqCst) || self.user_cancel.load(Ordering::SeqCst);
+            if by_user && !failed && c.on_cancel == OnCancel::Delete {
+                tracing::info!("job stopped with on_cancel = delete: deleting its checkpoints");
+                cp::delete_all(c.store.as_ref(), &c.local_dir);
+            }
+        }
+        for h in self.helpers {
+            let _ = h.join();
         }
         if let Some(e) = self
             .failure

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::checkpoint::{CheckpointMode, ToCoordinator, WorkerCheckpoints};
 use crate::error::JobError;
 use crate::exchange::{
     Driver, ExchangeOutput, ExchangeShared, InputGate, Message, Outlet, Poll, Route,
@@ -86,7 +87,13 @@ pub(crate) trait StreamType: Send + Sync {
     fn tee(&self, outs: Vec<AnyBox>) -> AnyBox;
     fn discard(&self) -> AnyBox;
     fn counted(&self, metrics: Arc<NodeMetrics>, inner: AnyBox) -> AnyBox;
-    fn gate(&self, receivers: Vec<AnySend>, head: AnyBox, info: TaskInfo) -> Box<dyn Driver>;
+    fn gate(
+        &self,
+        receivers: Vec<AnySend>,
+        head: AnyBox,
+        info: TaskInfo,
+        mode: CheckpointMode,
+    ) -> Box<dyn Driver>;
 }
 
 pub(crate) struct TypeOps<T>(PhantomData<fn() -> T>);
@@ -172,9 +179,15 @@ impl<T: Clone + Send + 'static> StreamType for TypeOps<T> {
         Box::new(out)
     }
 
-    fn gate(&self, receivers: Vec<AnySend>, head: AnyBox, info: TaskInfo) -> Box<dyn Driver> {
+    fn gate(
+        &self,
+        receivers: Vec<AnySend>,
+        head: AnyBox,
+        info: TaskInfo,
+        mode: CheckpointMode,
+    ) -> Box<dyn Driver> {
         let receivers: Vec<Receiver<Message<T>>> = receivers.into_iter().map(cast_send).collect();
-        Box::new(InputGate::new(receivers, cast(head), info))
+        Box::new(InputGate::new(receivers, cast(head), info, mode))
     }
 }
 
@@ -184,26 +197,46 @@ pub(crate) struct SourceDriver<T> {
     pub(crate) out: Out<T>,
     pub(crate) info: TaskInfo,
     pub(crate) batch_size: usize,
-    pub(crate) finished: bool,
+    pub(crate) state: SourceState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SourceState {
+    Running,
+    /// Exhausted (or stopped) with checkpointing on: waits for the final checkpoint to
+    /// complete before ending its stream, answering triggers meanwhile.
+    WaitingFinal,
+    Ended,
 }
 
 impl<T> SourceDriver<T> {
-    fn finish(&mut self) -> Result<Poll, JobError> {
-        self.finished = true;
+    fn exhausted(&mut self, cp: &mut WorkerCheckpoints) -> Result<Poll, JobError> {
         self.out.watermark(MAX_WATERMARK)?;
+        if self.info.checkpointing {
+            self.state = SourceState::WaitingFinal;
+            cp.send(ToCoordinator::SourceExhausted)?;
+            return Ok(Poll::Progress);
+        }
+        self.state = SourceState::Ended;
         self.out.finish()?;
         Ok(Poll::Finished)
     }
 }
 
 impl<T> Driver for SourceDriver<T> {
-    fn poll(&mut self, outlets: &[Rc<dyn Outlet>]) -> Result<Poll, JobError> {
-        if self.finished {
-            return Ok(Poll::Finished);
+    fn poll(
+        &mut self,
+        outlets: &[Rc<dyn Outlet>],
+        cp: &mut WorkerCheckpoints,
+    ) -> Result<Poll, JobError> {
+        match self.state {
+            SourceState::Ended => return Ok(Poll::Finished),
+            SourceState::WaitingFinal => return Ok(Poll::Idle(None)),
+            SourceState::Running => {}
         }
         if self.info.stop.load(Ordering::Relaxed) {
             tracing::debug!(source = %self.info.operator, subtask = self.info.subtask, "stopping source on request");
-            return self.finish();
+            return self.exhausted(cp);
         }
         if outlets.iter().any(|o| o.blocked()) {
             return Ok(Poll::Idle(None));
@@ -223,7 +256,7 @@ impl<T> Driver for SourceDriver<T> {
             self.out.batch(buf)?;
         }
         match status {
-            SourcePoll::Exhausted => self.finish(),
+            SourcePoll::Exhausted => self.exhausted(cp),
             SourcePoll::Ready => Ok(Poll::Progress),
             SourcePoll::Idle(_) if produced => Ok(Poll::Progress),
             SourcePoll::Idle(at) => Ok(Poll::Idle(at)),
@@ -232,6 +265,30 @@ impl<T> Driver for SourceDriver<T> {
 
     fn register<'a>(&'a self, _sel: &mut crossbeam_channel::Select<'a>) -> bool {
         false
+    }
+
+    fn trigger(&mut self, id: u64, cp: &mut WorkerCheckpoints) -> Result<(), JobError> {
+        if self.state == SourceState::Ended {
+            return Ok(());
+        }
+        let position = self
+            .reader
+            .snapshot()
+            .map_err(|e| JobError::from_user(&self.info, e))?;
+        let section = self.info.section_name("state");
+        let out = &mut self.out;
+        cp.task_barrier(id, std::time::Duration::ZERO, |b| {
+            b.sections.push((section, position));
+            out.barrier(b)
+        })
+    }
+
+    fn finish_sources(&mut self) -> Result<(), JobError> {
+        if self.state != SourceState::Ended {
+            self.state = SourceState::Ended;
+            self.out.finish()?;
+        }
+        Ok(())
     }
 }
 
@@ -243,6 +300,10 @@ pub(crate) struct VecSource<T> {
 }
 
 impl<T: Clone> SourceReader<T> for VecSource<T> {
+    fn snapshot(&mut self) -> Result<Vec<u8>, crate::BoxError> {
+        Ok((self.next as u64).to_le_bytes().to_vec())
+    }
+
     fn poll(&mut self, out: &mut Vec<(i64, T)>, max: usize) -> Result<SourcePoll, crate::BoxError> {
         while out.len() < max && self.next < self.items.len() {
             out.push((NO_TIMESTAMP, self.items[self.next].clone()));

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 
 use crate::error::{BoxError, JobError};
-use crate::operator::{Batch, Collector, Out};
+use crate::operator::{Barrier, Batch, Collector, Out};
 use crate::source::TaskInfo;
-use crate::state::{AnyTable, KeyGroups, ListState, MapState, ValueState};
+use crate::state::{AnyTable, KeyGroups, ListState, MapState, StateData, ValueState};
 use crate::Timestamp;
 
 /// A hasher whose output depends only on the bytes hashed: the same on every machine, run and
@@ -100,7 +100,8 @@ pub(crate) struct KeyedFoldOp<T, K, S, O, KF: ?Sized, F> {
 
 impl<T, K, S, O, KF, F> Collector<T> for KeyedFoldOp<T, K, S, O, KF, F>
 where
-    K: Hash + Eq,
+    K: Hash + Eq + StateData,
+    S: StateData,
     KF: Fn(&T) -> K + ?Sized,
     F: Fn(&mut Option<S>, T) -> Result<Option<O>, BoxError>,
 {
@@ -144,6 +145,30 @@ where
         tracing::debug!(operator = %self.info.operator, subtask = self.info.subtask, keys = self.state.len(), "keyed operator finished");
         self.out.finish()
     }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        let bytes = self
+            .state
+            .encode()
+            .map_err(|e| JobError::operator(&self.info, e))?;
+        b.sections.push((self.info.section_name("state"), bytes));
+        self.out.barrier(b)
+    }
+}
+
+/// The keyed state of an operator instance: restored from the checkpoint if there is one.
+pub(crate) fn restored_groups<K: StateData + Hash + Eq, V: StateData>(
+    info: &TaskInfo,
+) -> Result<KeyGroups<K, V>, JobError> {
+    let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
+    match info.restored_section("state") {
+        Some(bytes) => KeyGroups::decode(bytes, range).map_err(|e| {
+            JobError::Restore(format!(
+                "operator `{}` subtask {}: {e}",
+                info.operator, info.subtask
+            ))
+        }),
+        None => Ok(KeyGroups::new(range)),
+    }
 }
 
 /// A keyed process function: per-key state (value, map, list) and event-time timers, like
@@ -169,13 +194,13 @@ pub struct OpenContext<'a, K> {
     _k: PhantomData<fn() -> K>,
 }
 
-impl<K: Hash + Eq + Clone + 'static> OpenContext<'_, K> {
+impl<K: Hash + Eq + Clone + StateData> OpenContext<'_, K> {
     /// Which parallel instance this is.
     pub fn info(&self) -> &TaskInfo {
         self.info
     }
     /// Declares a value per key.
-    pub fn value_state<V: 'static>(&mut self, name: &'static str) -> ValueState<V> {
+    pub fn value_state<V: StateData>(&mut self, name: &'static str) -> ValueState<V> {
         self.tables
             .push(Box::new(KeyGroups::<K, V>::new(self.range.clone())));
         ValueState {
@@ -185,7 +210,7 @@ impl<K: Hash + Eq + Clone + 'static> OpenContext<'_, K> {
         }
     }
     /// Declares a map per key.
-    pub fn map_state<UK: Hash + Eq + 'static, UV: 'static>(
+    pub fn map_state<UK: Hash + Eq + StateData, UV: StateData>(
         &mut self,
         name: &'static str,
     ) -> MapState<UK, UV> {
@@ -199,7 +224,7 @@ impl<K: Hash + Eq + Clone + 'static> OpenContext<'_, K> {
         }
     }
     /// Declares a list per key.
-    pub fn list_state<V: 'static>(&mut self, name: &'static str) -> ListState<V> {
+    pub fn list_state<V: StateData>(&mut self, name: &'static str) -> ListState<V> {
         self.tables
             .push(Box::new(KeyGroups::<K, Vec<V>>::new(self.range.clone())));
         ListState {
@@ -238,6 +263,13 @@ impl<K: Hash + Eq + Clone> Timers<K> {
             }
         }
     }
+    fn all(&self) -> Vec<(Timestamp, K)> {
+        self.queue
+            .iter()
+            .flat_map(|(ts, ks)| ks.iter().map(move |k| (*ts, k.clone())))
+            .collect()
+    }
+
     /// Pops the earliest timer at or before `wm`.
     fn pop_due(&mut self, wm: Timestamp) -> Option<(Timestamp, K)> {
         let mut entry = self.queue.first_entry()?;
@@ -310,7 +342,7 @@ pub(crate) struct KeyedProcessOp<T, K, O, KF: ?Sized, P> {
 
 impl<T, K, O, KF, P> KeyedProcessOp<T, K, O, KF, P>
 where
-    K: Hash + Eq + Clone + 'static,
+    K: Hash + Eq + Clone + StateData,
     KF: Fn(&T) -> K + ?Sized,
     P: KeyedProcessFunction<K, T, O>,
 {
@@ -329,11 +361,35 @@ where
             _k: PhantomData,
         })
         .map_err(|e| JobError::from_user(&info, e))?;
+        let mut timers = Timers::new();
+        if let Some(bytes) = info.restored_section("state") {
+            let fail = |e: String| {
+                JobError::Restore(format!(
+                    "operator `{}` subtask {}: {e}",
+                    info.operator, info.subtask
+                ))
+            };
+            let (encoded, saved): (Vec<Vec<u8>>, Vec<(Timestamp, K)>) = postcard::from_bytes(bytes)
+                .map_err(|e| fail(format!("cannot decode state: {e}")))?;
+            if encoded.len() != tables.len() {
+                return Err(fail(format!(
+                    "the checkpoint holds {} state tables but the function declares {} in open()",
+                    encoded.len(),
+                    tables.len()
+                )));
+            }
+            for (t, b) in tables.iter_mut().zip(&encoded) {
+                t.restore(b).map_err(fail)?;
+            }
+            for (ts, k) in &saved {
+                timers.register(*ts, k);
+            }
+        }
         Ok(KeyedProcessOp {
             key,
             f,
             tables,
-            timers: Timers::new(),
+            timers,
             watermark: crate::NO_TIMESTAMP,
             info,
             out,
@@ -344,7 +400,7 @@ where
 
 impl<T, K, O, KF, P> Collector<T> for KeyedProcessOp<T, K, O, KF, P>
 where
-    K: Hash + Eq + Clone + 'static,
+    K: Hash + Eq + Clone + StateData,
     KF: Fn(&T) -> K + ?Sized,
     P: KeyedProcessFunction<K, T, O>,
 {
@@ -403,6 +459,19 @@ where
 
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
+    }
+
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        let tables = self
+            .tables
+            .iter()
+            .map(|t| t.encode())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| JobError::operator(&self.info, e))?;
+        let bytes = postcard::to_stdvec(&(tables, self.timers.all()))
+            .map_err(|e| JobError::operator(&self.info, format!("cannot encode timers: {e}")))?;
+        b.sections.push((self.info.section_name("state"), bytes));
+        self.out.barrier(b)
     }
 }
 

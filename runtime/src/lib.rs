@@ -23,16 +23,18 @@ mod state;
 mod window;
 mod worker;
 
-pub use checkpoint::{CheckpointConfig, CheckpointMode, OnCancel};
 pub use api::{CollectHandle, DataStream, KeyedStream, StreamEnv, WindowedStream};
+pub use checkpoint::{
+    CheckpointConfig, CheckpointMode, CompletedCheckpoint, OnCancel, RestoreFrom,
+};
 pub use config::{RuntimeConfig, DEFAULT_MAX_PARALLELISM};
 pub use error::{BoxError, ConfigError, JobError};
 pub use execute::{JobHandle, JobSummary};
 pub use keyed::{key_group_for, stable_hash, KeyedContext, KeyedProcessFunction, OpenContext};
 pub use metrics::{JobMetrics, NodeMetrics};
 pub use operator::{Context, ProcessFunction};
-pub use source::{SinkWriter, SourcePoll, SourceReader, TaskInfo, Waker};
-pub use state::{ListState, MapState, ValueState};
+pub use source::{PreCommit, SinkWriter, SourcePoll, SourceReader, TaskInfo, Waker};
+pub use state::{ListState, MapState, StateData, ValueState};
 pub use window::{AggregateFunction, Avg, Count, Max, Min, Sum, WindowAssigner, WindowResult};
 
 /// Event time in milliseconds since the Unix epoch (any monotonic millisecond scale works).

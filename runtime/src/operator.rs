@@ -18,6 +18,17 @@ use crate::Timestamp;
 /// A batch of records with their event timestamps.
 pub(crate) type Batch<T> = Vec<(Timestamp, T)>;
 
+/// Waits until something a checkpoint depends on is durable (e.g. a sink's pre-committed
+/// file); runs on the checkpoint writer thread, never on a worker.
+pub(crate) type DurableWait = Box<dyn FnOnce() -> Result<(), BoxError> + Send>;
+
+/// A checkpoint barrier travelling down a chain: operators append their state sections.
+pub(crate) struct Barrier<'a> {
+    pub(crate) id: u64,
+    pub(crate) sections: &'a mut Vec<(String, Vec<u8>)>,
+    pub(crate) durable: &'a mut Vec<DurableWait>,
+}
+
 /// Input side of an operator instance (Flink's `Output`/`Collector` seen from upstream).
 pub(crate) trait Collector<T> {
     fn batch(&mut self, batch: Batch<T>) -> Result<(), JobError>;
@@ -26,6 +37,8 @@ pub(crate) trait Collector<T> {
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError>;
     /// End of input. Called once, after a final `watermark(MAX_WATERMARK)`.
     fn finish(&mut self) -> Result<(), JobError>;
+    /// Checkpoint barrier: snapshot state at this point of the stream, then forward it.
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError>;
 }
 
 pub(crate) type Out<T> = Box<dyn Collector<T>>;
@@ -50,6 +63,9 @@ impl<T> Collector<T> for Counted<T> {
     fn finish(&mut self) -> Result<(), JobError> {
         self.inner.finish()
     }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        self.inner.barrier(b)
+    }
 }
 
 /// Fan-out: every batch goes to every consumer (cloned for all but the last).
@@ -71,6 +87,9 @@ impl<T: Clone> Collector<T> for Tee<T> {
     fn finish(&mut self) -> Result<(), JobError> {
         self.outs.iter_mut().try_for_each(|o| o.finish())
     }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        self.outs.iter_mut().try_for_each(|o| o.barrier(b))
+    }
 }
 
 /// A stream nobody consumes.
@@ -78,6 +97,9 @@ pub(crate) struct Discard;
 
 impl<T> Collector<T> for Discard {
     fn batch(&mut self, _batch: Batch<T>) -> Result<(), JobError> {
+        Ok(())
+    }
+    fn barrier(&mut self, _b: &mut Barrier<'_>) -> Result<(), JobError> {
         Ok(())
     }
     fn watermark(&mut self, _wm: Timestamp) -> Result<(), JobError> {
@@ -105,6 +127,9 @@ impl<I, O, F: Fn(I) -> O> Collector<I> for MapOp<F, O> {
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
     }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        self.out.barrier(b)
+    }
 }
 
 pub(crate) struct FilterOp<F, T> {
@@ -126,6 +151,9 @@ impl<T, F: Fn(&T) -> bool> Collector<T> for FilterOp<F, T> {
     }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
+    }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        self.out.barrier(b)
     }
 }
 
@@ -155,6 +183,9 @@ where
     }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
+    }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        self.out.barrier(b)
     }
 }
 
@@ -189,6 +220,9 @@ where
     }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
+    }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        self.out.barrier(b)
     }
 }
 
@@ -232,6 +266,9 @@ impl<T, F: Fn(&T) -> Timestamp> Collector<T> for TimestampOp<F, T> {
     }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
+    }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        self.out.barrier(b)
     }
 }
 
@@ -304,6 +341,9 @@ impl<I, O, P: ProcessFunction<I, O>> Collector<I> for ProcessOp<P, O> {
         self.watermark = wm;
         self.out.watermark(wm)
     }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        self.out.barrier(b)
+    }
     fn finish(&mut self) -> Result<(), JobError> {
         let mut out = Vec::new();
         let mut ctx = Context {
@@ -344,6 +384,20 @@ impl<T> Collector<T> for SinkOp<T> {
             .finish()
             .map_err(|e| JobError::from_user(&self.info, e))
     }
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        let pc = self
+            .writer
+            .borrow_mut()
+            .pre_commit(b.id)
+            .map_err(|e| JobError::from_user(&self.info, e))?;
+        if !pc.state.is_empty() {
+            b.sections.push((self.info.section_name("state"), pc.state));
+        }
+        if let Some(wait) = pc.durable {
+            b.durable.push(wait);
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct SinkOutlet<T> {
@@ -370,5 +424,11 @@ impl<T> Outlet for SinkOutlet<T> {
     }
     fn register<'a>(&'a self, _sel: &mut crossbeam_channel::Select<'a>) -> bool {
         false
+    }
+    fn checkpoint_complete(&self, id: u64) -> Result<(), JobError> {
+        self.writer
+            .borrow_mut()
+            .commit(id)
+            .map_err(|e| JobError::from_user(&self.info, e))
     }
 }

@@ -29,12 +29,43 @@ pub struct TaskInfo {
     pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
     /// Set when the job is asked to stop gracefully: sources end as if exhausted.
     pub(crate) stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Index of the operator in the job graph (names its checkpoint sections).
+    pub(crate) node: usize,
+    pub(crate) restore: Option<Arc<crate::checkpoint::RestoreSet>>,
+    pub(crate) checkpointing: bool,
+    /// Id of the first checkpoint of this run (barrier ids start here).
+    pub(crate) first_checkpoint: u64,
 }
 
 impl TaskInfo {
     /// A handle that wakes the worker running this task; give it to I/O threads.
     pub fn waker(&self) -> Waker {
         self.waker.clone()
+    }
+
+    /// True when the job takes checkpoints (sinks then commit per checkpoint).
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// When the job was restored from a checkpoint: the id of that checkpoint.
+    pub fn restored_checkpoint(&self) -> Option<u64> {
+        self.restore.as_ref().map(|r| r.id)
+    }
+
+    /// When the job was restored: the state this instance stored in that checkpoint (what its
+    /// source's `snapshot` or its sink's `pre_commit` returned). `None` on a fresh start or
+    /// when the instance stored nothing.
+    pub fn restored_state(&self) -> Option<&[u8]> {
+        self.restored_section("state")
+    }
+
+    pub(crate) fn section_name(&self, kind: &str) -> String {
+        format!("{}/{}/{kind}", self.node, self.subtask)
+    }
+
+    pub(crate) fn restored_section(&self, kind: &str) -> Option<&[u8]> {
+        self.restore.as_ref()?.section(&self.section_name(kind))
     }
 }
 
@@ -73,6 +104,21 @@ pub trait SourceReader<T> {
     /// Appends at most `max` records with their event timestamps
     /// ([`crate::NO_TIMESTAMP`] when the source has none) to `out`.
     fn poll(&mut self, out: &mut Vec<(Timestamp, T)>, max: usize) -> Result<SourcePoll, BoxError>;
+    /// The position of the next record not yet returned by `poll`, stored in checkpoints and
+    /// handed back through [`TaskInfo::restored_state`] when the job is restored.
+    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+        Ok(Vec::new())
+    }
+}
+
+/// What a sink returns when a checkpoint barrier reaches it.
+#[derive(Default)]
+pub struct PreCommit {
+    /// Stored in the checkpoint (e.g. the names of the files pending for it).
+    pub state: Vec<u8>,
+    /// Blocks until the pre-committed data is durable; runs on the checkpoint writer thread,
+    /// and the checkpoint completes only after it returned `Ok`.
+    pub durable: Option<Box<dyn FnOnce() -> Result<(), BoxError> + Send>>,
 }
 
 /// One parallel instance of a sink, created on its worker thread by a factory.
@@ -93,5 +139,15 @@ pub trait SinkWriter<T> {
     /// True once everything handed to the sink is finished (after `finish`).
     fn done(&self) -> bool {
         true
+    }
+    /// A checkpoint barrier: everything written so far belongs to `checkpoint`; make it
+    /// durable but not yet visible (phase one of two-phase commit).
+    fn pre_commit(&mut self, _checkpoint: u64) -> Result<PreCommit, BoxError> {
+        Ok(PreCommit::default())
+    }
+    /// `checkpoint` completed: make what was pre-committed up to it visible (phase two). Must
+    /// be idempotent.
+    fn commit(&mut self, _checkpoint: u64) -> Result<(), BoxError> {
+        Ok(())
     }
 }

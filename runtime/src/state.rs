@@ -47,18 +47,59 @@ impl<K: Hash + Eq, V> KeyGroups<K, V> {
     }
 }
 
+impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
+    /// Encodes the tables (postcard): first key group, then one map per key group.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
+        postcard::to_stdvec(&(self.first as u32, &self.groups))
+            .map_err(|e| format!("cannot encode keyed state: {e}"))
+    }
+
+    /// Restores tables written by [`KeyGroups::encode`] for the same key-group range.
+    pub(crate) fn decode(bytes: &[u8], range: Range<usize>) -> Result<Self, String> {
+        let (first, groups): (u32, Vec<FxHashMap<K, V>>) =
+            postcard::from_bytes(bytes).map_err(|e| format!("cannot decode keyed state: {e}"))?;
+        if first as usize != range.start || groups.len() != range.len() {
+            return Err(format!(
+                "keyed state covers key groups {first}..{} but this instance owns {}..{}",
+                first as usize + groups.len(),
+                range.start,
+                range.end
+            ));
+        }
+        Ok(KeyGroups {
+            first: range.start,
+            groups,
+        })
+    }
+}
+
+/// Types that can live in checkpointed state (keys, values, accumulators): postcard-encoded,
+/// so they must not rely on `deserialize_any` (e.g. `serde_json::Value` cannot be state).
+pub trait StateData: serde::Serialize + serde::de::DeserializeOwned + 'static {}
+impl<T: serde::Serialize + serde::de::DeserializeOwned + 'static> StateData for T {}
+
 /// A keyed table of any type, owned by a process operator.
 pub(crate) trait AnyTable {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn encode(&self) -> Result<Vec<u8>, String>;
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String>;
 }
 
-impl<K: 'static, V: 'static> AnyTable for KeyGroups<K, V> {
+impl<K: StateData + Hash + Eq, V: StateData> AnyTable for KeyGroups<K, V> {
     fn as_any(&self) -> &dyn Any {
         self
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        KeyGroups::encode(self)
+    }
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let range = self.first..self.first + self.groups.len();
+        *self = KeyGroups::decode(bytes, range)?;
+        Ok(())
     }
 }
 

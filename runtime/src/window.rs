@@ -18,8 +18,9 @@ use rustc_hash::FxHashMap;
 
 use crate::error::{BoxError, JobError};
 use crate::keyed::key_group_for;
-use crate::operator::{Batch, Collector, Out};
+use crate::operator::{Barrier, Batch, Collector, Out};
 use crate::source::TaskInfo;
+use crate::state::StateData;
 use crate::{Timestamp, NO_TIMESTAMP};
 
 /// Which windows a record belongs to.
@@ -77,8 +78,8 @@ pub struct WindowResult<K, V> {
 
 /// An incremental aggregate (Flink's `AggregateFunction`).
 pub trait AggregateFunction<T>: Clone + Send + Sync + 'static {
-    /// Accumulator kept per key and window.
-    type Acc: 'static;
+    /// Accumulator kept per key and window (stored in checkpoints).
+    type Acc: StateData;
     /// Result type.
     type Out: Clone + Send + 'static;
     /// A new, empty accumulator.
@@ -115,7 +116,7 @@ pub struct Sum<F>(pub F);
 impl<T, V, F> AggregateFunction<T> for Sum<F>
 where
     F: Fn(&T) -> V + Clone + Send + Sync + 'static,
-    V: Add<Output = V> + Default + Copy + Send + 'static,
+    V: Add<Output = V> + Default + Copy + Send + StateData,
 {
     type Acc = V;
     type Out = V;
@@ -138,7 +139,7 @@ pub struct Min<F>(pub F);
 impl<T, V, F> AggregateFunction<T> for Min<F>
 where
     F: Fn(&T) -> V + Clone + Send + Sync + 'static,
-    V: PartialOrd + Copy + Send + 'static,
+    V: PartialOrd + Copy + Send + StateData,
 {
     type Acc = Option<V>;
     type Out = V;
@@ -164,7 +165,7 @@ pub struct Max<F>(pub F);
 impl<T, V, F> AggregateFunction<T> for Max<F>
 where
     F: Fn(&T) -> V + Clone + Send + Sync + 'static,
-    V: PartialOrd + Copy + Send + 'static,
+    V: PartialOrd + Copy + Send + StateData,
 {
     type Acc = Option<V>;
     type Out = V;
@@ -217,7 +218,7 @@ impl<F> Clone for ReduceAgg<F> {
 
 impl<T, F> AggregateFunction<T> for ReduceAgg<F>
 where
-    T: Clone + Send + 'static,
+    T: Clone + Send + StateData,
     F: Fn(T, T) -> T + Send + Sync + 'static,
 {
     type Acc = Option<T>;
@@ -254,7 +255,7 @@ pub(crate) struct WindowOp<T, K, A: AggregateFunction<T>, KF: ?Sized> {
 
 impl<T, K, A, KF> WindowOp<T, K, A, KF>
 where
-    K: Hash + Eq + Clone,
+    K: Hash + Eq + Clone + StateData,
     A: AggregateFunction<T>,
     KF: Fn(&T) -> K + ?Sized,
 {
@@ -265,24 +266,43 @@ where
         range: Range<usize>,
         info: TaskInfo,
         out: Out<WindowResult<K, A::Out>>,
-    ) -> Self {
-        WindowOp {
+    ) -> Result<Self, JobError> {
+        let groups = match info.restored_section("state") {
+            Some(bytes) => {
+                let (first, groups): (u32, Vec<Panes<K, A::Acc>>) = postcard::from_bytes(bytes)
+                    .map_err(|e| {
+                        JobError::Restore(format!(
+                            "operator `{}` subtask {}: cannot decode window state: {e}",
+                            info.operator, info.subtask
+                        ))
+                    })?;
+                if first as usize != range.start || groups.len() != range.len() {
+                    return Err(JobError::Restore(format!(
+                        "operator `{}` subtask {}: window state covers other key groups",
+                        info.operator, info.subtask
+                    )));
+                }
+                groups
+            }
+            None => range.clone().map(|_| BTreeMap::new()).collect(),
+        };
+        Ok(WindowOp {
             key,
             agg,
             assigner,
             first: range.start,
-            groups: range.map(|_| BTreeMap::new()).collect(),
+            groups,
             watermark: NO_TIMESTAMP,
             info,
             out,
             _t: PhantomData,
-        }
+        })
     }
 }
 
 impl<T, K, A, KF> Collector<T> for WindowOp<T, K, A, KF>
 where
-    K: Hash + Eq + Clone,
+    K: Hash + Eq + Clone + StateData,
     A: AggregateFunction<T>,
     KF: Fn(&T) -> K + ?Sized,
 {
@@ -361,6 +381,14 @@ where
             tracing::warn!(operator = %self.info.operator, late_records = late, "dropped records that arrived after their window fired");
         }
         self.out.finish()
+    }
+
+    fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        let bytes = postcard::to_stdvec(&(self.first as u32, &self.groups)).map_err(|e| {
+            JobError::operator(&self.info, format!("cannot encode window state: {e}"))
+        })?;
+        b.sections.push((self.info.section_name("state"), bytes));
+        self.out.barrier(b)
     }
 }
 

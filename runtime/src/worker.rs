@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
 
+use crate::checkpoint::{ToWorker, WorkerCheckpoints};
 use crate::error::JobError;
 use crate::exchange::{Driver, Outlet, Poll};
 
@@ -33,6 +34,8 @@ pub(crate) struct Worker {
     pub(crate) doorbell: Receiver<()>,
     pub(crate) cancel: Arc<AtomicBool>,
     pub(crate) buffer_timeout: Duration,
+    pub(crate) cp: WorkerCheckpoints,
+    pub(crate) control: Option<Receiver<ToWorker>>,
 }
 
 impl Worker {
@@ -42,14 +45,14 @@ impl Worker {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(JobError::Cancelled);
             }
-            let mut progress = false;
+            let mut progress = self.handle_control()?;
             let mut wake_at: Option<Instant> = None;
             for task in self.tasks.iter_mut().filter(|t| !t.done) {
                 for o in &task.outlets {
                     progress |= o.try_flush()?;
                 }
                 if !task.input_done && !task.outlets.iter().any(|o| o.blocked()) {
-                    match task.driver.poll(&task.outlets)? {
+                    match task.driver.poll(&task.outlets, &mut self.cp)? {
                         Poll::Progress => progress = true,
                         Poll::Idle(at) => {
                             if let Some(at) = at {
@@ -91,6 +94,37 @@ impl Worker {
         }
     }
 
+    /// Carries out the coordinator's messages; true if there were any.
+    fn handle_control(&mut self) -> Result<bool, JobError> {
+        let Some(control) = &self.control else {
+            return Ok(false);
+        };
+        let mut any = false;
+        while let Ok(msg) = control.try_recv() {
+            any = true;
+            match msg {
+                ToWorker::Trigger(id) => {
+                    for task in self.tasks.iter_mut().filter(|t| !t.done) {
+                        task.driver.trigger(id, &mut self.cp)?;
+                    }
+                }
+                ToWorker::Complete(id) => {
+                    for task in &self.tasks {
+                        for o in &task.outlets {
+                            o.checkpoint_complete(id)?;
+                        }
+                    }
+                }
+                ToWorker::FinishSources => {
+                    for task in self.tasks.iter_mut().filter(|t| !t.done) {
+                        task.driver.finish_sources()?;
+                    }
+                }
+            }
+        }
+        Ok(any)
+    }
+
     fn park(&self, wake_at: Option<Instant>) {
         let now = Instant::now();
         let mut timeout = MAX_PARK;
@@ -102,6 +136,9 @@ impl Worker {
         }
         let mut sel = Select::new();
         sel.recv(&self.doorbell);
+        if let Some(c) = &self.control {
+            sel.recv(c);
+        }
         for task in self.tasks.iter().filter(|t| !t.done) {
             let blocked = task.outlets.iter().any(|o| o.blocked());
             for o in &task.outlets {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use serde::Serialize;
-use weir_runtime::{BoxError, SinkWriter, TaskInfo, Waker};
+use weir_runtime::{BoxError, PreCommit, SinkWriter, TaskInfo, Waker};
 
 /// Bytes encoded before a buffer is handed to the writer thread.
 const BUFFER_BYTES: usize = 256 << 10;
@@ -63,12 +63,26 @@ pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> Result<(), String> {
 
 enum Cmd {
     Write(Vec<u8>),
+    /// Flush and fsync the current part and rename it to the pending name of checkpoint `id`;
+    /// answer on `ack` once durable.
+    PreCommit {
+        id: u64,
+        ack: Sender<Result<(), String>>,
+    },
+    /// Make every pending part of a checkpoint `<= upto` visible.
+    Commit {
+        upto: u64,
+    },
     Close,
 }
 
 /// Where a writer thread writes.
 pub(crate) enum Target {
-    File { dir: PathBuf, subtask: usize },
+    File {
+        dir: PathBuf,
+        subtask: usize,
+        checkpointing: bool,
+    },
     Stdout,
 }
 
@@ -118,11 +132,16 @@ impl IoWriter {
         self.try_send().map(|_| ())
     }
 
-    pub(crate) fn close(&mut self) -> Result<(), BoxError> {
+    fn command(&mut self, cmd: Cmd) -> Result<(), BoxError> {
         self.seal(true)?;
-        self.pending.push_back(Cmd::Close);
-        self.closed = true;
+        self.pending.push_back(cmd);
         self.try_send().map(|_| ())
+    }
+
+    pub(crate) fn close(&mut self) -> Result<(), BoxError> {
+        self.command(Cmd::Close)?;
+        self.closed = true;
+        Ok(())
     }
 
     fn check_acks(&mut self) -> Result<(), BoxError> {
@@ -172,6 +191,48 @@ impl IoWriter {
     }
 }
 
+/// Names of a subtask's part files.
+struct Parts {
+    dir: PathBuf,
+    subtask: usize,
+}
+
+impl Parts {
+    fn in_progress(&self, seq: u64) -> PathBuf {
+        self.dir
+            .join(format!(".part-{}-{seq}.inprogress", self.subtask))
+    }
+    fn pending(&self, id: u64) -> PathBuf {
+        self.dir
+            .join(format!(".part-{}-{id}.pending", self.subtask))
+    }
+    fn visible(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("part-{}-{id}.jsonl", self.subtask))
+    }
+    /// Checkpoint ids of this subtask's pending files.
+    fn pending_ids(&self) -> Result<Vec<u64>, String> {
+        let prefix = format!(".part-{}-", self.subtask);
+        let mut ids = Vec::new();
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| format!("cannot list `{}`: {e}", self.dir.display()))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".pending"))
+                .and_then(|n| n.parse().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+    fn commit(&self, id: u64) -> Result<(), String> {
+        weir_storage::commit_rename(&self.pending(id), &self.visible(id)).map_err(|e| e.to_string())
+    }
+}
+
 fn write_loop(target: Target, rx: &Receiver<Cmd>, waker: &Waker) -> Result<(), String> {
     match target {
         Target::Stdout => {
@@ -183,6 +244,14 @@ fn write_loop(target: Target, rx: &Receiver<Cmd>, waker: &Waker) -> Result<(), S
                         .lock()
                         .write_all(&b)
                         .map_err(|e| format!("cannot write to stdout: {e}"))?,
+                    Cmd::PreCommit { ack, .. } => {
+                        let r = stdout
+                            .lock()
+                            .flush()
+                            .map_err(|e| format!("cannot flush stdout: {e}"));
+                        let _ = ack.send(r);
+                    }
+                    Cmd::Commit { .. } => {}
                     Cmd::Close => {
                         stdout
                             .lock()
@@ -194,42 +263,128 @@ fn write_loop(target: Target, rx: &Receiver<Cmd>, waker: &Waker) -> Result<(), S
             }
             Ok(())
         }
-        Target::File { dir, subtask } => {
-            let tmp = dir.join(format!(".part-{subtask}-0.inprogress"));
-            let fin = dir.join(format!("part-{subtask}-0.jsonl"));
+        Target::File {
+            dir,
+            subtask,
+            checkpointing,
+        } => {
+            let parts = Parts { dir, subtask };
+            let mut seq = 0u64;
             let mut file: Option<BufWriter<File>> = None;
+            // Flushes, fsyncs and closes the current part; returns its path.
+            let finish_part =
+                |file: &mut Option<BufWriter<File>>, seq: u64| -> Result<Option<PathBuf>, String> {
+                    let Some(f) = file.take() else {
+                        return Ok(None);
+                    };
+                    let path = parts.in_progress(seq);
+                    let f = f
+                        .into_inner()
+                        .map_err(|e| format!("cannot write `{}`: {}", path.display(), e.error()))?;
+                    f.sync_all()
+                        .map_err(|e| format!("cannot fsync `{}`: {e}", path.display()))?;
+                    Ok(Some(path))
+                };
             while let Ok(cmd) = rx.recv() {
                 waker.wake();
                 match cmd {
                     Cmd::Write(b) => {
                         if file.is_none() {
-                            let f = File::create(&tmp)
-                                .map_err(|e| format!("cannot create `{}`: {e}", tmp.display()))?;
+                            seq += 1;
+                            let path = parts.in_progress(seq);
+                            let f = File::create(&path)
+                                .map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
                             file = Some(BufWriter::with_capacity(1 << 20, f));
                         }
                         if let Some(f) = file.as_mut() {
-                            f.write_all(&b)
-                                .map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
+                            f.write_all(&b).map_err(|e| {
+                                format!("cannot write part file of subtask {subtask}: {e}")
+                            })?;
+                        }
+                    }
+                    Cmd::PreCommit { id, ack } => {
+                        let r = finish_part(&mut file, seq).and_then(|p| match p {
+                            Some(path) => std::fs::rename(&path, parts.pending(id))
+                                .map_err(|e| {
+                                    format!("cannot rename `{}` to pending: {e}", path.display())
+                                })
+                                .and_then(|_| {
+                                    weir_storage::fsync_dir(&parts.dir).map_err(|e| e.to_string())
+                                }),
+                            None => Ok(()),
+                        });
+                        let failed = r.is_err();
+                        let _ = ack.send(r.clone());
+                        if failed {
+                            return r;
+                        }
+                    }
+                    Cmd::Commit { upto } => {
+                        for id in parts.pending_ids()?.into_iter().filter(|id| *id <= upto) {
+                            parts.commit(id)?;
                         }
                     }
                     Cmd::Close => {
-                        if let Some(mut f) = file.take() {
-                            f.flush()
-                                .map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
-                            drop(f);
-                            weir_storage::commit_rename(&tmp, &fin).map_err(|e| e.to_string())?;
+                        if !checkpointing {
+                            if let Some(path) = finish_part(&mut file, seq)? {
+                                weir_storage::commit_rename(&path, &parts.visible(0))
+                                    .map_err(|e| e.to_string())?;
+                            }
                         }
+                        // With checkpointing everything was pre-committed at the final barrier
+                        // and committed by its notification.
                         return Ok(());
                     }
                 }
             }
-            // The worker went away without closing (job cancelled): leave the hidden file.
+            // The worker went away without closing (job cancelled): leave the hidden files;
+            // a restore cleans them up.
             Ok(())
         }
     }
 }
 
-/// JSON-lines file sink: one part file per subtask in `dir`.
+/// Recovery of one subtask's files from checkpoint state: commits the parts the checkpoint
+/// pre-committed (still pending, or already visible) and deletes every other hidden file of
+/// the subtask (written after the checkpoint, so not part of it).
+fn recover(parts: &Parts, pending: &[u64]) -> Result<(), String> {
+    for &id in pending {
+        if parts.pending(id).exists() {
+            parts.commit(id)?;
+        } else if !parts.visible(id).exists() {
+            return Err(format!(
+                "the checkpoint lists pre-committed output `{}` but neither it nor `{}` exists: that output was lost (deleted by hand?)",
+                parts.pending(id).display(),
+                parts.visible(id).display()
+            ));
+        }
+    }
+    let prefix = format!(".part-{}-", parts.subtask);
+    let entries = std::fs::read_dir(&parts.dir)
+        .map_err(|e| format!("cannot list `{}`: {e}", parts.dir.display()))?;
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(e.path())
+                .map_err(|err| format!("cannot remove `{}`: {err}", e.path().display()))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        weir_storage::fsync_dir(&parts.dir).map_err(|e| e.to_string())?;
+        tracing::info!(
+            subtask = parts.subtask,
+            files = removed,
+            "discarded output written after the restored checkpoint"
+        );
+    }
+    Ok(())
+}
+
+/// JSON-lines file sink: part files per subtask in `dir`. Without checkpoints each subtask
+/// writes `part-<s>-0.jsonl` at end of input; with checkpoints, the output between two
+/// barriers becomes `part-<s>-<checkpoint>.jsonl` once that checkpoint completed
+/// (two-phase commit: in progress -> pending at the barrier -> visible on completion).
 #[derive(Clone)]
 pub struct FileSink {
     dir: Arc<PathBuf>,
@@ -243,25 +398,57 @@ impl FileSink {
         }
     }
 
-    /// The writer of one subtask.
+    /// The writer of one subtask; on restore it first recovers the subtask's files.
     pub fn writer<T: Serialize>(&self, info: &TaskInfo) -> Result<JsonLinesWriter<T>, BoxError> {
+        let parts = Parts {
+            dir: (*self.dir).clone(),
+            subtask: info.subtask,
+        };
+        if info.checkpointing() {
+            let pending: Vec<u64> = match info.restored_state() {
+                Some(b) => postcard_ids(b)?,
+                None => Vec::new(),
+            };
+            recover(&parts, &pending)?;
+        }
         let io = IoWriter::spawn(
             Target::File {
-                dir: (*self.dir).clone(),
+                dir: parts.dir,
                 subtask: info.subtask,
+                checkpointing: info.checkpointing(),
             },
             info,
         )?;
         Ok(JsonLinesWriter {
             io,
+            wrote: false,
+            uncommitted: Vec::new(),
             _t: std::marker::PhantomData,
         })
     }
 }
 
+/// Pending checkpoint ids, as stored in the sink's checkpoint state (u64 little endian each).
+fn postcard_ids(b: &[u8]) -> Result<Vec<u64>, BoxError> {
+    if b.len() % 8 != 0 {
+        return Err(format!(
+            "damaged file sink state in checkpoint ({} bytes, expected a multiple of 8)",
+            b.len()
+        )
+        .into());
+    }
+    Ok(b.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
 /// Encodes records as JSON lines into an [`IoWriter`].
 pub struct JsonLinesWriter<T> {
     pub(crate) io: IoWriter,
+    /// Records were written since the last barrier.
+    pub(crate) wrote: bool,
+    /// Checkpoints pre-committed with a part file and not yet committed.
+    pub(crate) uncommitted: Vec<u64>,
     pub(crate) _t: std::marker::PhantomData<fn(T)>,
 }
 
@@ -272,6 +459,7 @@ impl<T: Serialize> SinkWriter<T> for JsonLinesWriter<T> {
             serde_json::to_writer(&mut *buf, &r)?;
             buf.push(b'\n');
         }
+        self.wrote = true;
         self.io.seal(false)
     }
     fn finish(&mut self) -> Result<(), BoxError> {
@@ -284,7 +472,37 @@ impl<T: Serialize> SinkWriter<T> for JsonLinesWriter<T> {
         self.io.try_send()
     }
     fn done(&self) -> bool {
-        self.io.done()
+        self.io.done() && self.uncommitted.is_empty()
+    }
+    fn pre_commit(&mut self, checkpoint: u64) -> Result<PreCommit, BoxError> {
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        if self.wrote {
+            self.uncommitted.push(checkpoint);
+            self.wrote = false;
+        }
+        self.io.command(Cmd::PreCommit {
+            id: checkpoint,
+            ack: ack_tx,
+        })?;
+        let state: Vec<u8> = self
+            .uncommitted
+            .iter()
+            .flat_map(|id| id.to_le_bytes())
+            .collect();
+        let wait = move || -> Result<(), BoxError> {
+            match ack_rx.recv() {
+                Ok(r) => r.map_err(|e| e.into()),
+                Err(_) => Err("the file writer stopped before the pre-commit was durable".into()),
+            }
+        };
+        Ok(PreCommit {
+            state,
+            durable: Some(Box::new(wait)),
+        })
+    }
+    fn commit(&mut self, checkpoint: u64) -> Result<(), BoxError> {
+        self.uncommitted.retain(|id| *id > checkpoint);
+        self.io.command(Cmd::Commit { upto: checkpoint })
     }
 }
 

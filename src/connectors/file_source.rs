@@ -77,8 +77,9 @@ impl FileSource {
         })
     }
 
-    /// The reader of one subtask, starting at `start` (the beginning for a fresh run).
-    pub fn reader(&self, info: &TaskInfo, start: FilePosition) -> Result<FileReader, BoxError> {
+    /// The reader of one subtask: from the beginning, or from the position stored in the
+    /// checkpoint the job was restored from.
+    pub fn reader(&self, info: &TaskInfo) -> Result<FileReader, BoxError> {
         let mine: Vec<PathBuf> = self
             .files
             .iter()
@@ -86,6 +87,28 @@ impl FileSource {
             .step_by(info.parallelism)
             .cloned()
             .collect();
+        let start = match info.restored_state() {
+            None => FilePosition::default(),
+            Some(bytes) => {
+                let saved: SavedPosition = serde_json::from_slice(bytes)
+                    .map_err(|e| format!("damaged file source position in checkpoint: {e}"))?;
+                let here = mine
+                    .get(saved.position.file)
+                    .map(|p| p.display().to_string());
+                if saved.position.file < mine.len() && here.as_deref() != Some(saved.path.as_str())
+                {
+                    return Err(format!(
+                        "the input files changed since the checkpoint: subtask {} was reading `{}` (file #{}) and that file is now `{}`; restore needs the same input files",
+                        info.subtask,
+                        saved.path,
+                        saved.position.file,
+                        here.unwrap_or_default()
+                    )
+                    .into());
+                }
+                saved.position
+            }
+        };
         let (tx, rx) = crossbeam_channel::bounded(CHUNKS_IN_FLIGHT);
         let waker = info.waker();
         let files = mine.clone();
@@ -103,18 +126,21 @@ impl FileSource {
             files: mine,
             rx,
             position: start,
+            current: None,
             done: false,
         })
     }
 }
 
+/// Complete lines of one file, each with the byte offset just after it.
+struct Chunk {
+    file: usize,
+    lines: Vec<(String, u64)>,
+    first_line: u64,
+}
+
 enum ReadMsg {
-    Chunk {
-        file: usize,
-        lines: Vec<String>,
-        first_line: u64,
-        end: FilePosition,
-    },
+    Chunk(Chunk),
     Failed(String),
     Done,
 }
@@ -168,7 +194,7 @@ fn read_files(files: &[PathBuf], start: FilePosition, mut send: impl FnMut(ReadM
                     return;
                 }
                 match String::from_utf8(std::mem::take(&mut buf)) {
-                    Ok(s) => lines.push(s),
+                    Ok(s) => lines.push((s, offset + n as u64)),
                     Err(_) => {
                         send(fail(format!(
                             "line {line_no} is not valid UTF-8; expected JSON lines"
@@ -179,20 +205,14 @@ fn read_files(files: &[PathBuf], start: FilePosition, mut send: impl FnMut(ReadM
                 offset += n as u64;
                 line_no += 1;
             }
-            if !lines.is_empty() {
-                let end = FilePosition {
-                    file: i,
-                    offset,
-                    line: line_no,
-                };
-                if !send(ReadMsg::Chunk {
+            if !lines.is_empty()
+                && !send(ReadMsg::Chunk(Chunk {
                     file: i,
                     lines,
                     first_line,
-                    end,
-                }) {
-                    return;
-                }
+                }))
+            {
+                return;
             }
             if eof {
                 break;
@@ -202,11 +222,21 @@ fn read_files(files: &[PathBuf], start: FilePosition, mut send: impl FnMut(ReadM
     send(ReadMsg::Done);
 }
 
+/// What a checkpoint stores: the position and, to detect changed inputs, the file's path.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPosition {
+    #[serde(flatten)]
+    position: FilePosition,
+    path: String,
+}
+
 /// One subtask's file source.
 pub struct FileReader {
     files: Vec<PathBuf>,
     rx: Receiver<ReadMsg>,
     position: FilePosition,
+    /// A chunk partly emitted (polls emit at most `max` records), and its next line.
+    current: Option<(Chunk, usize)>,
     done: bool,
 }
 
@@ -245,43 +275,65 @@ fn parse_line(line: &str, path: &Path, line_no: u64) -> Result<Option<JsonRecord
 }
 
 impl SourceReader<JsonRecord> for FileReader {
+    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+        let path = self
+            .files
+            .get(self.position.file)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        Ok(serde_json::to_vec(&SavedPosition {
+            position: self.position,
+            path,
+        })?)
+    }
+
     fn poll(
         &mut self,
         out: &mut Vec<(i64, JsonRecord)>,
-        _max: usize,
+        max: usize,
     ) -> Result<SourcePoll, BoxError> {
         if self.done {
             return Ok(SourcePoll::Exhausted);
         }
-        match self.rx.try_recv() {
-            Ok(ReadMsg::Chunk {
-                file,
-                lines,
-                first_line,
-                end,
-            }) => {
-                let path = &self.files[file];
-                for (k, line) in lines.iter().enumerate() {
-                    if let Some(rec) = parse_line(line, path, first_line + k as u64)? {
-                        out.push((NO_TIMESTAMP, rec));
-                    }
+        if self.current.is_none() {
+            match self.rx.try_recv() {
+                Ok(ReadMsg::Chunk(c)) => self.current = Some((c, 0)),
+                Ok(ReadMsg::Failed(msg)) => return Err(msg.into()),
+                Ok(ReadMsg::Done) => {
+                    self.done = true;
+                    self.position = FilePosition {
+                        file: self.files.len(),
+                        offset: 0,
+                        line: 1,
+                    };
+                    return Ok(SourcePoll::Exhausted);
                 }
-                self.position = end;
-                Ok(SourcePoll::Ready)
+                Err(TryRecvError::Empty) => return Ok(SourcePoll::Idle(None)),
+                Err(TryRecvError::Disconnected) => {
+                    return Err("file reader thread ended unexpectedly".into())
+                }
             }
-            Ok(ReadMsg::Failed(msg)) => Err(msg.into()),
-            Ok(ReadMsg::Done) => {
-                self.done = true;
-                self.position = FilePosition {
-                    file: self.files.len(),
-                    offset: 0,
-                    line: 1,
-                };
-                Ok(SourcePoll::Exhausted)
-            }
-            Err(TryRecvError::Empty) => Ok(SourcePoll::Idle(None)),
-            Err(TryRecvError::Disconnected) => Err("file reader thread ended unexpectedly".into()),
         }
+        let (chunk, next) = self.current.as_mut().expect("a chunk is in hand");
+        let path = &self.files[chunk.file];
+        while *next < chunk.lines.len() && out.len() < max {
+            let (line, end) = &chunk.lines[*next];
+            let line_no = chunk.first_line + *next as u64;
+            if let Some(rec) = parse_line(line, path, line_no)? {
+                out.push((NO_TIMESTAMP, rec));
+            }
+            // The position always names the first line not yet emitted.
+            self.position = FilePosition {
+                file: chunk.file,
+                offset: *end,
+                line: line_no + 1,
+            };
+            *next += 1;
+        }
+        if *next >= chunk.lines.len() {
+            self.current = None;
+        }
+        Ok(SourcePoll::Ready)
     }
 }
 
@@ -294,7 +346,7 @@ mod tests {
         let mut err = None;
         read_files(files, start, |m| {
             match m {
-                ReadMsg::Chunk { lines: l, .. } => lines.extend(l),
+                ReadMsg::Chunk(c) => lines.extend(c.lines.into_iter().map(|(l, _)| l)),
                 ReadMsg::Failed(e) => err = Some(e),
                 ReadMsg::Done => {}
             }

@@ -57,9 +57,20 @@ impl<F> Generator<F> {
                 return Err(format!("generator rate {r} is invalid; expected a positive number of records per second").into());
             }
         }
+        let next = match info.restored_state() {
+            Some(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(bytes)
+                    .map_err(|e| format!("damaged generator position in checkpoint: {e}"))?;
+                v.get("next")
+                    .and_then(Value::as_u64)
+                    .filter(|n| n % info.parallelism as u64 == info.subtask as u64)
+                    .ok_or("damaged generator position in checkpoint: expected {\"next\": <index of this subtask>}")?
+            }
+            None => info.subtask as u64,
+        };
         Ok(GeneratorReader {
             f: self.f.clone(),
-            next: info.subtask as u64,
+            next,
             step: info.parallelism as u64,
             end: self.count,
             rate: self.rate.map(|r| r / info.parallelism as f64),
@@ -88,6 +99,12 @@ impl<F> GeneratorReader<F> {
 }
 
 impl<T, F: Fn(u64) -> T> SourceReader<T> for GeneratorReader<F> {
+    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+        Ok(serde_json::to_vec(
+            &serde_json::json!({ "next": self.next }),
+        )?)
+    }
+
     fn poll(&mut self, out: &mut Vec<(i64, T)>, max: usize) -> Result<SourcePoll, BoxError> {
         let mut budget = max as u64;
         if let Some(rate) = self.rate {

@@ -17,6 +17,8 @@ impl StdoutSink {
     pub fn writer<T: Serialize>(&self, info: &TaskInfo) -> Result<JsonLinesWriter<T>, BoxError> {
         Ok(JsonLinesWriter {
             io: IoWriter::spawn(Target::Stdout, info)?,
+            wrote: false,
+            uncommitted: Vec::new(),
             _t: std::marker::PhantomData,
         })
     }

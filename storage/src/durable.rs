@@ -1,29 +1,9 @@
 //! Durable renames and directory checks on a local file system.
 
 use std::fs::{File, OpenOptions};
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// An I/O error with the operation and path it happened on.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} `{}`: {source}", path.display())]
-pub struct StorageError {
-    /// What was being done, e.g. "fsync of directory".
-    pub op: &'static str,
-    /// The file or directory.
-    pub path: PathBuf,
-    /// The OS error.
-    #[source]
-    pub source: io::Error,
-}
-
-fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
-    move |source| StorageError {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::error::{io_err as err, StorageError};
 
 /// Makes a directory's entries durable (new, renamed or removed files).
 pub fn fsync_dir(dir: &Path) -> Result<(), StorageError> {

@@ -1,9 +1,38 @@
 //! Weir's storage layer. It knows files and bytes, nothing of operators or Kafka.
 //!
-//! Today: the durable file primitives every writer of Weir uses (connectors' committed
-//! output now; checkpoint files next). A file is durable once its bytes and its directory entry
-//! survive a power loss: write, `fsync` the file, rename it into place, `fsync` the directory.
+//! - Durable file primitives every writer of Weir uses ([`commit_rename`], [`fsync_dir`],
+//!   [`probe_writable`]). A file is durable once its bytes and its directory entry survive a
+//!   power loss: write, `fsync` the file, rename it into place, `fsync` the directory.
+//! - The snapshot file format ([`write_snapshot_mmap`], [`write_snapshot_buffered`],
+//!   [`Snapshot`]): one file per worker per checkpoint holding named sections of opaque bytes.
+//! - The checkpoint metadata file ([`encode_metadata`], [`decode_metadata`]), the commit point
+//!   of a checkpoint.
+//! - Checkpoint stores ([`open_store`], [`CheckpointStore`], [`FsStore`]) and the retention
+//!   rule ([`retention_plan`]).
+//!
+//! The byte layouts and the crash analysis are in `docs/checkpoint-format.md`.
 
 mod durable;
+mod error;
+mod metadata;
+mod mmap;
+mod snapshot;
+mod store;
 
-pub use durable::{commit_rename, fsync_dir, probe_writable, StorageError};
+#[cfg(test)]
+mod tests;
+
+pub use durable::{commit_rename, fsync_dir, probe_writable};
+pub use error::{FormatError, StorageError};
+pub use metadata::{
+    decode_metadata, encode_metadata, CheckpointMetadata, CheckpointStats, FileEntry,
+    OperatorEntry, CHECKPOINT_FORMAT_VERSION, METADATA_FORMAT_VERSION, METADATA_MAGIC,
+};
+pub use snapshot::{
+    encode_snapshot, file_crc32, write_snapshot_buffered, write_snapshot_mmap, Snapshot,
+    SnapshotHeader, SnapshotInfo, MAX_SECTIONS, MAX_SECTION_NAME_LEN, SNAPSHOT_FORMAT_VERSION,
+    SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC,
+};
+pub use store::{
+    open_store, retention_plan, CheckpointStore, FsStore, MAX_METADATA_BYTES, METADATA_FILE,
+};

@@ -72,19 +72,34 @@ impl CheckpointConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |setting: &'static str, message: String| Err(ConfigError { setting, message });
         if self.interval < Duration::from_millis(10) {
-            return bad("checkpoint.interval", format!("{:?} is too short; expected at least 10ms", self.interval));
+            return bad(
+                "checkpoint.interval",
+                format!("{:?} is too short; expected at least 10ms", self.interval),
+            );
         }
         if self.timeout < Duration::from_millis(10) {
-            return bad("checkpoint.timeout", format!("{:?} is too short; expected at least 10ms", self.timeout));
+            return bad(
+                "checkpoint.timeout",
+                format!("{:?} is too short; expected at least 10ms", self.timeout),
+            );
         }
         if self.max_concurrent == 0 || self.max_concurrent > 64 {
-            return bad("checkpoint.max_concurrent", format!("{} is out of range; expected 1..=64", self.max_concurrent));
+            return bad(
+                "checkpoint.max_concurrent",
+                format!("{} is out of range; expected 1..=64", self.max_concurrent),
+            );
         }
         if self.retained == 0 || self.retained > 1000 {
-            return bad("checkpoint.retained", format!("{} is out of range; expected 1..=1000", self.retained));
+            return bad(
+                "checkpoint.retained",
+                format!("{} is out of range; expected 1..=1000", self.retained),
+            );
         }
         if self.storage.trim().is_empty() {
-            return bad("checkpoint.storage", "is empty; expected a URI such as file:///var/lib/weir/checkpoints".into());
+            return bad(
+                "checkpoint.storage",
+                "is empty; expected a URI such as file:///var/lib/weir/checkpoints".into(),
+            );
         }
         Ok(())
     }

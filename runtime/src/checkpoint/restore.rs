@@ -1,0 +1,271 @@
+//! Finding, verifying and loading the checkpoint a job restarts from.
+//!
+//! `latest` walks checkpoints from the newest down and takes the first whose metadata decodes
+//! and whose every file passes its checksum; a damaged one is skipped with a warning naming it.
+//! Files are taken from the local copy under `local_dir` when it matches the checksum (local
+//! recovery, no download), else downloaded from the store and verified.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use weir_storage::{CheckpointMetadata, CheckpointStore, OperatorEntry, Snapshot};
+
+use crate::error::JobError;
+
+/// Which checkpoint to restore from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// The newest complete, undamaged checkpoint of the job (a fresh start if there is none).
+    Latest,
+    /// A checkpoint directory, e.g. `/var/lib/weir/checkpoints/sums/chk-42` or
+    /// `file:///var/lib/weir/checkpoints/sums/chk-42`.
+    Path(String),
+}
+
+/// The state sections of a checkpoint, by name (`<node>/<subtask>/<kind>`).
+pub struct RestoreSet {
+    pub(crate) id: u64,
+    sections: HashMap<String, Vec<u8>>,
+    pub(crate) local_files: usize,
+    pub(crate) downloaded_files: usize,
+}
+
+impl std::fmt::Debug for RestoreSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreSet")
+            .field("id", &self.id)
+            .field("sections", &self.sections.len())
+            .finish()
+    }
+}
+
+impl RestoreSet {
+    pub(crate) fn section(&self, name: &str) -> Option<&[u8]> {
+        self.sections.get(name).map(|v| v.as_slice())
+    }
+}
+
+/// Splits `<root>/<job>/chk-<n>` into (root, job, n).
+pub(crate) fn parse_checkpoint_path(p: &str) -> Result<(String, String, u64), JobError> {
+    let bad = || {
+        JobError::Restore(format!(
+            "`{p}` is not a checkpoint path; expected `<storage>/<job>/chk-<id>`, e.g. /var/lib/weir/checkpoints/sums/chk-42"
+        ))
+    };
+    let local = p.strip_prefix("file://").unwrap_or(p);
+    let path = Path::new(local.trim_end_matches('/'));
+    let id = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("chk-"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(bad)?;
+    let job_dir = path.parent().ok_or_else(bad)?;
+    let job = job_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(bad)?
+        .to_string();
+    let root = job_dir.parent().ok_or_else(bad)?;
+    let root = if root.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        root
+    };
+    Ok((root.display().to_string(), job, id))
+}
+
+/// Why a checkpoint cannot be loaded.
+enum Unusable {
+    /// No metadata: never completed (or being deleted).
+    Incomplete,
+    /// Complete but taken by another job graph: restoring anything older would not help.
+    Mismatch(String),
+    /// Something fails its checksum or cannot be read.
+    Damaged(String),
+}
+
+impl From<String> for Unusable {
+    fn from(s: String) -> Self {
+        Unusable::Damaged(s)
+    }
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Incomplete => write!(f, "it has no metadata (incomplete)"),
+            Unusable::Mismatch(s) | Unusable::Damaged(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Loads and verifies checkpoint `id`.
+fn load(
+    store: &dyn CheckpointStore,
+    local_dir: &Path,
+    id: u64,
+    operators: &[OperatorEntry],
+    max_parallelism: u32,
+) -> Result<RestoreSet, Unusable> {
+    let bytes = store
+        .get_metadata(id)
+        .map_err(|e| format!("cannot read its metadata: {e}"))?
+        .ok_or(Unusable::Incomplete)?;
+    let meta: CheckpointMetadata = weir_storage::decode_metadata(&bytes)
+        .map_err(|e| format!("its metadata is damaged: {e}"))?;
+    if meta.checkpoint_id != id {
+        return Err(format!("its metadata names checkpoint {}", meta.checkpoint_id).into());
+    }
+    check_fits(&meta, operators, max_parallelism).map_err(Unusable::Mismatch)?;
+    let dir = local_dir.join(format!("chk-{id}"));
+    let mut sections = HashMap::new();
+    let (mut local_files, mut downloaded_files) = (0, 0);
+    for f in &meta.files {
+        if f.name.contains('/') || f.name.contains('\\') || f.name.starts_with('.') {
+            return Err(format!("its metadata lists an invalid file name `{}`", f.name).into());
+        }
+        let path: PathBuf = dir.join(&f.name);
+        let local_ok = matches!(weir_storage::file_crc32(&path), Ok((len, crc)) if len == f.bytes && crc == f.crc32);
+        if local_ok {
+            local_files += 1;
+        } else {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+            store
+                .get_file(id, &f.name, &path)
+                .map_err(|e| format!("cannot download `{}`: {e}", f.name))?;
+            let (len, crc) = weir_storage::file_crc32(&path).map_err(|e| e.to_string())?;
+            if len != f.bytes || crc != f.crc32 {
+                return Err(format!(
+                    "file `{}` fails its checksum (expected {} bytes crc32 {:08x}, found {len} bytes crc32 {crc:08x})",
+                    f.name, f.bytes, f.crc32
+                )
+                .into());
+            }
+            downloaded_files += 1;
+        }
+        let snap =
+            Snapshot::open(&path).map_err(|e| format!("file `{}` is damaged: {e}", f.name))?;
+        for (name, _) in snap.sections() {
+            let data = snap
+                .section(&name)
+                .map_err(|e| format!("file `{}` is damaged: {e}", f.name))?
+                .ok_or_else(|| format!("file `{}` lost section `{name}`", f.name))?;
+            sections.insert(name, data.to_vec());
+        }
+    }
+    Ok(RestoreSet {
+        id,
+        sections,
+        local_files,
+        downloaded_files,
+    })
+}
+
+fn check_fits(
+    meta: &CheckpointMetadata,
+    operators: &[OperatorEntry],
+    max_parallelism: u32,
+) -> Result<(), String> {
+    if meta.max_parallelism != max_parallelism {
+        return Err(format!(
+            "it was taken with max_parallelism {} and the job now has {max_parallelism}; they must be equal",
+            meta.max_parallelism
+        ));
+    }
+    let show = |o: &[OperatorEntry]| {
+        o.iter()
+            .map(|o| format!("{} (parallelism {})", o.name, o.parallelism))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same = meta.operators.len() == operators.len()
+        && meta
+            .operators
+            .iter()
+            .zip(operators)
+            .all(|(a, b)| a.name == b.name && a.parallelism == b.parallelism);
+    if !same {
+        return Err(format!(
+            "it was taken by a different job graph or parallelism (rescaling is not supported yet): checkpoint has [{}], job has [{}]",
+            show(&meta.operators),
+            show(operators)
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves what to restore. `Ok(None)`: nothing to restore (fresh start, said in the log).
+pub(crate) fn resolve(
+    store: &dyn CheckpointStore,
+    local_dir: &Path,
+    from: &RestoreFrom,
+    operators: &[OperatorEntry],
+    max_parallelism: u32,
+) -> Result<Option<RestoreSet>, JobError> {
+    match from {
+        RestoreFrom::Path(p) => {
+            let (root, job, id) = parse_checkpoint_path(p)?;
+            let other = weir_storage::open_store(&root, &job)
+                .map_err(|e| JobError::Restore(format!("{p}: {e}")))?;
+            let set = load(other.as_ref(), local_dir, id, operators, max_parallelism).map_err(
+                |reason| JobError::Restore(format!("checkpoint `{p}` cannot be used: {reason}")),
+            )?;
+            Ok(Some(set))
+        }
+        RestoreFrom::Latest => {
+            let mut ids = store
+                .list()
+                .map_err(|e| JobError::Restore(format!("cannot list checkpoints: {e}")))?;
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            for id in ids {
+                match load(store, local_dir, id, operators, max_parallelism) {
+                    Ok(set) => return Ok(Some(set)),
+                    Err(Unusable::Incomplete) => {
+                        tracing::info!(checkpoint = id, location = %store.location(id), "skipping incomplete checkpoint");
+                    }
+                    Err(Unusable::Mismatch(reason)) => {
+                        return Err(JobError::Restore(format!(
+                            "checkpoint {} cannot be used: {reason}",
+                            store.location(id)
+                        )));
+                    }
+                    Err(Unusable::Damaged(reason)) => {
+                        tracing::warn!(checkpoint = id, location = %store.location(id), %reason, "skipping damaged checkpoint; trying the previous one");
+                        eprintln_warning(&format!(
+                            "weir: warning: skipping damaged checkpoint {}: {reason}",
+                            store.location(id)
+                        ));
+                    }
+                }
+            }
+            tracing::warn!("no complete checkpoint found; starting from the beginning");
+            Ok(None)
+        }
+    }
+}
+
+/// Damaged checkpoints must be visible at 3 a.m. even when logging is filtered.
+fn eprintln_warning(msg: &str) {
+    eprintln!("{msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_paths_parse() {
+        assert_eq!(
+            parse_checkpoint_path("/a/b/sums/chk-42").unwrap(),
+            ("/a/b".into(), "sums".into(), 42)
+        );
+        assert_eq!(
+            parse_checkpoint_path("file:///a/sums/chk-7/").unwrap(),
+            ("/a".into(), "sums".into(), 7)
+        );
+        assert!(parse_checkpoint_path("/a/sums/chk-x").is_err());
+        assert!(parse_checkpoint_path("chk-1").is_err());
+    }
+}

@@ -1,0 +1,312 @@
+//! Checkpoints end to end inside one process: a paced source, a keyed running sum and a
+//! two-phase-commit sink; an operator panic is injected, the job is restarted from the latest
+//! checkpoint, and the committed output must equal the reference exactly (exactly-once), or
+//! contain it (at-least-once).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weir_runtime::{
+    BoxError, CheckpointConfig, CheckpointMode, JobError, PreCommit, RestoreFrom, RuntimeConfig,
+    SinkWriter, SourcePoll, SourceReader, StreamEnv, NO_TIMESTAMP,
+};
+
+const N: u64 = 12_000;
+
+/// Emits `0..N` (split by subtask) at a limited pace so that checkpoints happen mid-stream.
+struct Paced {
+    next: u64,
+    step: u64,
+    not_before: Instant,
+}
+
+impl SourceReader<(u64, u64)> for Paced {
+    fn poll(
+        &mut self,
+        out: &mut Vec<(i64, (u64, u64))>,
+        max: usize,
+    ) -> Result<SourcePoll, BoxError> {
+        if Instant::now() < self.not_before {
+            return Ok(SourcePoll::Idle(Some(self.not_before)));
+        }
+        self.not_before = Instant::now() + Duration::from_millis(1);
+        for _ in 0..max.min(40) {
+            if self.next >= N {
+                return Ok(SourcePoll::Exhausted);
+            }
+            out.push((NO_TIMESTAMP, (self.next % 13, self.next)));
+            self.next += self.step;
+        }
+        Ok(SourcePoll::Ready)
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.next.to_le_bytes().to_vec())
+    }
+}
+
+/// The "external system" a 2PC sink writes to: staged (pre-committed) and committed batches.
+#[derive(Default)]
+struct External {
+    staged: BTreeMap<(usize, u64), Vec<(u64, u64)>>,
+    committed: Vec<(u64, u64)>,
+}
+
+struct TwoPhaseSink {
+    subtask: usize,
+    buffer: Vec<(u64, u64)>,
+    ext: Arc<Mutex<External>>,
+}
+
+impl TwoPhaseSink {
+    fn commit_upto(&self, id: u64) {
+        let mut ext = self.ext.lock().unwrap();
+        let ready: Vec<(usize, u64)> = ext
+            .staged
+            .range((self.subtask, 0)..=(self.subtask, id))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in ready {
+            let batch = ext.staged.remove(&k).unwrap();
+            ext.committed.extend(batch);
+        }
+    }
+}
+
+impl SinkWriter<(u64, u64)> for TwoPhaseSink {
+    fn write(&mut self, batch: &mut Vec<(i64, (u64, u64))>) -> Result<(), BoxError> {
+        self.buffer.extend(batch.drain(..).map(|(_, r)| r));
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), BoxError> {
+        assert!(self.buffer.is_empty(), "records after the final checkpoint");
+        Ok(())
+    }
+    fn pre_commit(&mut self, checkpoint: u64) -> Result<PreCommit, BoxError> {
+        let batch = std::mem::take(&mut self.buffer);
+        self.ext
+            .lock()
+            .unwrap()
+            .staged
+            .insert((self.subtask, checkpoint), batch);
+        Ok(PreCommit {
+            state: checkpoint.to_le_bytes().to_vec(),
+            durable: None,
+        })
+    }
+    fn commit(&mut self, checkpoint: u64) -> Result<(), BoxError> {
+        self.commit_upto(checkpoint);
+        Ok(())
+    }
+}
+
+fn run_once(
+    dir: &std::path::Path,
+    mode: CheckpointMode,
+    ext: Arc<Mutex<External>>,
+    panic_at: Option<u64>,
+    restore: bool,
+) -> Result<Option<u64>, JobError> {
+    let env = StreamEnv::new(RuntimeConfig {
+        workers: 2,
+        parallelism: 2,
+        pin_workers: false,
+        batch_size: 64,
+        ..RuntimeConfig::default()
+    });
+    let mut cfg = CheckpointConfig::new(format!("file://{}", dir.join("store").display()));
+    cfg.interval = Duration::from_millis(50);
+    cfg.local_dir = dir.join("local");
+    cfg.mode = mode;
+    env.enable_checkpointing(cfg);
+    if restore {
+        env.restore_from(RestoreFrom::Latest);
+    }
+    let seen = Arc::new(AtomicU64::new(0));
+    env.source("paced", |info| {
+        let next = match info.restored_state() {
+            Some(b) => u64::from_le_bytes(b.try_into().unwrap()),
+            None => info.subtask as u64,
+        };
+        Ok(Paced {
+            next,
+            step: info.parallelism as u64,
+            not_before: Instant::now(),
+        })
+    })
+    // One source instance, so that each key's order (and so its running sums) is the input order.
+    .set_parallelism(1)
+    .map(move |r| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        if panic_at == Some(n) {
+            panic!("injected failure at record {n}");
+        }
+        r
+    })
+    .set_parallelism(1)
+    .key_by(|r: &(u64, u64)| r.0)
+    .sum(|r: &mut (u64, u64)| &mut r.1)
+    .sink("two-phase", move |info| {
+        let ext = ext.clone();
+        // Restore: commit what the restored checkpoint pre-committed, drop later staging.
+        if let Some(state) = info.restored_state() {
+            let id = u64::from_le_bytes(state.try_into().unwrap());
+            let sink = TwoPhaseSink {
+                subtask: info.subtask,
+                buffer: Vec::new(),
+                ext: ext.clone(),
+            };
+            sink.commit_upto(id);
+            ext.lock()
+                .unwrap()
+                .staged
+                .retain(|(s, _), _| *s != info.subtask);
+        } else if let Some(id) = info.restored_checkpoint() {
+            TwoPhaseSink {
+                subtask: info.subtask,
+                buffer: Vec::new(),
+                ext: ext.clone(),
+            }
+            .commit_upto(id);
+            ext.lock()
+                .unwrap()
+                .staged
+                .retain(|(s, _), _| *s != info.subtask);
+        }
+        Ok(TwoPhaseSink {
+            subtask: info.subtask,
+            buffer: Vec::new(),
+            ext,
+        })
+    });
+    let handle = env.start("cp-test")?;
+    let restored = handle.restored_from();
+    handle.join()?;
+    Ok(restored)
+}
+
+fn reference() -> HashMap<u64, Vec<u64>> {
+    // Per key, the sorted list of running sums.
+    let mut sums: HashMap<u64, u64> = HashMap::new();
+    let mut out: HashMap<u64, Vec<u64>> = HashMap::new();
+    for i in 0..N {
+        let s = sums.entry(i % 13).or_default();
+        *s += i;
+        out.entry(i % 13).or_default().push(*s);
+    }
+    out
+}
+
+fn grouped(v: &[(u64, u64)]) -> HashMap<u64, Vec<u64>> {
+    let mut out: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (k, s) in v {
+        out.entry(*k).or_default().push(*s);
+    }
+    for l in out.values_mut() {
+        l.sort();
+    }
+    out
+}
+
+#[test]
+fn exactly_once_after_injected_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let ext = Arc::new(Mutex::new(External::default()));
+    let err = run_once(
+        d.path(),
+        CheckpointMode::ExactlyOnce,
+        ext.clone(),
+        Some(N / 2),
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(err, JobError::Panic { .. }), "{err}");
+    let committed_before = ext.lock().unwrap().committed.len();
+    assert!(
+        committed_before > 0,
+        "no checkpoint completed before the failure"
+    );
+    assert!(committed_before < N as usize);
+    let restored = run_once(
+        d.path(),
+        CheckpointMode::ExactlyOnce,
+        ext.clone(),
+        None,
+        true,
+    )
+    .unwrap();
+    assert!(restored.is_some(), "the second run must restore");
+    let ext = ext.lock().unwrap();
+    assert!(
+        ext.staged.is_empty(),
+        "uncommitted output left: {:?}",
+        ext.staged.keys()
+    );
+    assert_eq!(grouped(&ext.committed), reference());
+}
+
+#[test]
+fn at_least_once_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let ext = Arc::new(Mutex::new(External::default()));
+    run_once(
+        d.path(),
+        CheckpointMode::AtLeastOnce,
+        ext.clone(),
+        Some(N / 3),
+        false,
+    )
+    .unwrap_err();
+    run_once(
+        d.path(),
+        CheckpointMode::AtLeastOnce,
+        ext.clone(),
+        None,
+        true,
+    )
+    .unwrap();
+    let ext = ext.lock().unwrap();
+    let got = grouped(&ext.committed);
+    for (k, sums) in reference() {
+        let g = &got[&k];
+        for s in sums {
+            assert!(
+                g.binary_search(&s).is_ok(),
+                "key {k}: running sum {s} missing"
+            );
+        }
+    }
+}
+
+/// A finished bounded job rerun with restore-latest changes no output.
+#[test]
+fn rerunning_a_finished_job_from_latest_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let ext = Arc::new(Mutex::new(External::default()));
+    run_once(
+        d.path(),
+        CheckpointMode::ExactlyOnce,
+        ext.clone(),
+        None,
+        false,
+    )
+    .unwrap();
+    let first = ext.lock().unwrap().committed.len();
+    assert_eq!(first, N as usize);
+    let restored = run_once(
+        d.path(),
+        CheckpointMode::ExactlyOnce,
+        ext.clone(),
+        None,
+        true,
+    )
+    .unwrap();
+    assert!(restored.is_some());
+    assert_eq!(ext.lock().unwrap().committed.len(), first);
+    // Retention keeps at most `retained` (3) complete checkpoints.
+    let dirs = std::fs::read_dir(d.path().join("store/cp-test"))
+        .unwrap()
+        .count();
+    assert!(dirs <= 4, "{dirs} checkpoint directories left");
+}
