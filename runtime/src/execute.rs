@@ -142,12 +142,6 @@ fn checkpoint_setup(
     let store: Arc<dyn weir_storage::CheckpointStore> = weir_storage::open_store(&cfg.storage, job)
         .map_err(|e| JobError::Storage(format!("checkpoint.storage `{}`: {e}", cfg.storage)))?
         .into();
-    store.list().map_err(|e| {
-        JobError::Storage(format!(
-            "checkpoint.storage `{}` is not readable: {e}",
-            cfg.storage
-        ))
-    })?;
     if !cfg.storage.contains("://") || cfg.storage.starts_with("file://") {
         let root =
             std::path::Path::new(cfg.storage.strip_prefix("file://").unwrap_or(&cfg.storage))
@@ -159,6 +153,12 @@ fn checkpoint_setup(
             ))
         })?;
     }
+    store.list().map_err(|e| {
+        JobError::Storage(format!(
+            "checkpoint.storage `{}` is not readable: {e}",
+            cfg.storage
+        ))
+    })?;
     let local_dir = cfg.local_dir.join(job);
     weir_storage::probe_writable(&local_dir).map_err(|e| {
         JobError::Storage(format!(

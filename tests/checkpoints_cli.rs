@@ -1,0 +1,361 @@
+//! Checkpoints through the `weir` binary: damaged checkpoints are skipped with a warning,
+//! unusable storage is refused before the job starts, `on_cancel` is honoured on SIGTERM, and
+//! `weir checkpoints list/inspect` report what is stored.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn weir() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn setup(dir: &Path, records: usize, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let mut text = String::new();
+    for i in 0..records {
+        text.push_str(&format!(
+            "{{\"id\":{i},\"key\":\"k{}\",\"value\":{}}}\n",
+            i % 17,
+            1 + i % 5
+        ));
+    }
+    std::fs::write(dir.join("in/a.jsonl"), text).unwrap();
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+name = "cj"
+parallelism = 2
+[source]
+type = "file"
+path = "in"
+[[transform]]
+type = "key_by"
+field = "key"
+[[transform]]
+type = "sum"
+field = "value"
+[sink]
+type = "file"
+path = "out"
+[checkpoint]
+interval = "50ms"
+storage = "store"
+local_dir = "local"
+{extra}
+"#
+        ),
+    )
+    .unwrap();
+    job
+}
+
+fn checkpoint_ids(dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(dir.join("store/cj"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix("chk-")
+                        .and_then(|n| n.parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+fn flip_byte(p: &Path, at: usize) {
+    let mut b = std::fs::read(p).unwrap();
+    let i = at.min(b.len() - 1);
+    b[i] ^= 0x5a;
+    std::fs::write(p, b).unwrap();
+}
+
+#[test]
+fn damaged_checkpoints_are_skipped_with_a_warning() {
+    let d = tempfile::tempdir().unwrap();
+    let job = setup(d.path(), 20_000, "retained = 3");
+    let o = weir().arg("run").arg(&job).arg("--quiet").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids = checkpoint_ids(d.path());
+    assert!(ids.len() >= 2 && ids.len() <= 3, "retained: {ids:?}");
+    let (newest, previous) = (ids[ids.len() - 1], ids[ids.len() - 2]);
+    // Corrupt the newest checkpoint's state file, in the store and in the local copy.
+    for root in ["store/cj", "local/cj"] {
+        let f = d.path().join(format!("{root}/chk-{newest}/worker-0.snap"));
+        flip_byte(&f, 100);
+    }
+    let o = weir()
+        .arg("run")
+        .arg(&job)
+        .args(["--restore", "latest"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("skipping damaged checkpoint") && e.contains(&format!("chk-{newest}")),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("restored from checkpoint {previous}")),
+        "{e}"
+    );
+
+    // Truncated metadata of the now newest checkpoint is detected the same way.
+    let ids = checkpoint_ids(d.path());
+    let newest = *ids.last().unwrap();
+    let meta = d.path().join(format!("store/cj/chk-{newest}/_metadata"));
+    let len = std::fs::metadata(&meta).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&meta)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let o = weir()
+        .arg("run")
+        .arg(&job)
+        .args(["--restore", "latest"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("skipping damaged checkpoint") && e.contains("metadata"),
+        "{e}"
+    );
+
+    // `checkpoints list` marks it damaged.
+    let o = weir()
+        .args(["checkpoints", "list"])
+        .arg(&job)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["id"] == newest && r["status"] == "damaged"),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn restoring_with_the_local_copy_deleted_downloads_from_the_store() {
+    let d = tempfile::tempdir().unwrap();
+    let job = setup(d.path(), 10_000, "");
+    assert!(weir()
+        .arg("run")
+        .arg(&job)
+        .arg("--quiet")
+        .status()
+        .unwrap()
+        .success());
+    std::fs::remove_dir_all(d.path().join("local")).unwrap();
+    let o = weir()
+        .arg("run")
+        .arg(&job)
+        .args(["--restore", "latest"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("restoring from checkpoint") && e.contains("downloaded_files=2"),
+        "{e}"
+    );
+    // A second restore finds the (re-created) local copies and reads nothing from the store.
+    let o = weir()
+        .arg("run")
+        .arg(&job)
+        .args(["--restore", "latest"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(
+        e.contains("local_files=2") && e.contains("downloaded_files=0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unusable_storage_or_local_dir_is_refused_before_start() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("blocker"), "").unwrap();
+    for (key, extra) in [
+        ("checkpoint.storage", "storage = \"blocker/x\""),
+        ("checkpoint.local_dir", "local_dir = \"blocker/y\""),
+    ] {
+        let job = setup(d.path(), 10, "");
+        let text = std::fs::read_to_string(&job).unwrap();
+        let field = key.strip_prefix("checkpoint.").unwrap();
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{field} =")))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            + extra
+            + "\n";
+        std::fs::write(&job, text).unwrap();
+        let o = weir().arg("run").arg(&job).output().unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{key}: {e}");
+        assert!(
+            e.contains(key) && e.contains("not writable") && e.contains("job.toml"),
+            "{key}: {e}"
+        );
+        let outputs = std::fs::read_dir(d.path().join("out"))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        assert_eq!(outputs, 0, "{key}: the job must not start");
+    }
+}
+
+fn unbounded_job(dir: &Path, on_cancel: &str) -> PathBuf {
+    let job = dir.join("u.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"u\"\nparallelism = 2\n[source]\ntype = \"generator\"\nrate = 20000\n[[transform]]\ntype = \"key_by\"\nfield = \"key\"\n[[transform]]\ntype = \"count\"\nfield = \"n\"\n[sink]\ntype = \"file\"\npath = \"out\"\n[checkpoint]\ninterval = \"100ms\"\nstorage = \"store\"\nlocal_dir = \"local\"\non_cancel = \"{on_cancel}\"\n"
+        ),
+    )
+    .unwrap();
+    job
+}
+
+fn sigterm_after(job: &Path, after: Duration) -> Output {
+    let child = weir()
+        .arg("run")
+        .arg(job)
+        .arg("--quiet")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    assert!(Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn on_cancel_is_honoured_on_sigterm() {
+    let d = tempfile::tempdir().unwrap();
+    let job = unbounded_job(d.path(), "retain");
+    let o = sigterm_after(&job, Duration::from_millis(1200));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let kept = std::fs::read_dir(d.path().join("store/u")).unwrap().count();
+    assert!(kept >= 1, "retain keeps checkpoints");
+    // Output of a stopped job is complete and committed: counts per key have no gaps.
+    let mut visible = 0;
+    for e in std::fs::read_dir(d.path().join("out")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "uncommitted file left: {name}");
+        visible += std::fs::read_to_string(e.path()).unwrap().lines().count();
+    }
+    assert!(visible > 1000);
+
+    let d = tempfile::tempdir().unwrap();
+    let job = unbounded_job(d.path(), "delete");
+    let o = sigterm_after(&job, Duration::from_millis(1200));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let left = std::fs::read_dir(d.path().join("store/u"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "delete removes every checkpoint");
+    assert!(!d.path().join("local/u").exists());
+}
+
+#[test]
+fn list_and_inspect_report_checkpoints() {
+    let d = tempfile::tempdir().unwrap();
+    let job = setup(d.path(), 30_000, "");
+    assert!(weir()
+        .arg("run")
+        .arg(&job)
+        .arg("--quiet")
+        .status()
+        .unwrap()
+        .success());
+    let o = weir()
+        .args(["checkpoints", "list"])
+        .arg(&job)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert_eq!(r["status"], "completed");
+        for k in [
+            "id",
+            "completed_at",
+            "duration_ms",
+            "sync_ms_max",
+            "alignment_ms_max",
+            "bytes",
+            "files",
+        ] {
+            assert!(!r[k].is_null(), "{k} missing in {r}");
+        }
+        assert_eq!(r["files"], 3, "one file per worker plus metadata");
+    }
+    let last = rows.last().unwrap();
+    let path = d.path().join(format!("store/cj/chk-{}", last["id"]));
+    let o = weir()
+        .args(["checkpoints", "inspect"])
+        .arg(&path)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ops = v["operators"].as_array().unwrap();
+    let names: Vec<&str> = ops.iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["file-source", "key_by", "sum", "file-sink"]);
+    let sum = &ops[2];
+    assert!(sum["state_bytes"].as_u64().unwrap() > 0);
+    // The final checkpoint's source position is the end of the input.
+    let positions: Vec<&Value> = ops[0]["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.get("position"))
+        .collect();
+    assert!(!positions.is_empty());
+    let text = weir()
+        .args(["checkpoints", "inspect"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&text.stdout);
+    assert!(t.contains("operators:") && t.contains("position"), "{t}");
+    // A directory without metadata is reported as incomplete.
+    let bad = d.path().join("store/cj/chk-999");
+    std::fs::create_dir_all(&bad).unwrap();
+    let o = weir()
+        .args(["checkpoints", "inspect"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("incomplete"), "{}", stderr(&o));
+}
