@@ -15,6 +15,7 @@ pub mod expr;
 pub mod inspect;
 pub mod job;
 pub mod plan;
+pub mod supervisor;
 
 pub use weir_runtime::{
     key_group_for, AggregateFunction, Avg, BoxError, CheckpointConfig, CheckpointMode,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use weir::job::{JobFile, RestartStrategy};
+use weir::job::JobFile;
 use weir::{JobError, RestoreFrom, StreamEnv};
 
 #[derive(Parser)]
@@ -113,13 +113,6 @@ fn human(n: f64) -> String {
     }
 }
 
-enum Outcome {
-    Finished,
-    Cancelled,
-    /// Failed in a way a restart from the latest checkpoint may cure.
-    Failed(JobError),
-}
-
 fn run(
     path: &Path,
     parallelism: Option<u32>,
@@ -163,89 +156,78 @@ fn run(
         .context("cannot install the Ctrl-C/SIGTERM handler")?;
     }
 
-    let mut attempt = 0u32;
-    let mut restore = restore;
-    loop {
-        let env = StreamEnv::new(config.clone());
-        if let Err(e) = weir::plan::build(&job, &env, restore.is_some()) {
-            eprintln!("weir: {e}");
-            return Ok(ExitCode::from(2));
-        }
-        if let Some(r) = &restore {
-            env.restore_from(r.clone());
-        }
-        let handle = match env.start(&job.name) {
-            Ok(h) => h,
-            Err(
-                e @ (JobError::Config(_)
-                | JobError::Storage(_)
-                | JobError::Restore(_)
-                | JobError::Graph(_)),
-            ) => {
-                eprintln!("weir: {}: {e}", job.path.display());
-                return Ok(ExitCode::from(2));
+    // Everything that can be checked before starting (paths, expressions, output directory).
+    if let Err(e) = weir::plan::build(&job, &StreamEnv::new(config.clone()), restore.is_some()) {
+        eprintln!("weir: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let checkpointing = job.checkpoint.is_some();
+    let mut exit = ExitCode::SUCCESS;
+    let result = weir::supervisor::run_with_restarts(
+        &job.restart,
+        checkpointing,
+        restore,
+        |restore| {
+            let env = StreamEnv::new(config.clone());
+            weir::plan::build(&job, &env, restore.is_some())
+                .map_err(|e| JobError::Graph(e.to_string()))?;
+            if let Some(r) = restore {
+                env.restore_from(r.clone());
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot start job `{}`", job.name)),
-        };
-        if !quiet {
-            let from = match handle.restored_from() {
-                Some(id) => format!(", restored from checkpoint {id}"),
-                None if restore.is_some() => {
-                    ", no checkpoint to restore: starting from the beginning".to_string()
-                }
-                None => String::new(),
-            };
-            eprintln!(
-                "weir: job `{}` started: {} workers, parallelism {}{from}",
-                job.name, config.workers, config.parallelism
-            );
-        }
-        match supervise(&job, handle, &signals, quiet) {
-            Outcome::Finished => return Ok(ExitCode::SUCCESS),
-            Outcome::Cancelled => {
-                eprintln!("weir: job `{}` cancelled", job.name);
-                return Ok(ExitCode::from(130));
-            }
-            Outcome::Failed(e) => {
-                eprintln!("\nweir: job `{}` failed: {e}", job.name);
-                let restartable = job.checkpoint.is_some()
-                    && matches!(
-                        e,
-                        JobError::Operator { .. }
-                            | JobError::Panic { .. }
-                            | JobError::Checkpoint(_)
-                    );
-                match next_delay(&job.restart, attempt) {
-                    Some(delay) if restartable && signals.load(Ordering::SeqCst) == 0 => {
-                        attempt += 1;
-                        eprintln!(
-                            "weir: restarting from the latest checkpoint in {delay:?} (attempt {attempt} of {})",
-                            job.restart.attempts
-                        );
-                        std::thread::sleep(delay);
-                        restore = Some(RestoreFrom::Latest);
+            let handle = env.start(&job.name)?;
+            if !quiet {
+                let from = match handle.restored_from() {
+                    Some(id) => format!(", restored from checkpoint {id}"),
+                    None if restore.is_some() => {
+                        ", no checkpoint to restore: starting from the beginning".to_string()
                     }
-                    _ => return Ok(ExitCode::from(1)),
-                }
+                    None => String::new(),
+                };
+                eprintln!(
+                    "weir: job `{}` started: {} workers, parallelism {}{from}",
+                    job.name, config.workers, config.parallelism
+                );
             }
+            Ok(handle)
+        },
+        |handle| supervise(&job, handle, &signals, quiet),
+        |e, attempt, delay| {
+            eprintln!("\nweir: job `{}` failed: {e}", job.name);
+            eprintln!(
+                "weir: restarting from the latest checkpoint in {delay:?} (attempt {attempt} of {})",
+                job.restart.attempts
+            );
+        },
+        || signals.load(Ordering::SeqCst) > 0,
+    );
+    match result {
+        Ok(_) => {}
+        Err(JobError::Cancelled) => {
+            eprintln!("weir: job `{}` cancelled", job.name);
+            exit = ExitCode::from(130);
+        }
+        Err(JobError::Graph(e)) => {
+            eprintln!("weir: {e}");
+            exit = ExitCode::from(2);
+        }
+        Err(e @ (JobError::Config(_) | JobError::Storage(_) | JobError::Restore(_))) => {
+            eprintln!("weir: {}: {e}", job.path.display());
+            exit = ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("\nweir: job `{}` failed: {e}", job.name);
+            exit = ExitCode::from(1);
         }
     }
+    Ok(exit)
 }
 
-/// Delay before restart number `attempt + 1`, or None when the strategy allows no more.
-fn next_delay(s: &RestartStrategy, attempt: u32) -> Option<Duration> {
-    if attempt >= s.attempts {
-        return None;
-    }
-    if s.exponential {
-        let factor = s.multiplier.powi(attempt as i32);
-        Some(s.delay.mul_f64(factor).min(s.max_delay))
-    } else {
-        Some(s.delay)
-    }
-}
-
-fn supervise(job: &JobFile, handle: weir::JobHandle, signals: &AtomicU8, quiet: bool) -> Outcome {
+fn supervise(
+    job: &JobFile,
+    handle: weir::JobHandle,
+    signals: &AtomicU8,
+    quiet: bool,
+) -> Result<weir::JobSummary, JobError> {
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64);
     let mut seen_signals = 0;
@@ -291,8 +273,9 @@ fn supervise(job: &JobFile, handle: weir::JobHandle, signals: &AtomicU8, quiet: 
             let _ = std::io::stderr().flush();
         }
     }
-    match handle.join() {
-        Ok(summary) => {
+    let result = handle.join();
+    if let Ok(summary) = &result {
+        {
             if !quiet {
                 let secs = summary.duration.as_secs_f64();
                 eprintln!(
@@ -304,9 +287,7 @@ fn supervise(job: &JobFile, handle: weir::JobHandle, signals: &AtomicU8, quiet: 
                     human(summary.records_in as f64 / secs.max(1e-9))
                 );
             }
-            Outcome::Finished
         }
-        Err(JobError::Cancelled) => Outcome::Cancelled,
-        Err(e) => Outcome::Failed(e),
     }
+    result
 }
