@@ -278,7 +278,8 @@ impl<T> Driver for SourceDriver<T> {
         let section = self.info.section_name("state");
         let out = &mut self.out;
         cp.task_barrier(id, std::time::Duration::ZERO, |b| {
-            b.sections.push((section, position));
+            b.sections
+                .push((section, crate::operator::Section::Bytes(position)));
             out.barrier(b)
         })
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 
 use crate::error::{BoxError, JobError};
-use crate::operator::{Barrier, Batch, Collector, Out};
+use crate::operator::{Barrier, Batch, Collector, Out, Section};
 use crate::source::TaskInfo;
 use crate::state::{AnyTable, KeyGroups, ListState, MapState, StateData, ValueState};
 use crate::Timestamp;
@@ -146,11 +146,11 @@ where
         self.out.finish()
     }
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
-        let bytes = self
-            .state
-            .encode()
-            .map_err(|e| JobError::operator(&self.info, e))?;
-        b.sections.push((self.info.section_name("state"), bytes));
+        let encode = self.state.snapshot();
+        b.sections.push((
+            self.info.section_name("state"),
+            Section::Deferred(Box::new(encode)),
+        ));
         self.out.barrier(b)
     }
 }
@@ -462,15 +462,19 @@ where
     }
 
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
-        let tables = self
-            .tables
-            .iter()
-            .map(|t| t.encode())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| JobError::operator(&self.info, e))?;
-        let bytes = postcard::to_stdvec(&(tables, self.timers.all()))
-            .map_err(|e| JobError::operator(&self.info, format!("cannot encode timers: {e}")))?;
-        b.sections.push((self.info.section_name("state"), bytes));
+        let tables: Vec<_> = self.tables.iter_mut().map(|t| t.snapshot()).collect();
+        let timers = self.timers.all();
+        let encode = move || -> Result<Vec<u8>, String> {
+            let tables = tables
+                .into_iter()
+                .map(|f| f())
+                .collect::<Result<Vec<_>, _>>()?;
+            postcard::to_stdvec(&(tables, timers)).map_err(|e| format!("cannot encode timers: {e}"))
+        };
+        b.sections.push((
+            self.info.section_name("state"),
+            Section::Deferred(Box::new(encode)),
+        ));
         self.out.barrier(b)
     }
 }

@@ -22,10 +22,17 @@ pub(crate) type Batch<T> = Vec<(Timestamp, T)>;
 /// file); runs on the checkpoint writer thread, never on a worker.
 pub(crate) type DurableWait = Box<dyn FnOnce() -> Result<(), BoxError> + Send>;
 
+/// A state section of a checkpoint: bytes captured at the barrier, or a capture (e.g. frozen
+/// copy-on-write maps) encoded later on the snapshot writer thread, off the worker.
+pub(crate) enum Section {
+    Bytes(Vec<u8>),
+    Deferred(Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>),
+}
+
 /// A checkpoint barrier travelling down a chain: operators append their state sections.
 pub(crate) struct Barrier<'a> {
     pub(crate) id: u64,
-    pub(crate) sections: &'a mut Vec<(String, Vec<u8>)>,
+    pub(crate) sections: &'a mut Vec<(String, Section)>,
     pub(crate) durable: &'a mut Vec<DurableWait>,
 }
 
@@ -391,7 +398,8 @@ impl<T> Collector<T> for SinkOp<T> {
             .pre_commit(b.id)
             .map_err(|e| JobError::from_user(&self.info, e))?;
         if !pc.state.is_empty() {
-            b.sections.push((self.info.section_name("state"), pc.state));
+            b.sections
+                .push((self.info.section_name("state"), Section::Bytes(pc.state)));
         }
         if let Some(wait) = pc.durable {
             b.durable.push(wait);

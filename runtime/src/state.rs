@@ -10,22 +10,32 @@ use std::any::Any;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
 use crate::keyed::KeyedContext;
 
-/// One hash map per key group of a subtask's key-group range.
-pub(crate) struct KeyGroups<K, V> {
-    first: usize,
-    groups: Vec<FxHashMap<K, V>>,
+/// One key group's map: owned, or frozen by a checkpoint and shared with its encoder.
+enum Slot<K, V> {
+    Owned(FxHashMap<K, V>),
+    Frozen(Arc<FxHashMap<K, V>>),
 }
 
-impl<K: Hash + Eq, V> KeyGroups<K, V> {
+/// One hash map per key group of a subtask's key-group range, copy-on-write at key-group
+/// granularity: a checkpoint freezes every map in O(key groups) (the synchronous part) and
+/// encodes the frozen maps on the writer thread; the first write to a key group afterwards
+/// takes its map back, copying it only if the encoder still holds it.
+pub(crate) struct KeyGroups<K, V> {
+    first: usize,
+    groups: Vec<Slot<K, V>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
     pub(crate) fn new(range: Range<usize>) -> Self {
         KeyGroups {
             first: range.start,
-            groups: range.map(|_| FxHashMap::default()).collect(),
+            groups: range.map(|_| Slot::Owned(FxHashMap::default())).collect(),
         }
     }
 
@@ -33,28 +43,69 @@ impl<K: Hash + Eq, V> KeyGroups<K, V> {
     #[inline]
     pub(crate) fn group(&mut self, kg: usize) -> &mut FxHashMap<K, V> {
         debug_assert!(kg >= self.first && kg < self.first + self.groups.len());
-        &mut self.groups[kg - self.first]
+        let slot = &mut self.groups[kg - self.first];
+        if let Slot::Frozen(arc) = slot {
+            let arc = std::mem::replace(arc, Arc::new(FxHashMap::default()));
+            *slot = Slot::Owned(Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone()));
+        }
+        match slot {
+            Slot::Owned(m) => m,
+            Slot::Frozen(_) => unreachable!("thawed above"),
+        }
     }
 
     #[inline]
     pub(crate) fn group_ref(&self, kg: usize) -> &FxHashMap<K, V> {
-        &self.groups[kg - self.first]
+        match &self.groups[kg - self.first] {
+            Slot::Owned(m) => m,
+            Slot::Frozen(a) => a,
+        }
     }
 
     /// Number of entries over all key groups.
     pub(crate) fn len(&self) -> usize {
-        self.groups.iter().map(|g| g.len()).sum()
+        (self.first..self.first + self.groups.len())
+            .map(|kg| self.group_ref(kg).len())
+            .sum()
+    }
+
+    /// Freezes every key group (O(key groups), no copy) and returns the frozen maps.
+    fn freeze(&mut self) -> Vec<Arc<FxHashMap<K, V>>> {
+        self.groups
+            .iter_mut()
+            .map(|slot| {
+                if let Slot::Owned(m) = slot {
+                    *slot = Slot::Frozen(Arc::new(std::mem::take(m)));
+                }
+                match slot {
+                    Slot::Frozen(a) => a.clone(),
+                    Slot::Owned(_) => unreachable!("frozen above"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Serializes frozen maps exactly like a `Vec` of maps.
+struct Frozen<'a, M>(&'a [Arc<M>]);
+
+impl<M: serde::Serialize> serde::Serialize for Frozen<'_, M> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|a| &**a))
     }
 }
 
 impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
-    /// Encodes the tables (postcard): first key group, then one map per key group.
-    pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
-        postcard::to_stdvec(&(self.first as u32, &self.groups))
-            .map_err(|e| format!("cannot encode keyed state: {e}"))
+    /// Captures the tables for a checkpoint in O(key groups); the returned closure encodes
+    /// them (on the snapshot writer thread) as postcard: the first key group, then one map per
+    /// key group.
+    pub(crate) fn snapshot(&mut self) -> impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static {
+        let frozen = self.freeze();
+        let first = self.first;
+        move || encode_frozen(first, &frozen)
     }
 
-    /// Restores tables written by [`KeyGroups::encode`] for the same key-group range.
+    /// Restores tables written by [`KeyGroups::snapshot`] for the same key-group range.
     pub(crate) fn decode(bytes: &[u8], range: Range<usize>) -> Result<Self, String> {
         let (first, groups): (u32, Vec<FxHashMap<K, V>>) =
             postcard::from_bytes(bytes).map_err(|e| format!("cannot decode keyed state: {e}"))?;
@@ -68,21 +119,37 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         }
         Ok(KeyGroups {
             first: range.start,
-            groups,
+            groups: groups.into_iter().map(Slot::Owned).collect(),
         })
     }
 }
 
-/// Types that can live in checkpointed state (keys, values, accumulators): postcard-encoded,
-/// so they must not rely on `deserialize_any` (e.g. `serde_json::Value` cannot be state).
-pub trait StateData: serde::Serialize + serde::de::DeserializeOwned + 'static {}
-impl<T: serde::Serialize + serde::de::DeserializeOwned + 'static> StateData for T {}
+fn encode_frozen<K: StateData + Hash + Eq, V: StateData>(
+    first: usize,
+    frozen: &[Arc<FxHashMap<K, V>>],
+) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(&(first as u32, Frozen(frozen)))
+        .map_err(|e| format!("cannot encode keyed state: {e}"))
+}
+
+/// Types that can live in checkpointed state (keys, values, accumulators): postcard-encoded
+/// (so they must not rely on `deserialize_any`: `serde_json::Value` cannot be state), cloned
+/// when a key group is written while a checkpoint still encodes it, and encoded on the
+/// snapshot writer thread (hence `Send + Sync`).
+pub trait StateData:
+    serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static> StateData
+    for T
+{
+}
 
 /// A keyed table of any type, owned by a process operator.
 pub(crate) trait AnyTable {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    fn encode(&self) -> Result<Vec<u8>, String>;
+    fn snapshot(&mut self) -> Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>;
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String>;
 }
 
@@ -93,8 +160,8 @@ impl<K: StateData + Hash + Eq, V: StateData> AnyTable for KeyGroups<K, V> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        KeyGroups::encode(self)
+    fn snapshot(&mut self) -> Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send> {
+        Box::new(KeyGroups::snapshot(self))
     }
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
         let range = self.first..self.first + self.groups.len();
@@ -146,9 +213,9 @@ impl<V> Clone for ValueState<V> {
     }
 }
 
-impl<V: 'static> ValueState<V> {
+impl<V: StateData> ValueState<V> {
     /// The current key's value.
-    pub fn get<'c, K: Hash + Eq + Clone + 'static, O>(
+    pub fn get<'c, K: Hash + Eq + StateData, O>(
         &self,
         ctx: &'c KeyedContext<'_, K, O>,
     ) -> Option<&'c V> {
@@ -158,7 +225,7 @@ impl<V: 'static> ValueState<V> {
     }
 
     /// The current key's value, mutable.
-    pub fn get_mut<'c, K: Hash + Eq + Clone + 'static, O>(
+    pub fn get_mut<'c, K: Hash + Eq + StateData, O>(
         &self,
         ctx: &'c mut KeyedContext<'_, K, O>,
     ) -> Option<&'c mut V> {
@@ -169,11 +236,7 @@ impl<V: 'static> ValueState<V> {
     }
 
     /// Sets the current key's value.
-    pub fn set<K: Hash + Eq + Clone + 'static, O>(
-        &self,
-        ctx: &mut KeyedContext<'_, K, O>,
-        value: V,
-    ) {
+    pub fn set<K: Hash + Eq + StateData, O>(&self, ctx: &mut KeyedContext<'_, K, O>, value: V) {
         let key = ctx.key;
         let map = table_mut::<K, V>(ctx.tables, self.idx, self.name).group(ctx.key_group);
         match map.get_mut(key) {
@@ -185,7 +248,7 @@ impl<V: 'static> ValueState<V> {
     }
 
     /// Removes and returns the current key's value.
-    pub fn clear<K: Hash + Eq + Clone + 'static, O>(
+    pub fn clear<K: Hash + Eq + StateData, O>(
         &self,
         ctx: &mut KeyedContext<'_, K, O>,
     ) -> Option<V> {
@@ -213,8 +276,8 @@ impl<UK, UV> Clone for MapState<UK, UV> {
     }
 }
 
-impl<UK: Hash + Eq + 'static, UV: 'static> MapState<UK, UV> {
-    fn map<'c, K: Hash + Eq + Clone + 'static, O>(
+impl<UK: Hash + Eq + StateData, UV: StateData> MapState<UK, UV> {
+    fn map<'c, K: Hash + Eq + StateData, O>(
         &self,
         ctx: &'c mut KeyedContext<'_, K, O>,
     ) -> Option<&'c mut FxHashMap<UK, UV>> {
@@ -225,7 +288,7 @@ impl<UK: Hash + Eq + 'static, UV: 'static> MapState<UK, UV> {
     }
 
     /// The current key's entry for `user_key`.
-    pub fn get<'c, K: Hash + Eq + Clone + 'static, O>(
+    pub fn get<'c, K: Hash + Eq + StateData, O>(
         &self,
         ctx: &'c KeyedContext<'_, K, O>,
         user_key: &UK,
@@ -237,7 +300,7 @@ impl<UK: Hash + Eq + 'static, UV: 'static> MapState<UK, UV> {
     }
 
     /// Inserts an entry for the current key; returns the previous value.
-    pub fn insert<K: Hash + Eq + Clone + 'static, O>(
+    pub fn insert<K: Hash + Eq + StateData, O>(
         &self,
         ctx: &mut KeyedContext<'_, K, O>,
         user_key: UK,
@@ -256,7 +319,7 @@ impl<UK: Hash + Eq + 'static, UV: 'static> MapState<UK, UV> {
     }
 
     /// Removes an entry of the current key.
-    pub fn remove<K: Hash + Eq + Clone + 'static, O>(
+    pub fn remove<K: Hash + Eq + StateData, O>(
         &self,
         ctx: &mut KeyedContext<'_, K, O>,
         user_key: &UK,
@@ -273,15 +336,12 @@ impl<UK: Hash + Eq + 'static, UV: 'static> MapState<UK, UV> {
     }
 
     /// Number of entries of the current key.
-    pub fn len<K: Hash + Eq + Clone + 'static, O>(
-        &self,
-        ctx: &mut KeyedContext<'_, K, O>,
-    ) -> usize {
+    pub fn len<K: Hash + Eq + StateData, O>(&self, ctx: &mut KeyedContext<'_, K, O>) -> usize {
         self.map(ctx).map_or(0, |m| m.len())
     }
 
     /// Visits every entry of the current key (in no particular order).
-    pub fn for_each<K: Hash + Eq + Clone + 'static, O>(
+    pub fn for_each<K: Hash + Eq + StateData, O>(
         &self,
         ctx: &mut KeyedContext<'_, K, O>,
         mut f: impl FnMut(&UK, &UV),
@@ -292,7 +352,7 @@ impl<UK: Hash + Eq + 'static, UV: 'static> MapState<UK, UV> {
     }
 
     /// Removes every entry of the current key.
-    pub fn clear<K: Hash + Eq + Clone + 'static, O>(&self, ctx: &mut KeyedContext<'_, K, O>) {
+    pub fn clear<K: Hash + Eq + StateData, O>(&self, ctx: &mut KeyedContext<'_, K, O>) {
         let key = ctx.key;
         table_mut::<K, FxHashMap<UK, UV>>(ctx.tables, self.idx, self.name)
             .group(ctx.key_group)
@@ -317,13 +377,9 @@ impl<V> Clone for ListState<V> {
     }
 }
 
-impl<V: 'static> ListState<V> {
+impl<V: StateData> ListState<V> {
     /// Appends to the current key's list.
-    pub fn push<K: Hash + Eq + Clone + 'static, O>(
-        &self,
-        ctx: &mut KeyedContext<'_, K, O>,
-        value: V,
-    ) {
+    pub fn push<K: Hash + Eq + StateData, O>(&self, ctx: &mut KeyedContext<'_, K, O>, value: V) {
         let key = ctx.key;
         let map = table_mut::<K, Vec<V>>(ctx.tables, self.idx, self.name).group(ctx.key_group);
         match map.get_mut(key) {
@@ -335,10 +391,7 @@ impl<V: 'static> ListState<V> {
     }
 
     /// The current key's list (empty if none).
-    pub fn get<'c, K: Hash + Eq + Clone + 'static, O>(
-        &self,
-        ctx: &'c KeyedContext<'_, K, O>,
-    ) -> &'c [V] {
+    pub fn get<'c, K: Hash + Eq + StateData, O>(&self, ctx: &'c KeyedContext<'_, K, O>) -> &'c [V] {
         table::<K, Vec<V>>(ctx.tables, self.idx, self.name)
             .group_ref(ctx.key_group)
             .get(ctx.key)
@@ -346,14 +399,47 @@ impl<V: 'static> ListState<V> {
     }
 
     /// Removes and returns the current key's list.
-    pub fn take<K: Hash + Eq + Clone + 'static, O>(
-        &self,
-        ctx: &mut KeyedContext<'_, K, O>,
-    ) -> Vec<V> {
+    pub fn take<K: Hash + Eq + StateData, O>(&self, ctx: &mut KeyedContext<'_, K, O>) -> Vec<V> {
         let key = ctx.key;
         table_mut::<K, Vec<V>>(ctx.tables, self.idx, self.name)
             .group(ctx.key_group)
             .remove(key)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot sees the state at its barrier, whatever is written afterwards, and writes
+    /// after it never lose data (the frozen copy is taken back or copied).
+    #[test]
+    fn copy_on_write_snapshot_is_isolated_from_later_writes() {
+        let mut t: KeyGroups<u64, u64> = KeyGroups::new(0..4);
+        for k in 0..100u64 {
+            t.group((k % 4) as usize).insert(k, k);
+        }
+        let snap = t.snapshot();
+        for k in 0..100u64 {
+            *t.group((k % 4) as usize).get_mut(&k).unwrap() += 1000;
+        }
+        t.group(1).insert(999, 1);
+        let bytes = snap().unwrap();
+        let restored: KeyGroups<u64, u64> = KeyGroups::decode(&bytes, 0..4).unwrap();
+        for k in 0..100u64 {
+            assert_eq!(restored.group_ref((k % 4) as usize)[&k], k);
+            assert_eq!(t.group_ref((k % 4) as usize)[&k], k + 1000);
+        }
+        assert_eq!(restored.len(), 100);
+        assert_eq!(t.len(), 101);
+        // Once the encoder dropped its copy, taking a group back does not copy it.
+        let snap = t.snapshot();
+        drop(snap);
+        t.group(2).insert(5000, 5);
+        assert_eq!(t.len(), 102);
+        // Decoding into another key-group range is refused.
+        let e = KeyGroups::<u64, u64>::decode(&bytes, 0..3).err().unwrap();
+        assert!(e.contains("key groups 0..4"), "{e}");
     }
 }

@@ -387,7 +387,10 @@ where
         let bytes = postcard::to_stdvec(&(self.first as u32, &self.groups)).map_err(|e| {
             JobError::operator(&self.info, format!("cannot encode window state: {e}"))
         })?;
-        b.sections.push((self.info.section_name("state"), bytes));
+        b.sections.push((
+            self.info.section_name("state"),
+            crate::operator::Section::Bytes(bytes),
+        ));
         self.out.barrier(b)
     }
 }

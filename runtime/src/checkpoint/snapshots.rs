@@ -15,10 +15,10 @@ use weir_storage::{CheckpointStore, SnapshotHeader};
 use super::decider::Ack;
 use super::messages::ToCoordinator;
 use crate::error::JobError;
-use crate::operator::{Barrier, DurableWait};
+use crate::operator::{Barrier, DurableWait, Section};
 
 struct Pending {
-    sections: Vec<(String, Vec<u8>)>,
+    sections: Vec<(String, Section)>,
     durable: Vec<DurableWait>,
     tasks_left: usize,
     sync: Duration,
@@ -28,7 +28,7 @@ struct Pending {
 /// A worker's complete share of one checkpoint.
 pub(crate) struct SnapshotJob {
     id: u64,
-    sections: Vec<(String, Vec<u8>)>,
+    sections: Vec<(String, Section)>,
     durable: Vec<DurableWait>,
     sync: Duration,
     alignment: Duration,
@@ -183,8 +183,16 @@ fn write_one(setup: &WriterSetup, job: SnapshotJob) -> Result<Ack, String> {
         .map_err(|e| format!("cannot create local directory `{}`: {e}", dir.display()))?;
     let name = format!("worker-{}.snap", setup.worker);
     let path = dir.join(&name);
-    let sections: Vec<(&str, &[u8])> = job
+    // The asynchronous part: encode what was captured at the barrier.
+    let encoded: Vec<(String, Vec<u8>)> = job
         .sections
+        .into_iter()
+        .map(|(n, s)| match s {
+            Section::Bytes(b) => Ok((n, b)),
+            Section::Deferred(f) => f().map(|b| (n, b)),
+        })
+        .collect::<Result<_, String>>()?;
+    let sections: Vec<(&str, &[u8])> = encoded
         .iter()
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
