@@ -86,12 +86,21 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
     }
 }
 
-/// Serializes frozen maps exactly like a `Vec` of maps.
-struct Frozen<'a, M>(&'a [Arc<M>]);
+/// Serializes frozen maps exactly like a `Vec` of maps, releasing each map as soon as it is
+/// encoded: a worker that writes to that key group afterwards takes it back without a copy.
+struct Frozen<M>(std::cell::RefCell<Vec<Option<Arc<M>>>>);
 
-impl<M: serde::Serialize> serde::Serialize for Frozen<'_, M> {
+impl<M: serde::Serialize> serde::Serialize for Frozen<M> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|a| &**a))
+        use serde::ser::SerializeSeq;
+        let mut maps = self.0.borrow_mut();
+        let mut seq = s.serialize_seq(Some(maps.len()))?;
+        for slot in maps.iter_mut() {
+            if let Some(map) = slot.take() {
+                seq.serialize_element(&*map)?;
+            }
+        }
+        seq.end()
     }
 }
 
@@ -102,7 +111,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
     pub(crate) fn snapshot(&mut self) -> impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static {
         let frozen = self.freeze();
         let first = self.first;
-        move || encode_frozen(first, &frozen)
+        move || encode_frozen(first, frozen)
     }
 
     /// Restores tables written by [`KeyGroups::snapshot`] for the same key-group range.
@@ -126,9 +135,12 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
 
 fn encode_frozen<K: StateData + Hash + Eq, V: StateData>(
     first: usize,
-    frozen: &[Arc<FxHashMap<K, V>>],
+    frozen: Vec<Arc<FxHashMap<K, V>>>,
 ) -> Result<Vec<u8>, String> {
-    postcard::to_stdvec(&(first as u32, Frozen(frozen)))
+    let frozen = Frozen(std::cell::RefCell::new(
+        frozen.into_iter().map(Some).collect(),
+    ));
+    postcard::to_stdvec(&(first as u32, frozen))
         .map_err(|e| format!("cannot encode keyed state: {e}"))
 }
 

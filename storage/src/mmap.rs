@@ -63,7 +63,7 @@ fn map_fill_sync(
     // has been sized to `map_len` bytes (and its blocks reserved) above, and the map is dropped
     // before this function returns. A non-Weir process writing the same path concurrently is
     // outside what Weir supports.
-    let mut map = unsafe { MmapOptions::new().len(map_len).map_mut(file) }
+    let mut map = unsafe { MmapOptions::new().len(map_len).populate().map_mut(file) }
         .map_err(io_err("memory-map snapshot file", path))?;
     fill(&mut map[..]);
     map.flush()

@@ -22,7 +22,8 @@ pub trait CheckpointStore: Send + Sync {
     /// Human-readable location of checkpoint `id` (e.g. `file:///x/job/chk-7`).
     fn location(&self, id: u64) -> String;
     /// Copies a local file into checkpoint `id` under `name`; durable when it returns Ok (file:
-    /// write to a hidden temp name, fsync, rename, fsync dir).
+    /// write to a hidden temp name, fsync, rename, fsync dir; on the same file system a hard
+    /// link replaces the copy). The local file must not change afterwards.
     fn put_file(&self, id: u64, name: &str, local: &Path) -> Result<(), StorageError>;
     /// Writes the metadata of `id` last and atomically; Err if it already exists (a checkpoint
     /// is never claimed twice).
@@ -176,6 +177,12 @@ impl CheckpointStore for FsStore {
         let dir = self.ensure_dir(id)?;
         let tmp = temp_path(&dir, name);
         let to = dir.join(name);
+        // Same file system: a hard link publishes the (immutable, already fsync'd) local file
+        // without copying its bytes. The store then survives exactly what the local disk
+        // survives, which is all a store on that disk could promise anyway.
+        if std::fs::hard_link(local, &tmp).is_ok() {
+            return commit_rename(&tmp, &to).inspect_err(|_| discard(&tmp));
+        }
         if let Err(e) = std::fs::copy(local, &tmp) {
             discard(&tmp);
             // Name the side that failed: a missing source is the caller's problem.
