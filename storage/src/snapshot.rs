@@ -504,6 +504,21 @@ impl Snapshot {
         &self.header
     }
 
+    /// Length of the whole file, in bytes.
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Always false: a valid snapshot has at least a header.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// crc32 of the whole file (what checkpoint metadata records for it).
+    pub fn file_crc32(&self) -> u32 {
+        crc32fast::hash(&self.bytes)
+    }
+
     /// The section names, in file order.
     pub fn section_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.entries.iter().map(|e| e.name.as_str())

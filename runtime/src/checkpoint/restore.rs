@@ -22,10 +22,13 @@ pub enum RestoreFrom {
     Path(String),
 }
 
-/// The state sections of a checkpoint, by name (`<node>/<subtask>/<kind>`).
+/// The state sections of a checkpoint, by name (`<node>/<subtask>/<kind>`), read from its
+/// verified snapshot files (held in memory, not copied per section).
 pub struct RestoreSet {
     pub(crate) id: u64,
-    sections: HashMap<String, Vec<u8>>,
+    snapshots: Vec<Snapshot>,
+    /// Section name -> index of the snapshot holding it.
+    sections: HashMap<String, usize>,
     pub(crate) local_files: usize,
     pub(crate) downloaded_files: usize,
 }
@@ -41,7 +44,9 @@ impl std::fmt::Debug for RestoreSet {
 
 impl RestoreSet {
     pub(crate) fn section(&self, name: &str) -> Option<&[u8]> {
-        self.sections.get(name).map(|v| v.as_slice())
+        let &i = self.sections.get(name)?;
+        // Every section was verified when the set was loaded.
+        self.snapshots[i].section(name).ok().flatten()
     }
 }
 
@@ -119,48 +124,87 @@ fn load(
     }
     check_fits(&meta, operators, max_parallelism).map_err(Unusable::Mismatch)?;
     let dir = local_dir.join(format!("chk-{id}"));
-    let mut sections = HashMap::new();
-    let (mut local_files, mut downloaded_files) = (0, 0);
     for f in &meta.files {
         if f.name.contains('/') || f.name.contains('\\') || f.name.starts_with('.') {
             return Err(format!("its metadata lists an invalid file name `{}`", f.name).into());
         }
-        let path: PathBuf = dir.join(&f.name);
-        let local_ok = matches!(weir_storage::file_crc32(&path), Ok((len, crc)) if len == f.bytes && crc == f.crc32);
-        if local_ok {
+    }
+    // One thread per file: read, verify and index the workers' snapshots in parallel.
+    let loaded: Vec<Result<(Snapshot, bool), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = meta
+            .files
+            .iter()
+            .map(|f| {
+                let dir = &dir;
+                scope.spawn(move || load_file(store, dir, id, f))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a restore thread panicked".to_string()))
+            })
+            .collect()
+    });
+    let mut snapshots = Vec::with_capacity(loaded.len());
+    let mut sections = HashMap::new();
+    let (mut local_files, mut downloaded_files) = (0, 0);
+    for r in loaded {
+        let (snap, local) = r?;
+        if local {
             local_files += 1;
         } else {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
-            store
-                .get_file(id, &f.name, &path)
-                .map_err(|e| format!("cannot download `{}`: {e}", f.name))?;
-            let (len, crc) = weir_storage::file_crc32(&path).map_err(|e| e.to_string())?;
-            if len != f.bytes || crc != f.crc32 {
-                return Err(format!(
-                    "file `{}` fails its checksum (expected {} bytes crc32 {:08x}, found {len} bytes crc32 {crc:08x})",
-                    f.name, f.bytes, f.crc32
-                )
-                .into());
-            }
             downloaded_files += 1;
         }
-        let snap =
-            Snapshot::open(&path).map_err(|e| format!("file `{}` is damaged: {e}", f.name))?;
-        for (name, _) in snap.sections() {
-            let data = snap
-                .section(&name)
-                .map_err(|e| format!("file `{}` is damaged: {e}", f.name))?
-                .ok_or_else(|| format!("file `{}` lost section `{name}`", f.name))?;
-            sections.insert(name, data.to_vec());
+        for name in snap.section_names() {
+            sections.insert(name.to_string(), snapshots.len());
         }
+        snapshots.push(snap);
     }
     Ok(RestoreSet {
         id,
+        snapshots,
         sections,
         local_files,
         downloaded_files,
     })
+}
+
+/// Reads one snapshot file, from the local copy when it matches the metadata (length and crc),
+/// else downloaded from the store; verifies every section. Returns whether it was local.
+fn load_file(
+    store: &dyn CheckpointStore,
+    dir: &Path,
+    id: u64,
+    f: &weir_storage::FileEntry,
+) -> Result<(Snapshot, bool), String> {
+    let path: PathBuf = dir.join(&f.name);
+    let matches = |s: &Snapshot| s.len() == f.bytes && s.file_crc32() == f.crc32;
+    if let Ok(snap) = Snapshot::open(&path) {
+        if matches(&snap) && snap.verify().is_ok() {
+            return Ok((snap, true));
+        }
+        tracing::warn!(file = %path.display(), "local checkpoint copy does not match its metadata; downloading it again");
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    store
+        .get_file(id, &f.name, &path)
+        .map_err(|e| format!("cannot download `{}`: {e}", f.name))?;
+    let snap = Snapshot::open(&path).map_err(|e| format!("file `{}` is damaged: {e}", f.name))?;
+    if !matches(&snap) {
+        return Err(format!(
+            "file `{}` fails its checksum (expected {} bytes crc32 {:08x}, found {} bytes crc32 {:08x})",
+            f.name,
+            f.bytes,
+            f.crc32,
+            snap.len(),
+            snap.file_crc32()
+        ));
+    }
+    snap.verify()
+        .map_err(|e| format!("file `{}` is damaged: {e}", f.name))?;
+    Ok((snap, false))
 }
 
 fn check_fits(
