@@ -93,11 +93,17 @@ fn damaged_checkpoints_are_skipped_with_a_warning() {
     let (newest, previous) = (ids[ids.len() - 1], ids[ids.len() - 2]);
     // Corrupt the newest checkpoint's state file, in the store and in the local copy (once
     // when the store hard-linked the local file: they are then the same file).
-    let store_file = d.path().join(format!("store/cj/chk-{newest}/worker-0.snap"));
-    let local_file = d.path().join(format!("local/cj/chk-{newest}/worker-0.snap"));
+    let store_file = d
+        .path()
+        .join(format!("store/cj/chk-{newest}/worker-0.snap"));
+    let local_file = d
+        .path()
+        .join(format!("local/cj/chk-{newest}/worker-0.snap"));
     flip_byte(&store_file, 100);
     use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata(&store_file).unwrap().ino() != std::fs::metadata(&local_file).unwrap().ino() {
+    if std::fs::metadata(&store_file).unwrap().ino()
+        != std::fs::metadata(&local_file).unwrap().ino()
+    {
         flip_byte(&local_file, 100);
     }
     let o = weir()
@@ -362,4 +368,74 @@ fn list_and_inspect_report_checkpoints() {
         .unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("incomplete"), "{}", stderr(&o));
+}
+
+#[test]
+fn restore_from_an_explicit_path_and_bad_paths() {
+    let d = tempfile::tempdir().unwrap();
+    let job = setup(d.path(), 5_000, "");
+    assert!(weir()
+        .arg("run")
+        .arg(&job)
+        .arg("--quiet")
+        .status()
+        .unwrap()
+        .success());
+    let id = *checkpoint_ids(d.path()).last().unwrap();
+    let path = d.path().join(format!("store/cj/chk-{id}"));
+    let o = weir()
+        .arg("run")
+        .arg(&job)
+        .arg("--restore")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("restored from checkpoint {id}")),
+        "{}",
+        stderr(&o)
+    );
+    // Also as a file:// URI.
+    let o = weir()
+        .arg("run")
+        .arg(&job)
+        .arg("--restore")
+        .arg(format!("file://{}", path.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    for (bad, expect) in [
+        (d.path().join("store/cj/chk-424242"), "no metadata"),
+        (d.path().join("store/cj/nope"), "not a checkpoint path"),
+    ] {
+        let o = weir()
+            .arg("run")
+            .arg(&job)
+            .arg("--restore")
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(e.contains(expect) && e.contains("cannot restore"), "{e}");
+    }
+    // A job file without [checkpoint] cannot restore.
+    let plain = d.path().join("plain.toml");
+    let text = std::fs::read_to_string(&job).unwrap();
+    let text = text.split("[checkpoint]").next().unwrap().to_string();
+    std::fs::write(&plain, text).unwrap();
+    let o = weir()
+        .arg("run")
+        .arg(&plain)
+        .args(["--restore", "latest"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--restore needs checkpointing"),
+        "{}",
+        stderr(&o)
+    );
 }

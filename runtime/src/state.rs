@@ -116,8 +116,9 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
 
     /// Restores tables written by [`KeyGroups::snapshot`] for the same key-group range.
     pub(crate) fn decode(bytes: &[u8], range: Range<usize>) -> Result<Self, String> {
-        let (first, groups): (u32, Vec<FxHashMap<K, V>>) =
+        let (first, groups): (u32, Vec<Sized<K, V>>) =
             postcard::from_bytes(bytes).map_err(|e| format!("cannot decode keyed state: {e}"))?;
+        let groups: Vec<FxHashMap<K, V>> = groups.into_iter().map(|g| g.0).collect();
         if first as usize != range.start || groups.len() != range.len() {
             return Err(format!(
                 "keyed state covers key groups {first}..{} but this instance owns {}..{}",
@@ -130,6 +131,42 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
             first: range.start,
             groups: groups.into_iter().map(Slot::Owned).collect(),
         })
+    }
+}
+
+/// A map decoded with its table sized up front from the encoded length (serde's own `HashMap`
+/// impl grows from a small cautious size, rehashing many times for large state). The
+/// reservation is capped, so a damaged length cannot ask for a huge allocation.
+struct Sized<K, V>(FxHashMap<K, V>);
+
+/// Largest number of entries reserved up front for one key group.
+const MAX_RESERVE: usize = 1 << 22;
+
+impl<'de, K: serde::Deserialize<'de> + Hash + Eq, V: serde::Deserialize<'de>>
+    serde::Deserialize<'de> for Sized<K, V>
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K: serde::Deserialize<'de> + Hash + Eq, V: serde::Deserialize<'de>>
+            serde::de::Visitor<'de> for Visit<K, V>
+        {
+            type Value = Sized<K, V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of keyed state")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let n = a.size_hint().unwrap_or(0).min(MAX_RESERVE);
+                let mut m = FxHashMap::with_capacity_and_hasher(n, Default::default());
+                while let Some((k, v)) = a.next_entry()? {
+                    m.insert(k, v);
+                }
+                Ok(Sized(m))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
     }
 }
 
