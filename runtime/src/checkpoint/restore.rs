@@ -180,7 +180,12 @@ fn load_file(
     f: &weir_storage::FileEntry,
 ) -> Result<(Snapshot, bool), String> {
     let path: PathBuf = dir.join(&f.name);
-    let matches = |s: &Snapshot| s.len() == f.bytes && s.file_crc32() == f.crc32;
+    let matches = |s: &Snapshot| {
+        s.len() == f.bytes
+            && s.file_crc32() == f.crc32
+            && s.header().checkpoint_id == id
+            && s.header().worker == f.worker
+    };
     if let Ok(snap) = Snapshot::open(&path) {
         if matches(&snap) && snap.verify().is_ok() {
             return Ok((snap, true));
@@ -194,10 +199,13 @@ fn load_file(
     let snap = Snapshot::open(&path).map_err(|e| format!("file `{}` is damaged: {e}", f.name))?;
     if !matches(&snap) {
         return Err(format!(
-            "file `{}` fails its checksum (expected {} bytes crc32 {:08x}, found {} bytes crc32 {:08x})",
+            "file `{}` does not match the metadata (expected checkpoint {id} worker {}, {} bytes, crc32 {:08x}; found checkpoint {} worker {}, {} bytes, crc32 {:08x})",
             f.name,
+            f.worker,
             f.bytes,
             f.crc32,
+            snap.header().checkpoint_id,
+            snap.header().worker,
             snap.len(),
             snap.file_crc32()
         ));
