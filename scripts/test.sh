@@ -13,6 +13,7 @@ echo "== cargo test"
 cargo test --workspace
 echo "== benchmarks (quick mode: checks they run; the numbers come from 'cargo bench')"
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench throughput
+WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench checkpoint
 echo "== example job"
 cargo run --release --quiet -- run examples/sums.toml --quiet
 test -s out/sums/part-0-0.jsonl

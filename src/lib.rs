@@ -4,7 +4,7 @@
 //! ```
 //! use weir::{RuntimeConfig, StreamEnv};
 //! let env = StreamEnv::new(RuntimeConfig { workers: 2, parallelism: 2, ..Default::default() });
-//! let sums = env.from_iter("words", vec!["a", "b", "a"]).map(|w| (w, 1u64)).key_by(|p| p.0).sum(|p| &mut p.1).collect();
+//! let sums = env.from_iter("words", vec!["a", "b", "a"]).map(|w| (w.to_string(), 1u64)).key_by(|p| p.0.clone()).sum(|p| &mut p.1).collect();
 //! env.execute("word-count").unwrap();
 //! assert_eq!(sums.take().len(), 3);
 //! ```
