@@ -439,3 +439,32 @@ fn restore_from_an_explicit_path_and_bad_paths() {
         stderr(&o)
     );
 }
+
+/// A checkpoint taken with another parallelism is refused with a clear message (rescaling is
+/// not supported yet), instead of restoring state into the wrong key groups.
+#[test]
+fn restoring_with_another_parallelism_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let job = setup(d.path(), 5_000, "");
+    assert!(weir()
+        .arg("run")
+        .arg(&job)
+        .arg("--quiet")
+        .status()
+        .unwrap()
+        .success());
+    let o = weir()
+        .arg("run")
+        .arg(&job)
+        .args(["--parallelism", "3", "--restore", "latest"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("rescaling is not supported yet")
+            && e.contains("parallelism 2")
+            && e.contains("parallelism 3"),
+        "{e}"
+    );
+}

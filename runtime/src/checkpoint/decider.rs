@@ -100,7 +100,11 @@ impl Decider {
     pub(crate) fn next_wake(&self, now: Instant) -> Instant {
         let mut wake = now + Duration::from_millis(100);
         if !self.finished {
-            wake = wake.min(self.next_trigger.max(self.earliest_by_pause()));
+            let due = match self.earliest_by_pause() {
+                Some(t) => self.next_trigger.max(t),
+                None => self.next_trigger,
+            };
+            wake = wake.min(due);
         }
         for f in self.in_flight.values() {
             wake = wake.min(f.triggered + self.timeout);
@@ -108,10 +112,11 @@ impl Decider {
         wake
     }
 
-    fn earliest_by_pause(&self) -> Instant {
+    /// The end of the current minimum pause, if one applies.
+    fn earliest_by_pause(&self) -> Option<Instant> {
         match self.last_end {
-            Some(t) if !self.min_pause.is_zero() => t + self.min_pause,
-            _ => Instant::now() - Duration::from_secs(3600),
+            Some(t) if !self.min_pause.is_zero() => Some(t + self.min_pause),
+            _ => None,
         }
     }
 
@@ -171,7 +176,7 @@ impl Decider {
             if !self.final_in_flight() {
                 out.push(self.trigger(now, true));
             }
-        } else if now >= self.next_trigger && now >= self.earliest_by_pause() {
+        } else if now >= self.next_trigger && self.earliest_by_pause().is_none_or(|t| now >= t) {
             out.push(self.trigger(now, false));
         }
         out
