@@ -310,3 +310,54 @@ fn rerunning_a_finished_job_from_latest_changes_nothing() {
         .count();
     assert!(dirs <= 4, "{dirs} checkpoint directories left");
 }
+
+/// Failing checkpoints (the local directory becomes unusable) are aborted and counted while
+/// processing goes on; past `tolerable_failures` consecutive failures the job fails with a
+/// checkpoint error naming the cause.
+#[test]
+fn failed_checkpoints_count_toward_tolerable_failures() {
+    let d = tempfile::tempdir().unwrap();
+    let env = StreamEnv::new(RuntimeConfig {
+        workers: 2,
+        parallelism: 2,
+        pin_workers: false,
+        ..RuntimeConfig::default()
+    });
+    let mut cfg = CheckpointConfig::new(format!("file://{}", d.path().join("store").display()));
+    cfg.interval = Duration::from_millis(50);
+    cfg.local_dir = d.path().join("local");
+    cfg.tolerable_failures = 2;
+    env.enable_checkpointing(cfg);
+    env.source("paced", |info| {
+        Ok(Paced {
+            next: info.subtask as u64,
+            step: info.parallelism as u64,
+            not_before: Instant::now(),
+        })
+    })
+    .key_by(|r: &(u64, u64)| r.0)
+    .sum(|r: &mut (u64, u64)| &mut r.1)
+    .for_each("drop", |_| Ok(()));
+    let h = env.start("failing").unwrap();
+    while h.checkpoints().is_empty() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Break the local directory: snapshot files can no longer be created.
+    let local = d.path().join("local/failing");
+    std::fs::remove_dir_all(&local).unwrap();
+    std::fs::write(&local, b"not a directory").unwrap();
+    let metrics = h.metrics().clone();
+    let before = metrics.source_records();
+    let err = h.join().unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, JobError::Checkpoint(_)), "{msg}");
+    assert!(
+        msg.contains("3 consecutive checkpoints failed") && msg.contains("tolerable_failures = 2"),
+        "{msg}"
+    );
+    assert!(msg.contains("local directory"), "the cause is named: {msg}");
+    assert!(
+        metrics.source_records() > before,
+        "processing went on while checkpoints failed"
+    );
+}
