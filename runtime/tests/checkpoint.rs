@@ -361,3 +361,78 @@ fn failed_checkpoints_count_toward_tolerable_failures() {
         "processing went on while checkpoints failed"
     );
 }
+
+struct SlowPreCommit {
+    slow: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SinkWriter<(u64, u64)> for SlowPreCommit {
+    fn write(&mut self, batch: &mut Vec<(i64, (u64, u64))>) -> Result<(), BoxError> {
+        batch.clear();
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+    fn pre_commit(&mut self, _checkpoint: u64) -> Result<PreCommit, BoxError> {
+        let slow = self.slow.load(Ordering::SeqCst);
+        Ok(PreCommit {
+            state: Vec::new(),
+            durable: Some(Box::new(move || {
+                if slow {
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+                Ok(())
+            })),
+        })
+    }
+}
+
+/// A checkpoint slower than `timeout` is aborted without stopping the job, and checkpoints
+/// succeed again once the slowness is gone.
+#[test]
+fn slow_checkpoints_time_out_and_later_ones_succeed() {
+    let d = tempfile::tempdir().unwrap();
+    let env = StreamEnv::new(RuntimeConfig {
+        workers: 2,
+        parallelism: 2,
+        pin_workers: false,
+        ..RuntimeConfig::default()
+    });
+    let mut cfg = CheckpointConfig::new(format!("file://{}", d.path().join("store").display()));
+    cfg.interval = Duration::from_millis(50);
+    cfg.timeout = Duration::from_millis(150);
+    cfg.tolerable_failures = 1000;
+    cfg.local_dir = d.path().join("local");
+    env.enable_checkpointing(cfg);
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let s2 = slow.clone();
+    env.source("paced", |info| {
+        Ok(Paced {
+            next: info.subtask as u64,
+            step: info.parallelism as u64,
+            not_before: Instant::now(),
+        })
+    })
+    .sink("slow", move |_| Ok(SlowPreCommit { slow: s2.clone() }));
+    let h = env.start("timeouts").unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        h.checkpoints().is_empty(),
+        "every checkpoint so far is slower than its timeout"
+    );
+    if h.is_finished() {
+        panic!("job ended: {:?}", h.join().map(|_| ()));
+    }
+    slow.store(false, Ordering::SeqCst);
+    let t = Instant::now();
+    while h.checkpoints().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no checkpoint succeeded after the store recovered"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.cancel();
+    let _ = h.join();
+}

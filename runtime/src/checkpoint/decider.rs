@@ -58,6 +58,7 @@ pub(crate) struct Decider {
     consecutive_failures: u32,
     sources_total: usize,
     sources_exhausted: usize,
+    final_attempts: u32,
     finished: bool,
 }
 
@@ -84,6 +85,7 @@ impl Decider {
             consecutive_failures: 0,
             sources_total,
             sources_exhausted: 0,
+            final_attempts: 0,
             finished: false,
         }
     }
@@ -173,7 +175,10 @@ impl Decider {
             return out;
         }
         if self.all_exhausted() {
-            if !self.final_in_flight() {
+            // The first final checkpoint starts at once; a retry after a failure waits for the
+            // interval like any other checkpoint (no trigger storm against a failing store).
+            if !self.final_in_flight() && (self.final_attempts == 0 || now >= self.next_trigger) {
+                self.final_attempts += 1;
                 out.push(self.trigger(now, true));
             }
         } else if now >= self.next_trigger && self.earliest_by_pause().is_none_or(|t| now >= t) {
@@ -407,8 +412,11 @@ mod tests {
                 is_final: true
             }]
         );
-        // A failed final checkpoint is retried.
+        // A failed final checkpoint is retried, after the interval (no trigger storm).
         let a = d.on_decline(t0 + Duration::from_millis(2), 5, "x".into());
+        assert!(triggers(&a).is_empty(), "{a:?}");
+        assert!(triggers(&d.on_tick(t0 + Duration::from_millis(50))).is_empty());
+        let a = d.on_tick(t0 + Duration::from_millis(101));
         assert!(
             a.contains(&Action::Trigger {
                 id: 6,
@@ -416,7 +424,7 @@ mod tests {
             }),
             "{a:?}"
         );
-        let a = d.on_ack(t0 + Duration::from_millis(3), 6, ack(0));
+        let a = d.on_ack(t0 + Duration::from_millis(103), 6, ack(0));
         assert!(matches!(
             a[0],
             Action::Complete {
@@ -426,7 +434,7 @@ mod tests {
             }
         ));
         assert_eq!(
-            d.on_completed(t0 + Duration::from_millis(4), true),
+            d.on_completed(t0 + Duration::from_millis(104), true),
             vec![Action::FinishSources]
         );
         assert!(d.on_tick(t0 + Duration::from_secs(10)).is_empty());
