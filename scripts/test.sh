@@ -11,6 +11,15 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== disk-full test of the snapshot writer (a 1 MiB tmpfs)"
+if [ "$(id -u)" = 0 ]; then
+    small=$(mktemp -d)
+    mount -t tmpfs -o size=1m tmpfs "$small"
+    trap 'umount "$small" 2>/dev/null || true; rmdir "$small" 2>/dev/null || true' EXIT
+    WEIR_TEST_SMALL_FS="$small" cargo test -p weir-storage -- --ignored full_disk
+else
+    echo "not root: cannot mount a small tmpfs here; CI (root) runs this test"
+fi
 echo "== benchmarks (quick mode: checks they run; the numbers come from 'cargo bench')"
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench throughput
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench checkpoint
