@@ -1,7 +1,7 @@
 //! Crash loop: the `weir` binary runs a bounded file job (key_by + running sum, exactly-once
 //! file sink, 150 ms checkpoints) and is killed with SIGKILL at random moments, then rerun with
-//! `--restore latest`, at least 50 times (WEIR_CRASH_KILLS overrides; scripts/soak-crash.sh runs
-//! longer). The visible output must then be exactly one consistent execution: every input
+//! `--restore latest`, at least 50 times (WEIR_CRASH_KILLS and WEIR_CRASH_RECORDS override;
+//! scripts/soak-crash.sh runs longer). The visible output must then be exactly one consistent execution: every input
 //! record once, and each key's running sums a prefix-sum sequence of exactly its records.
 
 use std::collections::HashMap;
@@ -111,7 +111,8 @@ fn sigkill_crash_loop_keeps_output_exactly_once() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
     let d = tempfile::tempdir().unwrap();
-    let input = write_input(&d.path().join("in"), 120_000, 12);
+    let records: u64 = std::env::var("WEIR_CRASH_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120_000);
+    let input = write_input(&d.path().join("in"), records, 12);
     let job = d.path().join("job.toml");
     std::fs::write(
         &job,
