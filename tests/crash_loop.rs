@@ -111,7 +111,10 @@ fn sigkill_crash_loop_keeps_output_exactly_once() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
     let d = tempfile::tempdir().unwrap();
-    let records: u64 = std::env::var("WEIR_CRASH_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120_000);
+    let records: u64 = std::env::var("WEIR_CRASH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120_000);
     let input = write_input(&d.path().join("in"), records, 12);
     let job = d.path().join("job.toml");
     std::fs::write(

@@ -226,6 +226,13 @@ pub(crate) fn start(
             .list()
             .map_err(|e| JobError::Storage(format!("cannot list checkpoints: {e}")))?;
         first_checkpoint = existing.iter().max().map_or(1, |m| m + 1);
+        if restore_from.is_none() && !existing.is_empty() {
+            tracing::warn!(
+                checkpoints = existing.len(),
+                storage = %c.cfg.storage,
+                "the checkpoint storage already holds checkpoints of this job; starting from the beginning anyway (restore them with --restore latest)"
+            );
+        }
         if let Some(r) = &restore {
             first_checkpoint = first_checkpoint.max(r.id + 1);
         }

@@ -46,7 +46,7 @@ pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> Result<(), String> {
     }
     if !overwrite {
         return Err(format!(
-            "output directory `{}` already holds {} part file(s) of an earlier run (e.g. `{}`); delete them or set `overwrite = true` on the sink",
+            "output directory `{}` already holds {} part file(s) of an earlier run (e.g. `{}`); to continue that run use `--restore latest`, otherwise delete them or set `overwrite = true` on the sink",
             dir.display(),
             old.len(),
             old[0].file_name().unwrap_or_default().to_string_lossy()
