@@ -100,9 +100,17 @@ pub(crate) fn run(s: CoordinatorSetup) {
 
 fn broadcast(s: &CoordinatorSetup, msg: ToWorker) {
     for (tx, waker) in &s.workers {
-        // Bounded, sized for every checkpoint that can be in flight; a worker that is gone
-        // (job ending) no longer needs it.
-        let _ = tx.send_timeout(msg.clone(), Duration::from_secs(1));
+        // Never dropped for a live worker (a lost FinishSources would hang the job): the
+        // channel is bounded, so wait for room, ringing the worker meanwhile. A worker that is
+        // gone (job ending) no longer needs the message.
+        let mut msg = msg.clone();
+        loop {
+            waker.wake();
+            match tx.send_timeout(msg, Duration::from_millis(100)) {
+                Ok(()) | Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => break,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => msg = m,
+            }
+        }
         waker.wake();
     }
 }
