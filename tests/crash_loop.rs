@@ -45,6 +45,17 @@ fn write_input(dir: &Path, n: u64, files: u64) -> HashMap<u64, (String, u64)> {
     all
 }
 
+/// Runs the job with `--restore latest` until it ends; it must succeed.
+fn run_to_completion(job: &Path) {
+    let o = weir()
+        .arg("run")
+        .arg(job)
+        .args(["--quiet", "--restore", "latest"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn read_visible(dir: &Path) -> Vec<Value> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -144,17 +155,7 @@ local_dir = "local"
     .unwrap();
     // A full run's length bounds where kills land.
     let t = Instant::now();
-    let o = weir()
-        .args([
-            "run",
-            job.to_str().unwrap(),
-            "--quiet",
-            "--restore",
-            "latest",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_to_completion(&job);
     let full = t.elapsed();
     check_exactly_once(&read_visible(&d.path().join("out")), &input);
     // Start over for the crash loop.
@@ -199,31 +200,11 @@ local_dir = "local"
         }
     }
     // Final run to completion.
-    let o = weir()
-        .args([
-            "run",
-            job.to_str().unwrap(),
-            "--quiet",
-            "--restore",
-            "latest",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_to_completion(&job);
     check_exactly_once(&read_visible(&d.path().join("out")), &input);
     // Rerunning a finished job from its latest checkpoint changes nothing.
     let before = read_visible(&d.path().join("out")).len();
-    let o = weir()
-        .args([
-            "run",
-            job.to_str().unwrap(),
-            "--quiet",
-            "--restore",
-            "latest",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_to_completion(&job);
     assert_eq!(read_visible(&d.path().join("out")).len(), before);
     eprintln!(
         "{kills} kills ({finished_early} runs finished before their kill); full run {full:?}"

@@ -54,13 +54,15 @@ impl SinkWriter<(u64, u64)> for SlowSink {
     }
 }
 
-#[test]
-fn slow_sink_bounds_memory_and_never_deadlocks() {
-    let secs: u64 = std::env::var("WEIR_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    let (p, batch, cap) = (4usize, 64usize, 2usize);
+/// p subtasks on 2 workers: a counting source with skewed keys, two exchanges in opposite key
+/// spaces (every worker sends to and receives from the other in both stages) and a slow sink.
+/// Returns the environment and the produced / consumed counters.
+fn skewed_two_way_job(
+    p: usize,
+    batch: usize,
+    cap: usize,
+    checkpoints: Option<weir_runtime::CheckpointConfig>,
+) -> (StreamEnv, Arc<AtomicU64>, Arc<AtomicU64>) {
     let env = StreamEnv::new(RuntimeConfig {
         workers: 2,
         parallelism: p,
@@ -69,6 +71,9 @@ fn slow_sink_bounds_memory_and_never_deadlocks() {
         pin_workers: false,
         ..RuntimeConfig::default()
     });
+    if let Some(c) = checkpoints {
+        env.enable_checkpointing(c);
+    }
     let produced = Arc::new(AtomicU64::new(0));
     let consumed = Arc::new(AtomicU64::new(0));
     let (pr, co) = (produced.clone(), consumed.clone());
@@ -79,8 +84,6 @@ fn slow_sink_bounds_memory_and_never_deadlocks() {
             produced: pr.clone(),
         })
     })
-    // Two exchanges in opposite key spaces: every worker sends to and receives from the other
-    // in both stages.
     .key_by(|r: &(u64, u64)| r.0)
     .map(|r| (r.1 % 7, r.1))
     .key_by(|r: &(u64, u64)| r.0)
@@ -90,6 +93,17 @@ fn slow_sink_bounds_memory_and_never_deadlocks() {
             consumed: co.clone(),
         })
     });
+    (env, produced, consumed)
+}
+
+#[test]
+fn slow_sink_bounds_memory_and_never_deadlocks() {
+    let secs: u64 = std::env::var("WEIR_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let (p, batch, cap) = (4usize, 64usize, 2usize);
+    let (env, produced, consumed) = skewed_two_way_job(p, batch, cap, None);
     let handle = env.start("backpressure").unwrap();
 
     // Bound on records between source and sink: every channel full (2 exchanges x p x p
@@ -143,38 +157,11 @@ fn aligned_checkpoints_complete_under_backpressure() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
     let d = tempfile::tempdir().unwrap();
-    let env = StreamEnv::new(RuntimeConfig {
-        workers: 2,
-        parallelism: 4,
-        batch_size: 64,
-        channel_capacity: 2,
-        pin_workers: false,
-        ..RuntimeConfig::default()
-    });
     let mut cfg =
         weir_runtime::CheckpointConfig::new(format!("file://{}", d.path().join("store").display()));
     cfg.interval = Duration::from_millis(100);
     cfg.local_dir = d.path().join("local");
-    env.enable_checkpointing(cfg);
-    let produced = Arc::new(AtomicU64::new(0));
-    let consumed = Arc::new(AtomicU64::new(0));
-    let (pr, co) = (produced.clone(), consumed.clone());
-    env.source("counting", move |info| {
-        Ok(Counting {
-            next: info.subtask as u64,
-            step: info.parallelism as u64,
-            produced: pr.clone(),
-        })
-    })
-    .key_by(|r: &(u64, u64)| r.0)
-    .map(|r| (r.1 % 7, r.1))
-    .key_by(|r: &(u64, u64)| r.0)
-    .reduce(|a, b| (a.0, a.1.max(b.1)))
-    .sink("slow", move |_| {
-        Ok(SlowSink {
-            consumed: co.clone(),
-        })
-    });
+    let (env, produced, consumed) = skewed_two_way_job(4, 64, 2, Some(cfg));
     let handle = env.start("aligned-backpressure").unwrap();
     let start = Instant::now();
     let mut last = (Instant::now(), 0);
