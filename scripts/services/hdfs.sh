@@ -15,6 +15,10 @@
 # See scripts/services/README.md.
 set -euo pipefail
 
+NAME=hdfs.sh
+# shellcheck source=scripts/services/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROJECT="$HERE/hdfs"
 CACHE="${WEIR_SERVICES_CACHE:-$HOME/.cache/weir-services}"
@@ -35,17 +39,6 @@ BUILD_TIMEOUT="${WEIR_HDFS_BUILD_TIMEOUT:-1800}"
 MAIN_CLASS=dev.weir.services.MiniDfs
 URL="hdfs://$HOST:$PORT"
 
-log() { echo "hdfs.sh: $*" >&2; }
-die() { echo "hdfs.sh: error: $*" >&2; exit 1; }
-
-tail_log() {
-    if [ -f "$LOG" ]; then
-        echo "---- last lines of $LOG ----" >&2
-        tail -n "${1:-30}" "$LOG" >&2
-        echo "----" >&2
-    fi
-}
-
 # The build is keyed by the launcher's sources, so editing pom.xml or the class rebuilds it.
 HADOOP_VERSION=$(sed -n 's:.*<hadoop.version>\(.*\)</hadoop.version>.*:\1:p' "$PROJECT/pom.xml")
 [ -n "$HADOOP_VERSION" ] || die "cannot read <hadoop.version> from $PROJECT/pom.xml"
@@ -53,19 +46,8 @@ SRC_HASH=$(cd "$PROJECT" && find pom.xml src -type f -print0 | LC_ALL=C sort -z 
 BUILD="$CACHE/hdfs-$HADOOP_VERSION-$SRC_HASH"
 M2="${WEIR_MAVEN_REPO:-$CACHE/m2}"
 
-# Run "$@" in the background with only stdin/stdout/stderr open: the lock fds and whatever
-# the caller passed down (a test harness's pipes) must not stay open in a long-lived server,
-# or the next `start` blocks on the lock and a caller reading until EOF hangs.
-# $! is the server's pid: the subshell execs setsid, which (not being a group leader) execs it.
-spawn() {
-    (
-        for fd in "/proc/$BASHPID/fd/"*; do
-            fd=${fd##*/}
-            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
-        done
-        exec setsid "$@"
-    ) &
-}
+# True when pid $1 is this launcher's server (a recycled pid is not).
+is_ours() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "$MAIN_CLASS"; }
 
 classpath() { echo "$BUILD/classes:$(cat "$BUILD/classpath.txt")"; }
 
@@ -102,28 +84,7 @@ build() {
     exec 8>&-
 }
 
-# The pid from the pid file if that process is alive and is our launcher, else nothing.
-running_pid() {
-    [ -f "$PIDFILE" ] || return 0
-    local pid
-    pid=$(cat "$PIDFILE" 2>/dev/null || true)
-    case "$pid" in '' | *[!0-9]*) return 0 ;; esac
-    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$MAIN_CLASS"; then
-        echo "$pid"
-    fi
-}
-
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-port_owner() { ss -ltnpH "sport = :$1" 2>/dev/null || true; }
-
 ready() { [ -f "$OUT" ] && grep -qx 'Ready!' "$OUT" && port_open "$PORT"; }
-
-lock_state() {
-    mkdir -p "$DIR"
-    exec 9>"$DIR/.lock"
-    flock -w "$((BUILD_TIMEOUT + START_TIMEOUT))" 9 || die "timed out waiting for $DIR/.lock"
-}
 
 write_log4j() {
     # Hadoop 3.x logs through log4j 1.x (reload4j). Everything to stderr (= the log file), so
@@ -199,38 +160,6 @@ start() {
     done
     log "running (pid $pid) at $URL, data in $DATA, log $LOG"
     echo "HDFS_URL=$URL"
-}
-
-stop() {
-    local sig="${1:-TERM}"
-    lock_state
-    local pid
-    pid=$(running_pid)
-    if [ -z "$pid" ]; then
-        rm -f "$PIDFILE"
-        log "not running"
-        return 0
-    fi
-    kill "-$sig" "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            log "pid $pid still alive ${STOP_TIMEOUT}s after SIG$sig; sending SIGKILL"
-            tail_log 20
-            kill -KILL "$pid" 2>/dev/null || true
-            deadline=$((SECONDS + 5))
-            sig=KILL
-        fi
-        sleep 0.1
-    done
-    deadline=$((SECONDS + 5))
-    while port_open "$PORT"; do
-        [ "$SECONDS" -lt "$deadline" ] || die "pid $pid exited but $HOST:$PORT still accepts connections: $(port_owner "$PORT")"
-        sleep 0.1
-    done
-    rm -f "$PIDFILE"
-    echo "==== $(date -u +%FT%TZ) stopped pid $pid (SIG$sig)" >>"$LOG"
-    log "stopped (pid $pid)"
 }
 
 status() {

@@ -13,6 +13,10 @@
 # everything else goes to stderr. See scripts/services/README.md.
 set -euo pipefail
 
+NAME=minio.sh
+# shellcheck source=scripts/services/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 # Go module proxy pseudo-version of github.com/minio/minio: commit 7aac2a2c5 (2026-02-12),
 # = RELEASE.2025-10-15T17-29-55Z + 11 commits (last code change 2025-11-06; after that
 # only README edits). The proxy does not serve the RELEASE.* tags themselves.
@@ -35,16 +39,8 @@ STOP_TIMEOUT="${WEIR_MINIO_STOP_TIMEOUT:-15}"
 BUILD_TIMEOUT="${WEIR_MINIO_BUILD_TIMEOUT:-1800}"
 URL="http://$HOST:$PORT"
 
-log() { echo "minio.sh: $*" >&2; }
-die() { echo "minio.sh: error: $*" >&2; exit 1; }
-
-tail_log() {
-    if [ -f "$LOG" ]; then
-        echo "---- last lines of $LOG ----" >&2
-        tail -n 30 "$LOG" >&2
-        echo "----" >&2
-    fi
-}
+# True when pid $1 is this launcher's server (a recycled pid is not).
+is_ours() { [ "$(cat "/proc/$1/comm" 2>/dev/null || true)" = minio ]; }
 
 print_env() {
     echo "AWS_ENDPOINT_URL=$URL"
@@ -53,37 +49,8 @@ print_env() {
     echo "AWS_REGION=us-east-1"
 }
 
-# The pid from the pid file if that process is alive and is our minio, else nothing.
-running_pid() {
-    [ -f "$PIDFILE" ] || return 0
-    local pid
-    pid=$(cat "$PIDFILE" 2>/dev/null || true)
-    case "$pid" in '' | *[!0-9]*) return 0 ;; esac
-    if kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = minio ]; then
-        echo "$pid"
-    fi
-}
-
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-port_owner() { ss -ltnpH "sport = :$1" 2>/dev/null || true; }
-
 ready() {
     [ "$(curl -s --noproxy '*' -o /dev/null -m 2 -w '%{http_code}' "$URL/minio/health/ready" 2>/dev/null || true)" = 200 ]
-}
-
-# Run "$@" in the background with only stdin/stdout/stderr open: the lock fds and whatever
-# the caller passed down (a test harness's pipes) must not stay open in a long-lived server,
-# or the next `start` blocks on the lock and a caller reading until EOF hangs.
-# $! is the server's pid: the subshell execs setsid, which (not being a group leader) execs it.
-spawn() {
-    (
-        for fd in "/proc/$BASHPID/fd/"*; do
-            fd=${fd##*/}
-            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
-        done
-        exec setsid "$@"
-    ) &
 }
 
 build() {
@@ -107,12 +74,6 @@ build() {
     [ -x "$MINIO_BIN" ] || die "go install finished but $MINIO_BIN is missing"
     log "built in $((SECONDS - t0)) s: $MINIO_BIN ($(du -h "$MINIO_BIN" | cut -f1))"
     exec 8>&-
-}
-
-lock_state() {
-    mkdir -p "$DIR"
-    exec 9>"$DIR/.lock"
-    flock -w "$((BUILD_TIMEOUT + START_TIMEOUT))" 9 || die "timed out waiting for $DIR/.lock"
 }
 
 start() {
@@ -169,38 +130,6 @@ start() {
     done
     log "running (pid $pid) at $URL, data in $DATA, log $LOG"
     print_env
-}
-
-stop() {
-    local sig="${1:-TERM}"
-    lock_state
-    local pid
-    pid=$(running_pid)
-    if [ -z "$pid" ]; then
-        rm -f "$PIDFILE"
-        log "not running"
-        return 0
-    fi
-    kill "-$sig" "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            log "pid $pid still alive ${STOP_TIMEOUT}s after SIG$sig; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            deadline=$((SECONDS + 5))
-            sig=KILL
-        fi
-        sleep 0.1
-    done
-    # The process is gone; make sure the port is released too before returning.
-    deadline=$((SECONDS + 5))
-    while port_open "$PORT"; do
-        [ "$SECONDS" -lt "$deadline" ] || die "pid $pid exited but $HOST:$PORT still accepts connections: $(port_owner "$PORT")"
-        sleep 0.1
-    done
-    rm -f "$PIDFILE"
-    echo "==== $(date -u +%FT%TZ) stopped pid $pid (SIG$sig)" >>"$LOG"
-    log "stopped (pid $pid)"
 }
 
 status() {
