@@ -58,6 +58,12 @@ local_dir = "local"
     job
 }
 
+/// Runs the job to its end; it must succeed.
+fn run_ok(job: &Path) {
+    let o = weir().arg("run").arg(job).arg("--quiet").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 fn checkpoint_ids(dir: &Path) -> Vec<u64> {
     let mut ids: Vec<u64> = std::fs::read_dir(dir.join("store/cj"))
         .map(|rd| {
@@ -166,13 +172,7 @@ fn damaged_checkpoints_are_skipped_with_a_warning() {
 fn restoring_with_the_local_copy_deleted_downloads_from_the_store() {
     let d = tempfile::tempdir().unwrap();
     let job = setup(d.path(), 10_000, "");
-    assert!(weir()
-        .arg("run")
-        .arg(&job)
-        .arg("--quiet")
-        .status()
-        .unwrap()
-        .success());
+    run_ok(&job);
     std::fs::remove_dir_all(d.path().join("local")).unwrap();
     let o = weir()
         .arg("run")
@@ -297,13 +297,7 @@ fn on_cancel_is_honoured_on_sigterm() {
 fn list_and_inspect_report_checkpoints() {
     let d = tempfile::tempdir().unwrap();
     let job = setup(d.path(), 30_000, "");
-    assert!(weir()
-        .arg("run")
-        .arg(&job)
-        .arg("--quiet")
-        .status()
-        .unwrap()
-        .success());
+    run_ok(&job);
     let o = weir()
         .args(["checkpoints", "list"])
         .arg(&job)
@@ -374,13 +368,7 @@ fn list_and_inspect_report_checkpoints() {
 fn restore_from_an_explicit_path_and_bad_paths() {
     let d = tempfile::tempdir().unwrap();
     let job = setup(d.path(), 5_000, "");
-    assert!(weir()
-        .arg("run")
-        .arg(&job)
-        .arg("--quiet")
-        .status()
-        .unwrap()
-        .success());
+    run_ok(&job);
     let id = *checkpoint_ids(d.path()).last().unwrap();
     let path = d.path().join(format!("store/cj/chk-{id}"));
     let o = weir()
@@ -446,13 +434,7 @@ fn restore_from_an_explicit_path_and_bad_paths() {
 fn restoring_with_another_parallelism_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let job = setup(d.path(), 5_000, "");
-    assert!(weir()
-        .arg("run")
-        .arg(&job)
-        .arg("--quiet")
-        .status()
-        .unwrap()
-        .success());
+    run_ok(&job);
     let o = weir()
         .arg("run")
         .arg(&job)

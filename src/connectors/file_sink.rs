@@ -406,7 +406,7 @@ impl FileSink {
         };
         if info.checkpointing() {
             let pending: Vec<u64> = match info.restored_state() {
-                Some(b) => postcard_ids(b)?,
+                Some(b) => decode_ids(b)?,
                 None => Vec::new(),
             };
             recover(&parts, &pending)?;
@@ -429,7 +429,7 @@ impl FileSink {
 }
 
 /// Pending checkpoint ids, as stored in the sink's checkpoint state (u64 little endian each).
-fn postcard_ids(b: &[u8]) -> Result<Vec<u64>, BoxError> {
+fn decode_ids(b: &[u8]) -> Result<Vec<u64>, BoxError> {
     if b.len() % 8 != 0 {
         return Err(format!(
             "damaged file sink state in checkpoint ({} bytes, expected a multiple of 8)",

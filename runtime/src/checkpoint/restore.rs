@@ -285,10 +285,11 @@ pub(crate) fn resolve(
                     }
                     Err(Unusable::Damaged(reason)) => {
                         tracing::warn!(checkpoint = id, location = %store.location(id), %reason, "skipping damaged checkpoint; trying the previous one");
-                        eprintln_warning(&format!(
+                        // Visible at 3 a.m. even when logging is filtered.
+                        eprintln!(
                             "weir: warning: skipping damaged checkpoint {}: {reason}",
                             store.location(id)
-                        ));
+                        );
                     }
                 }
             }
@@ -296,11 +297,6 @@ pub(crate) fn resolve(
             Ok(None)
         }
     }
-}
-
-/// Damaged checkpoints must be visible at 3 a.m. even when logging is filtered.
-fn eprintln_warning(msg: &str) {
-    eprintln!("{msg}");
 }
 
 #[cfg(test)]
