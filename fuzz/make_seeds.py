@@ -54,15 +54,32 @@ def snapshot(checkpoint_id, worker, sections):
     return head + data + index + struct.pack("<I", zlib.crc32(index))
 
 
-def metadata(job, checkpoint_id, files, operators):
-    p = varint(1)  # format_version
+def metadata(job, checkpoint_id, files, operators, version=2):
+    p = varint(version)  # format_version
     p += pstr(job) + varint(checkpoint_id)
     p += varint(1_700_000_000_000) + varint(1_700_000_000_250)  # triggered_at_ms, completed_at_ms
     p += varint(128)  # max_parallelism
     p += varint(len(files))
-    for name, worker, size, crc in files:
-        p += pstr(name) + varint(worker) + varint(size) + varint(crc)
-    p += b"".join(varint(v) for v in (250, 3, 200, 12, 1333, len(files)))  # stats
+    for name, owner, worker, size, crc in files:
+        p += pstr(name)
+        if version >= 2:
+            p += varint(owner)  # the checkpoint whose directory holds the file
+        p += varint(worker) + varint(size) + varint(crc)
+    if version == 1:
+        # duration, sync, async, alignment, bytes_written, files_written
+        p += b"".join(varint(v) for v in (250, 3, 200, 12, 1333, len(files)))
+    else:
+        own = [f for f in files if f[1] == checkpoint_id]
+        ref = [f for f in files if f[1] != checkpoint_id]
+        p += b"".join(varint(v) for v in (
+            250, 3, 200, 12,
+            sum(f[3] for f in own),  # bytes_written
+            len(own) + 1,            # files_written (with the metadata)
+            sum(f[3] for f in own),  # bytes_uploaded
+            len(own) + 1,            # requests
+            len(ref),                # files_referenced
+            sum(f[3] for f in ref),  # bytes_referenced
+        ))
     p += varint(len(operators))
     for name, parallelism, state_bytes in operators:
         p += pstr(name) + varint(parallelism) + varint(state_bytes)
@@ -86,6 +103,10 @@ write("snapshot_reader", "three.snap", snapshot(7, 3, [
 write("snapshot_reader", "big-ids.snap", snapshot(2**64 - 1, 2**32 - 1, [("x" * 300, b"\x00" * 200)]))
 write("metadata_reader", "empty.meta", metadata("", 0, [], []))
 write("metadata_reader", "two-files.meta", metadata("clicks", 42, [
-    ("worker-0.snap", 0, 1234, 0xDEADBEEF),
-    ("worker-1.snap", 1, 99, 7),
+    ("worker-0.snap", 42, 0, 1234, 0xDEADBEEF),
+    ("worker-1.snap", 40, 1, 99, 7),
 ], [("count", 2, 1300)]))
+write("metadata_reader", "v1-two-files.meta", metadata("clicks", 42, [
+    ("worker-0.snap", 42, 0, 1234, 0xDEADBEEF),
+    ("worker-1.snap", 42, 1, 99, 7),
+], [("count", 2, 1300)], version=1))

@@ -50,7 +50,25 @@ fn metadata_json(m: &CheckpointMetadata, location: &str) -> Value {
         "alignment_ms_max": m.stats.alignment_ms_max,
         "bytes": m.stats.bytes_written,
         "files": m.stats.files_written,
+        "bytes_uploaded": m.stats.bytes_uploaded,
+        "requests": m.stats.requests,
+        "files_referenced": m.stats.files_referenced,
+        "bytes_referenced": m.stats.bytes_referenced,
     })
+}
+
+fn size(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }
 
 /// Lists the checkpoints of the job in `job_file`.
@@ -74,11 +92,19 @@ pub fn list(job_file: &Path, overrides: &[String], as_json: bool) -> anyhow::Res
     let mut ids = store.list().context("cannot list checkpoints")?;
     ids.sort_unstable();
     let mut rows = Vec::new();
+    // Checkpoints whose files a complete checkpoint references.
+    let mut referenced = std::collections::BTreeMap::<u64, Vec<u64>>::new();
     for id in ids {
         let location = store.location(id);
         let row = match store.get_metadata(id) {
             Ok(Some(bytes)) => match decode_metadata(&bytes) {
                 Ok(m) => {
+                    for f in m.files.iter().filter(|f| f.checkpoint != id) {
+                        let by = referenced.entry(f.checkpoint).or_default();
+                        if by.last() != Some(&id) {
+                            by.push(id);
+                        }
+                    }
                     let mut v = metadata_json(&m, &location);
                     v["status"] = json!("completed");
                     v
@@ -94,6 +120,16 @@ pub fn list(job_file: &Path, overrides: &[String], as_json: bool) -> anyhow::Res
         };
         rows.push(row);
     }
+    // A checkpoint deleted by retention keeps the files newer ones still reference.
+    for r in &mut rows {
+        let id = r["id"].as_u64().unwrap_or(0);
+        if let Some(by) = referenced.get(&id) {
+            if r["status"] == "incomplete" {
+                r["status"] = json!("retired");
+            }
+            r["referenced_by"] = json!(by);
+        }
+    }
     if as_json {
         say!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
@@ -103,7 +139,7 @@ pub fn list(job_file: &Path, overrides: &[String], as_json: bool) -> anyhow::Res
         return Ok(ExitCode::SUCCESS);
     }
     say!(
-        "{:>6}  {:<11}  {:<24}  {:>9}  {:>7}  {:>7}  {:>10}  {:>5}",
+        "{:>6}  {:<11}  {:<24}  {:>9}  {:>7}  {:>7}  {:>10}  {:>5}  {:>10}  {:>8}  {:>14}",
         "id",
         "status",
         "completed at",
@@ -111,20 +147,30 @@ pub fn list(job_file: &Path, overrides: &[String], as_json: bool) -> anyhow::Res
         "sync",
         "align",
         "size",
-        "files"
+        "files",
+        "uploaded",
+        "requests",
+        "referenced"
     );
     for r in &rows {
         let s = |k: &str| r.get(k).and_then(Value::as_u64);
         say!(
-            "{:>6}  {:<11}  {:<24}  {:>9}  {:>7}  {:>7}  {:>10}  {:>5}",
+            "{:>6}  {:<11}  {:<24}  {:>9}  {:>7}  {:>7}  {:>10}  {:>5}  {:>10}  {:>8}  {:>14}",
             r["id"].as_u64().unwrap_or(0),
             r["status"].as_str().unwrap_or(""),
             r.get("completed_at").and_then(Value::as_str).unwrap_or("-"),
             s("duration_ms").map_or("-".into(), |v| format!("{v} ms")),
             s("sync_ms_max").map_or("-".into(), |v| format!("{v} ms")),
             s("alignment_ms_max").map_or("-".into(), |v| format!("{v} ms")),
-            s("bytes").map_or("-".into(), |v| format!("{v} B")),
+            s("bytes").map_or("-".into(), size),
             s("files").map_or("-".into(), |v| v.to_string()),
+            s("bytes_uploaded").map_or("-".into(), size),
+            s("requests").map_or("-".into(), |v| v.to_string()),
+            match (s("files_referenced"), s("bytes_referenced")) {
+                (Some(0), _) => "-".to_string(),
+                (Some(n), Some(b)) => format!("{n} ({})", size(b)),
+                _ => "-".into(),
+            },
         );
         if let Some(e) = r.get("error").and_then(Value::as_str) {
             say!("        {e}");
@@ -155,10 +201,25 @@ pub fn inspect(path: &str, as_json: bool) -> anyhow::Result<ExitCode> {
         .map(|o| json!({"name": o.name, "parallelism": o.parallelism, "state_bytes": 0u64, "subtasks": []}))
         .collect();
     let mut files = Vec::new();
+    let job_dir = dir.parent().unwrap_or(Path::new("."));
     for f in &m.files {
-        let p = dir.join(&f.name);
+        let own = f.checkpoint == m.checkpoint_id;
+        let p = job_dir.join(format!("chk-{}", f.checkpoint)).join(&f.name);
         let snap = Snapshot::open(&p).with_context(|| format!("`{}` is damaged", p.display()))?;
-        files.push(json!({"name": f.name, "worker": f.worker, "bytes": f.bytes, "crc32": format!("{:08x}", f.crc32)}));
+        files.push(json!({
+            "name": f.name,
+            "checkpoint": f.checkpoint,
+            "path": p.display().to_string(),
+            "referenced": !own,
+            "worker": f.worker,
+            "bytes": f.bytes,
+            "crc32": format!("{:08x}", f.crc32),
+        }));
+        if !own {
+            // State this checkpoint did not write; its sections count for the checkpoint
+            // that wrote them.
+            continue;
+        }
         for (name, len) in snap.sections() {
             let mut parts = name.splitn(3, '/');
             let (Some(node), Some(subtask)) = (
@@ -200,14 +261,21 @@ pub fn inspect(path: &str, as_json: bool) -> anyhow::Result<ExitCode> {
         path
     );
     say!(
-        "  completed at {}  duration {} ms  sync {} ms  async {} ms  alignment {} ms  {} bytes in {} files",
+        "  completed at {}  duration {} ms  sync {} ms  async {} ms  alignment {} ms",
         fmt_ms(m.completed_at_ms),
         m.stats.duration_ms,
         m.stats.sync_ms_max,
         m.stats.async_ms_max,
         m.stats.alignment_ms_max,
-        m.stats.bytes_written,
-        m.stats.files_written
+    );
+    say!(
+        "  wrote {} in {} files ({} uploaded in {} requests); references {} files ({}) of earlier checkpoints",
+        size(m.stats.bytes_written),
+        m.stats.files_written,
+        size(m.stats.bytes_uploaded),
+        m.stats.requests,
+        m.stats.files_referenced,
+        size(m.stats.bytes_referenced),
     );
     say!("  operators:");
     for o in out["operators"].as_array().into_iter().flatten() {
@@ -226,7 +294,13 @@ pub fn inspect(path: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     say!("  files:");
     for f in out["state_files"].as_array().into_iter().flatten() {
         say!(
-            "    {} (worker {}, {} bytes, crc32 {})",
+            "    {}chk-{}/{} (worker {}, {} bytes, crc32 {})",
+            if f["referenced"] == true {
+                "referenced "
+            } else {
+                ""
+            },
+            f["checkpoint"],
             f["name"].as_str().unwrap_or(""),
             f["worker"],
             f["bytes"],

@@ -1315,6 +1315,8 @@ const CHECKPOINT_KEYS: &[&str] = &[
     "on_cancel",
     "storage",
     "local_dir",
+    "incremental",
+    "max_delta_chain",
 ];
 
 /// Flink's option names, as `(table, key, [checkpoint] key it sets)`.
@@ -1340,6 +1342,8 @@ const FLINK_KEYS: &[(&str, &str, &str)] = &[
     ),
     ("state.checkpoints", "num-retained", "retained"),
     ("state.checkpoints", "dir", "storage"),
+    ("execution.checkpointing", "incremental", "incremental"),
+    ("state.backend", "incremental", "incremental"),
 ];
 
 const STORAGE_NEEDED: &str =
@@ -1398,31 +1402,44 @@ fn checkpoint(top: &Tbl, dir: &Path) -> Res<Option<CheckpointConfig>> {
             }
         }
     }
-    for (outer, inner) in [("execution", "checkpointing"), ("state", "checkpoints")] {
+    for (outer, inners) in [
+        ("execution", &["checkpointing"][..]),
+        ("state", &["checkpoints", "backend"][..]),
+    ] {
         let Some(v) = top.get(outer) else { continue };
-        let what = format!("a table ([{outer}.{inner}] with Flink's checkpoint options)");
-        let o = Tbl::of(outer.to_string(), v, &what)?;
-        o.allow(&[inner])?;
-        let Some(v) = o.get(inner) else { continue };
-        let t = Tbl::of(o.key(inner), v, &what)?;
-        let keys: Vec<(&str, &'static str)> = FLINK_KEYS
-            .iter()
-            .filter(|(table, _, _)| *table == t.path)
-            .map(|(_, key, name)| (*key, *name))
-            .collect();
-        let names: Vec<&str> = keys.iter().map(|(key, _)| *key).collect();
-        t.allow(&names)?;
-        for (k, value) in t.entries {
-            if let Some((_, name)) = keys.iter().find(|(key, _)| key == k) {
-                add(
-                    &mut settings,
-                    Setting {
-                        name,
-                        key: t.key(k),
-                        value,
-                        flink: true,
-                    },
-                )?;
+        let what = |inner: &str| {
+            let mut w = format!("a table ([{outer}.{inner}] with Flink's checkpoint options)");
+            if inner == "backend" {
+                w.push_str(
+                    "; Weir has one state backend, so only state.backend.incremental applies",
+                );
+            }
+            w
+        };
+        let o = Tbl::of(outer.to_string(), v, &what(inners[0]))?;
+        o.allow(inners)?;
+        for inner in inners {
+            let Some(v) = o.get(inner) else { continue };
+            let t = Tbl::of(o.key(inner), v, &what(inner))?;
+            let keys: Vec<(&str, &'static str)> = FLINK_KEYS
+                .iter()
+                .filter(|(table, _, _)| *table == t.path)
+                .map(|(_, key, name)| (*key, *name))
+                .collect();
+            let names: Vec<&str> = keys.iter().map(|(key, _)| *key).collect();
+            t.allow(&names)?;
+            for (k, value) in t.entries {
+                if let Some((_, name)) = keys.iter().find(|(key, _)| key == k) {
+                    add(
+                        &mut settings,
+                        Setting {
+                            name,
+                            key: t.key(k),
+                            value,
+                            flink: true,
+                        },
+                    )?;
+                }
             }
         }
     }
@@ -1507,6 +1524,20 @@ fn checkpoint(top: &Tbl, dir: &Path) -> Res<Option<CheckpointConfig>> {
             }
             "retained" => config.retained = to_usize(int(key, v, 1, i64::MAX, POSITIVE)?),
             "local_dir" => config.local_dir = resolve(dir, &non_empty(key, v, "a directory path")?),
+            "incremental" => {
+                config.incremental = match v {
+                    Val::Bool(b) => *b,
+                    other => {
+                        return fail(
+                            key,
+                            format!("expected true or false, found {}", describe(other)),
+                        )
+                    }
+                }
+            }
+            "max_delta_chain" => {
+                config.max_delta_chain = to_usize(int(key, v, 1, i64::MAX, POSITIVE)?);
+            }
             _ => {} // storage: done above
         }
     }
@@ -2698,7 +2729,7 @@ storage = "/var/lib/weir/ck"
     #[test]
     fn checkpoint_full_table() {
         let text = format!(
-            "{MIN}[checkpoint]\ninterval = \"200ms\"\nmode = \"at-least-once\"\nmin_pause = \"1.5s\"\ntimeout = \"2m\"\nmax_concurrent = 2\ntolerable_failures = 5\nretained = 7\non_cancel = \"delete\"\nstorage = \"file:///var/lib/weir/checkpoints\"\nlocal_dir = \"/var/lib/weir/local\"\n"
+            "{MIN}[checkpoint]\ninterval = \"200ms\"\nmode = \"at-least-once\"\nmin_pause = \"1.5s\"\ntimeout = \"2m\"\nmax_concurrent = 2\ntolerable_failures = 5\nretained = 7\non_cancel = \"delete\"\nstorage = \"file:///var/lib/weir/checkpoints\"\nlocal_dir = \"/var/lib/weir/local\"\nincremental = false\nmax_delta_chain = 10\n"
         );
         let job = parse_job(&text, Path::new("/srv/jobs/sums.toml"), &[]).unwrap();
         assert_eq!(
@@ -2714,6 +2745,8 @@ storage = "/var/lib/weir/ck"
                 on_cancel: OnCancel::Delete,
                 storage: "file:///var/lib/weir/checkpoints".into(),
                 local_dir: PathBuf::from("/var/lib/weir/local"),
+                incremental: false,
+                max_delta_chain: 10,
             })
         );
         // The other values of mode and on_cancel.
@@ -2805,6 +2838,17 @@ storage = "/var/lib/weir/ck"
             .checkpoint
             .unwrap();
         assert_eq!((c.retained, c.interval), (9, Duration::from_secs(5)));
+        // Incremental checkpoints under both of Flink's names (default on).
+        assert!(c.incremental);
+        for key in [
+            "state.backend.incremental",
+            "execution.checkpointing.incremental",
+        ] {
+            let c = ck_top(&format!("{key} = false\nstate.checkpoints.dir = \"/c\"\n"))
+                .unwrap()
+                .unwrap();
+            assert!(!c.incremental, "{key}");
+        }
     }
 
     #[test]
@@ -2986,6 +3030,14 @@ storage = "/var/lib/weir/ck"
             "jobs/job.toml: checkpoint.retained: expected a positive integer, found float 1.0"
         );
         assert_eq!(
+            c("incremental = \"yes\"\n"),
+            "jobs/job.toml: checkpoint.incremental: expected true or false, found string \"yes\""
+        );
+        assert_eq!(
+            c("max_delta_chain = 0\n"),
+            "jobs/job.toml: checkpoint.max_delta_chain: expected a positive integer, found 0"
+        );
+        assert_eq!(
             c("local_dir = \"\"\n"),
             "jobs/job.toml: checkpoint.local_dir: expected a directory path (a non-empty string), found \"\""
         );
@@ -3008,11 +3060,11 @@ storage = "/var/lib/weir/ck"
         // Unknown keys and wrong table types.
         assert_eq!(
             c("intervall = \"1s\"\n"),
-            "jobs/job.toml: checkpoint.intervall: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir"
+            "jobs/job.toml: checkpoint.intervall: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain"
         );
         assert_eq!(
             f("unaligned = true\n"),
-            "jobs/job.toml: execution.checkpointing.unaligned: unknown key; expected one of: interval, mode, min-pause, timeout, max-concurrent-checkpoints, tolerable-failed-checkpoints, externalized-checkpoint-retention"
+            "jobs/job.toml: execution.checkpointing.unaligned: unknown key; expected one of: interval, mode, min-pause, timeout, max-concurrent-checkpoints, tolerable-failed-checkpoints, externalized-checkpoint-retention, incremental"
         );
         assert_eq!(
             ck_top_err("state.checkpoints.dir = \"/c\"\nstate.checkpoints.num_retained = 3\n"),
@@ -3020,7 +3072,11 @@ storage = "/var/lib/weir/ck"
         );
         assert_eq!(
             ck_top_err("state.backend = \"rocksdb\"\n"),
-            "jobs/job.toml: state.backend: unknown key; expected one of: checkpoints"
+            "jobs/job.toml: state.backend: expected a table ([state.backend] with Flink's checkpoint options); Weir has one state backend, so only state.backend.incremental applies, found string \"rocksdb\""
+        );
+        assert_eq!(
+            ck_top_err("state.savepoints.dir = \"/s\"\n"),
+            "jobs/job.toml: state.savepoints: unknown key; expected one of: checkpoints, backend"
         );
         assert_eq!(
             ck_top_err("execution.runtime-mode = \"STREAMING\"\n"),
@@ -3028,7 +3084,7 @@ storage = "/var/lib/weir/ck"
         );
         assert_eq!(
             ck_err("[checkpoint]\nstorage = \"/c\"\nexecution.checkpointing.interval = \"1s\"\n"),
-            "jobs/job.toml: checkpoint.execution: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir"
+            "jobs/job.toml: checkpoint.execution: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain"
         );
         assert_eq!(
             ck_top_err("checkpoint = \"file:///c\"\n"),

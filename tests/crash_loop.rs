@@ -115,6 +115,38 @@ fn check_exactly_once(out: &[Value], input: &HashMap<u64, (String, u64)>) {
     }
 }
 
+type FileSet = std::collections::BTreeSet<(u64, String)>;
+
+/// The snapshot files in `chk-*` directories under `job_dir`, as (checkpoint, name).
+fn files_in(job_dir: &Path) -> FileSet {
+    let mut out = FileSet::new();
+    for e in std::fs::read_dir(job_dir).unwrap().flatten() {
+        let name = e.file_name().into_string().unwrap();
+        let id: u64 = name.strip_prefix("chk-").unwrap().parse().unwrap();
+        for f in std::fs::read_dir(e.path()).unwrap().flatten() {
+            let f = f.file_name().into_string().unwrap();
+            if f != "_metadata" {
+                out.insert((id, f));
+            }
+        }
+    }
+    out
+}
+
+/// The files the complete checkpoints under `job_dir` list in their metadata.
+fn listed_files(job_dir: &Path) -> FileSet {
+    let mut out = FileSet::new();
+    for e in std::fs::read_dir(job_dir).unwrap().flatten() {
+        let Ok(bytes) = std::fs::read(e.path().join("_metadata")) else {
+            continue;
+        };
+        for f in weir_storage::decode_metadata(&bytes).unwrap().files {
+            out.insert((f.checkpoint, f.name));
+        }
+    }
+    out
+}
+
 #[test]
 fn sigkill_crash_loop_keeps_output_exactly_once() {
     let kills: usize = std::env::var("WEIR_CRASH_KILLS")
@@ -206,6 +238,20 @@ local_dir = "local"
     let before = read_visible(&d.path().join("out")).len();
     run_to_completion(&job);
     assert_eq!(read_visible(&d.path().join("out")).len(), before);
+    // After all those crashes, the store and the local directory hold exactly the files the
+    // retained checkpoints list: nothing orphaned, nothing missing.
+    let listed = listed_files(&d.path().join("checkpoints/crash"));
+    assert_eq!(
+        files_in(&d.path().join("checkpoints/crash")),
+        listed,
+        "store"
+    );
+    let local = files_in(&d.path().join("local/crash"));
+    assert!(
+        local.is_subset(&listed),
+        "local orphans: {:?}",
+        local.difference(&listed)
+    );
     eprintln!(
         "{kills} kills ({finished_early} runs finished before their kill); full run {full:?}"
     );

@@ -26,6 +26,7 @@ struct Plan {
     checkpoint: Option<CheckpointConfig>,
     restore: Option<Arc<RestoreSet>>,
     first_checkpoint: u64,
+    incremental: Option<Arc<crate::state::Incremental>>,
     job: Arc<str>,
     parallelism: Vec<usize>,
     chained: Vec<bool>,
@@ -86,6 +87,7 @@ impl Plan {
             restore: self.restore.clone(),
             checkpointing: self.checkpoint.is_some(),
             first_checkpoint: self.first_checkpoint,
+            incremental: self.incremental.clone(),
         }
     }
 }
@@ -216,6 +218,8 @@ pub(crate) fn start(
                     checkpoint = r.id,
                     local_files = r.local_files,
                     downloaded_files = r.downloaded_files,
+                    downloaded_bytes = r.downloaded_bytes,
+                    referenced_files = r.files.iter().filter(|f| f.checkpoint != r.id).count(),
                     "restoring from checkpoint"
                 ),
                 None => tracing::info!("no checkpoint to restore; starting from the beginning"),
@@ -238,7 +242,18 @@ pub(crate) fn start(
         }
     }
     let restored_id = restore.as_ref().map(|r| r.id);
+    let restored_files = restore
+        .as_ref()
+        .map(|r| r.files.clone())
+        .unwrap_or_default();
     let restore = restore.map(Arc::new);
+    let incremental = ckpt.as_ref().filter(|c| c.cfg.incremental).map(|c| {
+        Arc::new(crate::state::Incremental {
+            completed: std::sync::atomic::AtomicU64::new(restored_id.unwrap_or(0)),
+            max_chain: c.cfg.max_delta_chain,
+            max_concurrent: c.cfg.max_concurrent,
+        })
+    });
     let n = graph.nodes.len();
     let mut children = vec![Vec::new(); n];
     for (to, node) in graph.nodes.iter().enumerate() {
@@ -272,6 +287,7 @@ pub(crate) fn start(
         checkpoint: ckpt.as_ref().map(|c| c.cfg.clone()),
         restore,
         first_checkpoint,
+        incremental: incremental.clone(),
         job: job.into(),
         parallelism,
         chained,
@@ -441,6 +457,8 @@ pub(crate) fn start(
             max_parallelism: plan.config.max_parallelism as u32,
             first_id: first_checkpoint,
             sources,
+            incremental,
+            restored_files,
         };
         let t = std::thread::Builder::new()
             .name("weir-checkpoint-coordinator".into())

@@ -112,6 +112,7 @@ where
         for (ts, r) in batch {
             let k = keyf(&r);
             let kg = key_group_for(&k, max_p) as usize;
+            self.state.touch(kg, &k);
             let map = self.state.group(kg);
             let emitted = if let Some(slot) = map.get_mut(&k) {
                 let o = f(slot, r);
@@ -146,10 +147,11 @@ where
         self.out.finish()
     }
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
-        let encode = self.state.snapshot();
+        let snap = self.state.snapshot(b.id);
+        b.refs.extend(snap.refs);
         b.sections.push((
             self.info.section_name("state"),
-            Section::Deferred(Box::new(encode)),
+            Section::Deferred(snap.encode),
         ));
         self.out.barrier(b)
     }
@@ -160,14 +162,22 @@ pub(crate) fn restored_groups<K: StateData + Hash + Eq, V: StateData>(
     info: &TaskInfo,
 ) -> Result<KeyGroups<K, V>, JobError> {
     let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
-    match info.restored_section("state") {
-        Some(bytes) => KeyGroups::decode(bytes, range).map_err(|e| {
-            JobError::Restore(format!(
-                "operator `{}` subtask {}: {e}",
-                info.operator, info.subtask
-            ))
-        }),
-        None => Ok(KeyGroups::new(range)),
+    match (info.restored_section("state"), &info.restore) {
+        (Some(bytes), Some(r)) => {
+            let earlier = |id| info.earlier_section(id, "state");
+            let mut t = KeyGroups::decode(r.id, bytes, range, info.incremental.clone(), &earlier)
+                .map_err(|e| {
+                JobError::Restore(format!(
+                    "operator `{}` subtask {}: {e}",
+                    info.operator, info.subtask
+                ))
+            })?;
+            if r.foreign {
+                t.forget_chains();
+            }
+            Ok(t)
+        }
+        _ => Ok(KeyGroups::new(range, info.incremental.clone())),
     }
 }
 
@@ -201,8 +211,10 @@ impl<K: Hash + Eq + Clone + StateData> OpenContext<'_, K> {
     }
     /// Declares a value per key.
     pub fn value_state<V: StateData>(&mut self, name: &'static str) -> ValueState<V> {
-        self.tables
-            .push(Box::new(KeyGroups::<K, V>::new(self.range.clone())));
+        self.tables.push(Box::new(KeyGroups::<K, V>::new(
+            self.range.clone(),
+            self.info.incremental.clone(),
+        )));
         ValueState {
             idx: self.tables.len() - 1,
             name,
@@ -215,7 +227,10 @@ impl<K: Hash + Eq + Clone + StateData> OpenContext<'_, K> {
         name: &'static str,
     ) -> MapState<UK, UV> {
         self.tables.push(Box::new(
-            KeyGroups::<K, rustc_hash::FxHashMap<UK, UV>>::new(self.range.clone()),
+            KeyGroups::<K, rustc_hash::FxHashMap<UK, UV>>::new(
+                self.range.clone(),
+                self.info.incremental.clone(),
+            ),
         ));
         MapState {
             idx: self.tables.len() - 1,
@@ -225,8 +240,10 @@ impl<K: Hash + Eq + Clone + StateData> OpenContext<'_, K> {
     }
     /// Declares a list per key.
     pub fn list_state<V: StateData>(&mut self, name: &'static str) -> ListState<V> {
-        self.tables
-            .push(Box::new(KeyGroups::<K, Vec<V>>::new(self.range.clone())));
+        self.tables.push(Box::new(KeyGroups::<K, Vec<V>>::new(
+            self.range.clone(),
+            self.info.incremental.clone(),
+        )));
         ListState {
             idx: self.tables.len() - 1,
             name,
@@ -369,17 +386,26 @@ where
                     info.operator, info.subtask
                 ))
             };
-            let (encoded, saved): (Vec<Vec<u8>>, Vec<(Timestamp, K)>) = postcard::from_bytes(bytes)
+            let (count, saved): (u32, Vec<(Timestamp, K)>) = postcard::from_bytes(bytes)
                 .map_err(|e| fail(format!("cannot decode state: {e}")))?;
-            if encoded.len() != tables.len() {
+            if count as usize != tables.len() {
                 return Err(fail(format!(
-                    "the checkpoint holds {} state tables but the function declares {} in open()",
-                    encoded.len(),
+                    "the checkpoint holds {count} state tables but the function declares {} in open()",
                     tables.len()
                 )));
             }
-            for (t, b) in tables.iter_mut().zip(&encoded) {
-                t.restore(b).map_err(fail)?;
+            let r = info
+                .restore
+                .as_ref()
+                .expect("a restored section implies a restore");
+            for (i, t) in tables.iter_mut().enumerate() {
+                let kind = format!("table-{i}");
+                let own = info.earlier_section(r.id, &kind).map_err(&fail)?;
+                let earlier = |id| info.earlier_section(id, &kind);
+                t.restore(r.id, own, &earlier).map_err(&fail)?;
+                if r.foreign {
+                    t.forget_chains();
+                }
             }
             for (ts, k) in &saved {
                 timers.register(*ts, k);
@@ -462,19 +488,20 @@ where
     }
 
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
-        let tables: Vec<_> = self.tables.iter_mut().map(|t| t.snapshot()).collect();
-        let timers = self.timers.all();
-        let encode = move || -> Result<Vec<u8>, String> {
-            let tables = tables
-                .into_iter()
-                .map(|f| f())
-                .collect::<Result<Vec<_>, _>>()?;
-            postcard::to_stdvec(&(tables, timers)).map_err(|e| format!("cannot encode timers: {e}"))
-        };
-        b.sections.push((
-            self.info.section_name("state"),
-            Section::Deferred(Box::new(encode)),
-        ));
+        // One section per table (so incremental checkpoints can reference each on its own),
+        // and the timers, always in full, with the number of tables.
+        for (i, t) in self.tables.iter_mut().enumerate() {
+            let snap = t.snapshot(b.id);
+            b.refs.extend(snap.refs);
+            b.sections.push((
+                self.info.section_name(&format!("table-{i}")),
+                Section::Deferred(snap.encode),
+            ));
+        }
+        let timers = postcard::to_stdvec(&(self.tables.len() as u32, self.timers.all()))
+            .map_err(|e| JobError::Checkpoint(format!("cannot encode timers: {e}")))?;
+        b.sections
+            .push((self.info.section_name("state"), Section::Bytes(timers)));
         self.out.barrier(b)
     }
 }

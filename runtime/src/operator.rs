@@ -34,6 +34,8 @@ pub(crate) struct Barrier<'a> {
     pub(crate) id: u64,
     pub(crate) sections: &'a mut Vec<(String, Section)>,
     pub(crate) durable: &'a mut Vec<DurableWait>,
+    /// Earlier checkpoints whose files the sections reference (incremental state).
+    pub(crate) refs: &'a mut std::collections::BTreeSet<u64>,
 }
 
 /// Input side of an operator instance (Flink's `Output`/`Collector` seen from upstream).

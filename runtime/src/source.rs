@@ -35,6 +35,8 @@ pub struct TaskInfo {
     pub(crate) checkpointing: bool,
     /// Id of the first checkpoint of this run (barrier ids start here).
     pub(crate) first_checkpoint: u64,
+    /// Set when checkpoints are incremental: shared by every keyed table of the run.
+    pub(crate) incremental: Option<Arc<crate::state::Incremental>>,
 }
 
 impl TaskInfo {
@@ -66,6 +68,18 @@ impl TaskInfo {
 
     pub(crate) fn restored_section(&self, kind: &str) -> Option<&[u8]> {
         self.restore.as_ref()?.section(&self.section_name(kind))
+    }
+
+    /// The section `kind` of this instance in the files of checkpoint `id`, an earlier
+    /// checkpoint the restored one references (incremental state).
+    pub(crate) fn earlier_section(&self, id: u64, kind: &str) -> Result<&[u8], String> {
+        let name = self.section_name(kind);
+        self.restore
+            .as_ref()
+            .and_then(|r| r.section_at(id, &name))
+            .ok_or_else(|| {
+                format!("section `{name}` of checkpoint {id} is missing from the files the checkpoint lists")
+            })
     }
 }
 

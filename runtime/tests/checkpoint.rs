@@ -304,11 +304,46 @@ fn rerunning_a_finished_job_from_latest_changes_nothing() {
     .unwrap();
     assert!(restored.is_some());
     assert_eq!(ext.lock().unwrap().committed.len(), first);
-    // Retention keeps at most `retained` (3) complete checkpoints.
-    let dirs = std::fs::read_dir(d.path().join("store/cp-test"))
-        .unwrap()
-        .count();
-    assert!(dirs <= 4, "{dirs} checkpoint directories left");
+    // Retention keeps at most `retained` (3) complete checkpoints, and no file that none of
+    // them references.
+    let complete = assert_no_orphans(&d.path().join("store/cp-test"));
+    assert!(
+        (1..=3).contains(&complete),
+        "{complete} complete checkpoints left"
+    );
+}
+
+/// Checks that every snapshot file in a job's checkpoint directory is listed by a complete
+/// checkpoint's metadata (no orphans) and that every listed file exists; returns the number
+/// of complete checkpoints.
+fn assert_no_orphans(job_dir: &std::path::Path) -> usize {
+    let mut listed = std::collections::BTreeSet::new();
+    let mut present = std::collections::BTreeSet::new();
+    let mut complete = 0;
+    for e in std::fs::read_dir(job_dir).unwrap() {
+        let dir = e.unwrap().path();
+        let id: u64 = dir.file_name().unwrap().to_str().unwrap()[4..]
+            .parse()
+            .unwrap();
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let name = f.unwrap().file_name().into_string().unwrap();
+            if name == "_metadata" {
+                complete += 1;
+                let meta = weir_storage::decode_metadata(&std::fs::read(dir.join(&name)).unwrap())
+                    .unwrap();
+                for f in meta.files {
+                    listed.insert((f.checkpoint, f.name));
+                }
+            } else {
+                present.insert((id, name));
+            }
+        }
+    }
+    assert_eq!(
+        present, listed,
+        "files on disk vs files the checkpoints list"
+    );
+    complete
 }
 
 /// Failing checkpoints (the local directory becomes unusable) are aborted and counted while

@@ -34,5 +34,6 @@ pub use snapshot::{
     SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC,
 };
 pub use store::{
-    open_store, retention_plan, CheckpointStore, FsStore, MAX_METADATA_BYTES, METADATA_FILE,
+    open_store, retention_plan, CheckpointStore, FsStore, PutStats, MAX_METADATA_BYTES,
+    METADATA_FILE,
 };

@@ -17,7 +17,11 @@ pub const METADATA_FORMAT_VERSION: u16 = 1;
 /// The checkpoint format version ([`CheckpointMetadata::format_version`]) this Weir writes and
 /// reads: the version of the layout of a checkpoint as a whole (directory layout, snapshot
 /// files, meaning of the metadata fields).
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 added incremental checkpoints: [`FileEntry::checkpoint`] (a checkpoint lists the
+/// files of earlier checkpoints it references) and the I/O counters of [`CheckpointStats`].
+/// Version 1 metadata is still read (its files all belong to the checkpoint itself).
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 
 const PREFIX_LEN: usize = 8 + 2 + 4;
 const CRC_LEN: usize = 4;
@@ -38,7 +42,9 @@ pub struct CheckpointMetadata {
     pub completed_at_ms: u64,
     /// The job's max parallelism (number of key groups) when the checkpoint was taken.
     pub max_parallelism: u32,
-    /// The snapshot files of the checkpoint, each with its length and checksum.
+    /// Every snapshot file a restore of this checkpoint reads, each with its length and
+    /// checksum: the files written for it and, for an incremental checkpoint, files of earlier
+    /// checkpoints it references ([`FileEntry::checkpoint`] names the owner).
     pub files: Vec<FileEntry>,
     /// Timing and size statistics.
     pub stats: CheckpointStats,
@@ -49,8 +55,11 @@ pub struct CheckpointMetadata {
 /// One file of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
-    /// File name within the checkpoint directory, e.g. `worker-0.snap`.
+    /// File name within its checkpoint directory, e.g. `worker-0.snap`.
     pub name: String,
+    /// The checkpoint whose directory holds the file: the checkpoint itself, or an earlier one
+    /// for a file an incremental checkpoint references.
+    pub checkpoint: u64,
     /// The worker that wrote it.
     pub worker: u32,
     /// Its length in bytes.
@@ -70,10 +79,19 @@ pub struct CheckpointStats {
     pub async_ms_max: u64,
     /// The longest barrier alignment of any worker.
     pub alignment_ms_max: u64,
-    /// Bytes of all files.
+    /// Bytes of the files written for this checkpoint (not counting referenced ones).
     pub bytes_written: u64,
-    /// Number of files.
+    /// Number of files written for this checkpoint, the metadata file included.
     pub files_written: u64,
+    /// Bytes sent to the store for this checkpoint (0 for a file store that hard-links).
+    pub bytes_uploaded: u64,
+    /// Requests made to the store to write this checkpoint (creates/puts, multipart parts,
+    /// completions, the metadata write).
+    pub requests: u64,
+    /// Files of earlier checkpoints this one references instead of writing their state again.
+    pub files_referenced: u64,
+    /// Bytes of those referenced files.
+    pub bytes_referenced: u64,
 }
 
 /// One operator whose state is in a checkpoint.
@@ -160,23 +178,104 @@ pub fn decode_metadata(bytes: &[u8]) -> Result<CheckpointMetadata, FormatError> 
             computed,
         });
     }
-    let (m, rest): (CheckpointMetadata, _) = postcard::take_from_bytes(&bytes[PREFIX_LEN..crc_at])
-        .map_err(|e| FormatError::Decode {
-            what: "checkpoint metadata",
-            reason: e.to_string(),
-        })?;
+    let payload = &bytes[PREFIX_LEN..crc_at];
+    let decode_err = |e: postcard::Error| FormatError::Decode {
+        what: "checkpoint metadata",
+        reason: e.to_string(),
+    };
+    // The payload starts with `format_version`, which decides the layout of the rest.
+    let (version, _) = postcard::take_from_bytes::<u32>(payload).map_err(decode_err)?;
+    let (m, rest) = match version {
+        CHECKPOINT_FORMAT_VERSION => postcard::take_from_bytes::<CheckpointMetadata>(payload),
+        1 => postcard::take_from_bytes::<v1::CheckpointMetadata>(payload)
+            .map(|(m, rest)| (m.upgrade(), rest)),
+        found => {
+            return Err(FormatError::UnsupportedVersion {
+                kind: "checkpoint",
+                found,
+                supported: CHECKPOINT_FORMAT_VERSION,
+            })
+        }
+    }
+    .map_err(decode_err)?;
     if !rest.is_empty() {
         return Err(FormatError::TrailingBytes {
             what: "checkpoint metadata payload",
             count: rest.len() as u64,
         });
     }
-    if m.format_version != CHECKPOINT_FORMAT_VERSION {
-        return Err(FormatError::UnsupportedVersion {
-            kind: "checkpoint",
-            found: m.format_version,
-            supported: CHECKPOINT_FORMAT_VERSION,
-        });
-    }
     Ok(m)
+}
+
+/// The layout of checkpoint format version 1 (full checkpoints only), read for upgrades.
+mod v1 {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct CheckpointMetadata {
+        format_version: u32,
+        job: String,
+        checkpoint_id: u64,
+        triggered_at_ms: u64,
+        completed_at_ms: u64,
+        max_parallelism: u32,
+        files: Vec<FileEntry>,
+        stats: CheckpointStats,
+        operators: Vec<super::OperatorEntry>,
+    }
+
+    #[derive(Deserialize)]
+    struct FileEntry {
+        name: String,
+        worker: u32,
+        bytes: u64,
+        crc32: u32,
+    }
+
+    #[derive(Deserialize)]
+    struct CheckpointStats {
+        duration_ms: u64,
+        sync_ms_max: u64,
+        async_ms_max: u64,
+        alignment_ms_max: u64,
+        bytes_written: u64,
+        files_written: u64,
+    }
+
+    impl CheckpointMetadata {
+        pub(super) fn upgrade(self) -> super::CheckpointMetadata {
+            debug_assert_eq!(self.format_version, 1);
+            let id = self.checkpoint_id;
+            let s = self.stats;
+            super::CheckpointMetadata {
+                format_version: 1,
+                job: self.job,
+                checkpoint_id: id,
+                triggered_at_ms: self.triggered_at_ms,
+                completed_at_ms: self.completed_at_ms,
+                max_parallelism: self.max_parallelism,
+                files: self
+                    .files
+                    .into_iter()
+                    .map(|f| super::FileEntry {
+                        name: f.name,
+                        checkpoint: id,
+                        worker: f.worker,
+                        bytes: f.bytes,
+                        crc32: f.crc32,
+                    })
+                    .collect(),
+                stats: super::CheckpointStats {
+                    duration_ms: s.duration_ms,
+                    sync_ms_max: s.sync_ms_max,
+                    async_ms_max: s.async_ms_max,
+                    alignment_ms_max: s.alignment_ms_max,
+                    bytes_written: s.bytes_written,
+                    files_written: s.files_written,
+                    ..Default::default()
+                },
+                operators: self.operators,
+            }
+        }
+    }
 }

@@ -23,8 +23,9 @@ pub trait CheckpointStore: Send + Sync {
     fn location(&self, id: u64) -> String;
     /// Copies a local file into checkpoint `id` under `name`; durable when it returns Ok (file:
     /// write to a hidden temp name, fsync, rename, fsync dir; on the same file system a hard
-    /// link replaces the copy). The local file must not change afterwards.
-    fn put_file(&self, id: u64, name: &str, local: &Path) -> Result<(), StorageError>;
+    /// link replaces the copy). The local file must not change afterwards. Returns what the
+    /// upload cost (bytes sent, requests made).
+    fn put_file(&self, id: u64, name: &str, local: &Path) -> Result<PutStats, StorageError>;
     /// Writes the metadata of `id` last and atomically; Err if it already exists (a checkpoint
     /// is never claimed twice).
     fn put_metadata(&self, id: u64, bytes: &[u8]) -> Result<(), StorageError>;
@@ -34,9 +35,20 @@ pub trait CheckpointStore: Send + Sync {
     fn get_file(&self, id: u64, name: &str, dest: &Path) -> Result<(), StorageError>;
     /// Ids of all checkpoint directories (complete or not), ascending.
     fn list(&self) -> Result<Vec<u64>, StorageError>;
-    /// Deletes checkpoint `id` entirely (metadata first, so a half-deleted checkpoint is never
-    /// restorable). Deleting a checkpoint that does not exist is not an error.
-    fn delete(&self, id: u64) -> Result<(), StorageError>;
+    /// Deletes checkpoint `id`: its metadata first (so a half-deleted checkpoint is never
+    /// restorable), then every file but those named in `keep` (files that later incremental
+    /// checkpoints still reference); the directory goes when nothing is kept. Deleting a
+    /// checkpoint or file that does not exist is not an error.
+    fn delete(&self, id: u64, keep: &[&str]) -> Result<(), StorageError>;
+}
+
+/// What writing one file to a store cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutStats {
+    /// Bytes sent to the store (0 when a file store hard-links the local file).
+    pub bytes: u64,
+    /// Requests made (a create, put, multipart part, completion, link...).
+    pub requests: u64,
 }
 
 /// Opens the checkpoint store at `uri` for job `job`.
@@ -172,7 +184,7 @@ impl CheckpointStore for FsStore {
         format!("file://{}", self.checkpoint_dir(id).display())
     }
 
-    fn put_file(&self, id: u64, name: &str, local: &Path) -> Result<(), StorageError> {
+    fn put_file(&self, id: u64, name: &str, local: &Path) -> Result<PutStats, StorageError> {
         check_component("checkpoint file name", name)?;
         let dir = self.ensure_dir(id)?;
         let tmp = temp_path(&dir, name);
@@ -181,15 +193,23 @@ impl CheckpointStore for FsStore {
         // without copying its bytes. The store then survives exactly what the local disk
         // survives, which is all a store on that disk could promise anyway.
         if std::fs::hard_link(local, &tmp).is_ok() {
-            return commit_rename(&tmp, &to).inspect_err(|_| discard(&tmp));
+            commit_rename(&tmp, &to).inspect_err(|_| discard(&tmp))?;
+            return Ok(PutStats {
+                bytes: 0,
+                requests: 1,
+            });
         }
-        if let Err(e) = std::fs::copy(local, &tmp) {
-            discard(&tmp);
-            // Name the side that failed: a missing source is the caller's problem.
-            let path = if local.exists() { &tmp } else { local };
-            return Err(io_err("copy into checkpoint", path)(e));
-        }
-        commit_rename(&tmp, &to).inspect_err(|_| discard(&tmp))
+        let bytes = match std::fs::copy(local, &tmp) {
+            Ok(n) => n,
+            Err(e) => {
+                discard(&tmp);
+                // Name the side that failed: a missing source is the caller's problem.
+                let path = if local.exists() { &tmp } else { local };
+                return Err(io_err("copy into checkpoint", path)(e));
+            }
+        };
+        commit_rename(&tmp, &to).inspect_err(|_| discard(&tmp))?;
+        Ok(PutStats { bytes, requests: 1 })
     }
 
     fn put_metadata(&self, id: u64, bytes: &[u8]) -> Result<(), StorageError> {
@@ -298,7 +318,7 @@ impl CheckpointStore for FsStore {
         Ok(ids)
     }
 
-    fn delete(&self, id: u64) -> Result<(), StorageError> {
+    fn delete(&self, id: u64, keep: &[&str]) -> Result<(), StorageError> {
         let dir = self.checkpoint_dir(id);
         let meta = dir.join(METADATA_FILE);
         match std::fs::remove_file(&meta) {
@@ -306,11 +326,37 @@ impl CheckpointStore for FsStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove checkpoint metadata", &meta)(e)),
         }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => fsync_dir(&self.job_dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove checkpoint directory", &dir)(e)),
+        if keep.is_empty() {
+            return match std::fs::remove_dir_all(&dir) {
+                Ok(()) => fsync_dir(&self.job_dir),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("remove checkpoint directory", &dir)(e)),
+            };
         }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("list checkpoint directory", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("list checkpoint directory", &dir))?;
+            let name = entry.file_name();
+            if keep.iter().any(|k| name.as_os_str() == *k) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove checkpoint file", &path)(e)),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -49,6 +49,14 @@ pub struct CheckpointConfig {
     /// Local directory for the memory-mapped snapshot files (and local recovery).
     /// Default: `<system temp dir>/weir/local`.
     pub local_dir: PathBuf,
+    /// Incremental checkpoints: keyed state that did not change since the last completed
+    /// checkpoint is referenced from earlier files instead of being written again. Default on.
+    pub incremental: bool,
+    /// With incremental checkpoints, the longest chain of deltas a key group may have before
+    /// it is written in full again (full rewrites are spread over checkpoints, starting at
+    /// half this length). Bounds restore work and the files a checkpoint references.
+    /// Default 64.
+    pub max_delta_chain: usize,
 }
 
 impl CheckpointConfig {
@@ -65,6 +73,8 @@ impl CheckpointConfig {
             on_cancel: OnCancel::Retain,
             storage: storage.into(),
             local_dir: std::env::temp_dir().join("weir").join("local"),
+            incremental: true,
+            max_delta_chain: 64,
         }
     }
 
@@ -93,6 +103,15 @@ impl CheckpointConfig {
             return bad(
                 "checkpoint.retained",
                 format!("{} is out of range; expected 1..=1000", self.retained),
+            );
+        }
+        if self.max_delta_chain == 0 || self.max_delta_chain > 10_000 {
+            return bad(
+                "checkpoint.max_delta_chain",
+                format!(
+                    "{} is out of range; expected 1..=10000",
+                    self.max_delta_chain
+                ),
             );
         }
         if self.storage.trim().is_empty() {

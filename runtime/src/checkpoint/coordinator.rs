@@ -1,7 +1,8 @@
 //! The coordinator thread: carries out the decider's actions (triggers, metadata, retention,
 //! notifications). Runs beside the workers, never on a worker thread.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,10 +31,19 @@ pub struct CompletedCheckpoint {
     pub async_max: Duration,
     /// Longest barrier alignment on any worker.
     pub alignment_max: Duration,
-    /// Bytes written (snapshot files).
+    /// Bytes written (snapshot files of this checkpoint, not the ones it references).
     pub bytes: u64,
     /// Files written (one per worker) plus the metadata file.
     pub files: u64,
+    /// Bytes sent to the store (snapshot files and metadata; 0 for files a file store
+    /// hard-links).
+    pub bytes_uploaded: u64,
+    /// Requests made to the store to write the checkpoint.
+    pub requests: u64,
+    /// Files of earlier checkpoints referenced instead of written again (incremental).
+    pub files_referenced: u64,
+    /// Bytes of those files.
+    pub bytes_referenced: u64,
     /// The final checkpoint of a bounded job.
     pub is_final: bool,
     /// Where it is stored.
@@ -55,6 +65,10 @@ pub(crate) struct CoordinatorSetup {
     pub(crate) max_parallelism: u32,
     pub(crate) first_id: u64,
     pub(crate) sources: usize,
+    /// Told the newest completed checkpoint (incremental state settles its chains with it).
+    pub(crate) incremental: Option<Arc<crate::state::Incremental>>,
+    /// The files of the checkpoint the job was restored from (later ones may reference them).
+    pub(crate) restored_files: Vec<FileEntry>,
 }
 
 fn wall_ms(at: Instant) -> u64 {
@@ -64,7 +78,54 @@ fn wall_ms(at: Instant) -> u64 {
     (now.saturating_sub(Instant::now().saturating_duration_since(at))).as_millis() as u64
 }
 
+/// Which files the checkpoints of this run may reference: the files written by each recent
+/// completed checkpoint, kept while a checkpoint that could still be referenced lists them.
+struct FileBook {
+    /// Checkpoint id -> the files it wrote.
+    owned: BTreeMap<u64, Vec<FileEntry>>,
+    /// Owners of the files listed by the newest completed checkpoints (newest last).
+    recent: VecDeque<BTreeSet<u64>>,
+    keep: usize,
+}
+
+impl FileBook {
+    fn new(restored: &[FileEntry], max_concurrent: usize) -> Self {
+        let mut book = FileBook {
+            owned: BTreeMap::new(),
+            recent: VecDeque::new(),
+            keep: max_concurrent + 1,
+        };
+        for f in restored {
+            book.owned.entry(f.checkpoint).or_default().push(f.clone());
+        }
+        book.recent
+            .push_back(restored.iter().map(|f| f.checkpoint).collect());
+        book
+    }
+
+    /// The files a checkpoint referencing `refs` lists, or the first unknown reference.
+    fn resolve(&self, refs: &BTreeSet<u64>) -> Result<Vec<FileEntry>, u64> {
+        let mut out = Vec::new();
+        for r in refs {
+            out.extend(self.owned.get(r).ok_or(*r)?.iter().cloned());
+        }
+        Ok(out)
+    }
+
+    fn completed(&mut self, id: u64, own: Vec<FileEntry>, all: &[FileEntry]) {
+        self.owned.insert(id, own);
+        self.recent
+            .push_back(all.iter().map(|f| f.checkpoint).collect());
+        while self.recent.len() > self.keep {
+            self.recent.pop_front();
+        }
+        let live: BTreeSet<u64> = self.recent.iter().flatten().copied().collect();
+        self.owned.retain(|id, _| live.contains(id));
+    }
+}
+
 pub(crate) fn run(s: CoordinatorSetup) {
+    let mut book = FileBook::new(&s.restored_files, s.cfg.max_concurrent);
     let mut d = Decider::new(
         &s.cfg,
         s.workers.len(),
@@ -91,7 +152,7 @@ pub(crate) fn run(s: CoordinatorSetup) {
         while !queue.is_empty() {
             let mut next = Vec::new();
             for a in queue {
-                next.extend(execute(&s, &mut d, a));
+                next.extend(execute(&s, &mut d, &mut book, a));
             }
             queue = next;
         }
@@ -115,7 +176,12 @@ fn broadcast(s: &CoordinatorSetup, msg: ToWorker) {
     }
 }
 
-fn execute(s: &CoordinatorSetup, d: &mut Decider, action: Action) -> Vec<Action> {
+fn execute(
+    s: &CoordinatorSetup,
+    d: &mut Decider,
+    book: &mut FileBook,
+    action: Action,
+) -> Vec<Action> {
     match action {
         Action::Trigger { id, is_final } => {
             tracing::debug!(checkpoint = id, is_final, "triggering checkpoint");
@@ -148,8 +214,31 @@ fn execute(s: &CoordinatorSetup, d: &mut Decider, action: Action) -> Vec<Action>
             acks,
             is_final,
         } => {
+            let own: Vec<FileEntry> = acks
+                .iter()
+                .map(|a| FileEntry {
+                    name: a.file.clone(),
+                    checkpoint: id,
+                    worker: a.worker as u32,
+                    bytes: a.bytes,
+                    crc32: a.crc32,
+                })
+                .collect();
+            let refs: BTreeSet<u64> = acks.iter().flat_map(|a| a.refs.iter().copied()).collect();
+            let referenced = match book.resolve(&refs) {
+                Ok(f) => f,
+                Err(r) => {
+                    return d.on_complete_failed(
+                        Instant::now(),
+                        id,
+                        format!(
+                        "its state references checkpoint {r}, whose files are not known to be kept"
+                    ),
+                    )
+                }
+            };
             let duration = triggered_at.elapsed();
-            let stats = CompletedCheckpoint {
+            let mut stats = CompletedCheckpoint {
                 id,
                 triggered_at_ms: wall_ms(triggered_at),
                 duration,
@@ -162,25 +251,23 @@ fn execute(s: &CoordinatorSetup, d: &mut Decider, action: Action) -> Vec<Action>
                 alignment_max: acks.iter().map(|a| a.alignment).max().unwrap_or_default(),
                 bytes: acks.iter().map(|a| a.bytes).sum(),
                 files: acks.len() as u64 + 1,
+                bytes_uploaded: acks.iter().map(|a| a.uploaded.bytes).sum(),
+                requests: acks.iter().map(|a| a.uploaded.requests).sum::<u64>() + 1,
+                files_referenced: referenced.len() as u64,
+                bytes_referenced: referenced.iter().map(|f| f.bytes).sum(),
                 is_final,
                 location: s.store.location(id),
             };
-            let meta = CheckpointMetadata {
-                format_version: 1,
+            let mut files = own.clone();
+            files.extend(referenced);
+            let mut meta = CheckpointMetadata {
+                format_version: weir_storage::CHECKPOINT_FORMAT_VERSION,
                 job: s.job.to_string(),
                 checkpoint_id: id,
                 triggered_at_ms: stats.triggered_at_ms,
                 completed_at_ms: wall_ms(Instant::now()),
                 max_parallelism: s.max_parallelism,
-                files: acks
-                    .iter()
-                    .map(|a| FileEntry {
-                        name: a.file.clone(),
-                        worker: a.worker as u32,
-                        bytes: a.bytes,
-                        crc32: a.crc32,
-                    })
-                    .collect(),
+                files,
                 stats: weir_storage::CheckpointStats {
                     duration_ms: duration.as_millis() as u64,
                     sync_ms_max: stats.sync_max.as_millis() as u64,
@@ -188,9 +275,18 @@ fn execute(s: &CoordinatorSetup, d: &mut Decider, action: Action) -> Vec<Action>
                     alignment_ms_max: stats.alignment_max.as_millis() as u64,
                     bytes_written: stats.bytes,
                     files_written: stats.files,
+                    bytes_uploaded: stats.bytes_uploaded,
+                    requests: stats.requests,
+                    files_referenced: stats.files_referenced,
+                    bytes_referenced: stats.bytes_referenced,
                 },
                 operators: s.operators.clone(),
             };
+            // The metadata's own bytes count as uploaded (its length does not depend on this
+            // figure by more than a varint byte or two, which is noise).
+            let encoded_len = weir_storage::encode_metadata(&meta).len() as u64;
+            stats.bytes_uploaded += encoded_len;
+            meta.stats.bytes_uploaded = stats.bytes_uploaded;
             if let Err(e) = s
                 .store
                 .put_metadata(id, &weir_storage::encode_metadata(&meta))
@@ -201,6 +297,12 @@ fn execute(s: &CoordinatorSetup, d: &mut Decider, action: Action) -> Vec<Action>
                     format!("writing its metadata failed: {e}"),
                 );
             }
+            if let Some(inc) = &s.incremental {
+                // Before the next trigger: captures after this see it and settle their chains.
+                inc.completed
+                    .store(id, std::sync::atomic::Ordering::Release);
+            }
+            book.completed(id, own, &meta.files);
             tracing::info!(
                 checkpoint = id,
                 duration_ms = duration.as_millis() as u64,
@@ -209,6 +311,10 @@ fn execute(s: &CoordinatorSetup, d: &mut Decider, action: Action) -> Vec<Action>
                 alignment_ms_max = stats.alignment_max.as_millis() as u64,
                 bytes = stats.bytes,
                 files = stats.files,
+                bytes_uploaded = stats.bytes_uploaded,
+                requests = stats.requests,
+                files_referenced = stats.files_referenced,
+                bytes_referenced = stats.bytes_referenced,
                 is_final,
                 "checkpoint completed"
             );
@@ -224,7 +330,8 @@ fn execute(s: &CoordinatorSetup, d: &mut Decider, action: Action) -> Vec<Action>
 }
 
 /// Deletes checkpoints beyond `retained` (and incomplete ones older than the newest complete
-/// one), remotely and locally. Failures are logged and retried at the next completion.
+/// one), remotely and locally, keeping the files that newer checkpoints still reference.
+/// Failures are logged and retried at the next completion.
 fn retention(s: &CoordinatorSetup) {
     let ids = match s.store.list() {
         Ok(ids) => ids,
@@ -237,23 +344,98 @@ fn retention(s: &CoordinatorSetup) {
     let mut incomplete = Vec::new();
     for id in ids {
         match s.store.get_metadata(id) {
-            Ok(Some(_)) => complete.push(id),
+            Ok(Some(bytes)) => complete.push((id, weir_storage::decode_metadata(&bytes).ok())),
             Ok(None) => incomplete.push(id),
             Err(e) => {
-                tracing::warn!(checkpoint = id, error = %e, "cannot read checkpoint metadata")
+                // Unknown state: neither deleted nor counted, so nothing it references goes.
+                tracing::warn!(checkpoint = id, error = %e, "cannot read checkpoint metadata; retention skipped");
+                return;
             }
         }
     }
-    for id in weir_storage::retention_plan(&complete, &incomplete, s.cfg.retained) {
-        match s.store.delete(id) {
-            Ok(()) => tracing::debug!(checkpoint = id, "deleted by retention"),
+    // Files referenced by the checkpoints that stay, and by the newest `max_concurrent`
+    // complete ones (a checkpoint in flight may reference what they reference).
+    let holders = s.cfg.retained.max(s.cfg.max_concurrent);
+    let mut keep: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (id, meta) in complete.iter().rev().take(holders) {
+        let Some(meta) = meta else {
+            tracing::warn!(
+                checkpoint = id,
+                "checkpoint metadata is damaged; retention skipped"
+            );
+            return;
+        };
+        for f in &meta.files {
+            keep.entry(f.checkpoint).or_default().push(f.name.clone());
+        }
+    }
+    let complete_ids: Vec<u64> = complete.iter().map(|(id, _)| *id).collect();
+    // Local copies of checkpoints the store no longer (or never) had, e.g. written before a
+    // crash and never uploaded, go too.
+    let newest = complete_ids.last().copied().unwrap_or(0);
+    let retained: BTreeSet<u64> = complete_ids
+        .iter()
+        .rev()
+        .take(s.cfg.retained.max(1))
+        .copied()
+        .collect();
+    for id in local_checkpoints(&s.local_dir) {
+        if id < newest && !retained.contains(&id) && !incomplete.contains(&id) {
+            let kept: Vec<&str> = keep
+                .get(&id)
+                .map(|v| v.iter().map(|n| n.as_str()).collect())
+                .unwrap_or_default();
+            prune_local(&s.local_dir.join(format!("chk-{id}")), &kept);
+        }
+    }
+    for id in weir_storage::retention_plan(&complete_ids, &incomplete, s.cfg.retained) {
+        let kept: Vec<&str> = keep
+            .get(&id)
+            .map(|v| v.iter().map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        match s.store.delete(id, &kept) {
+            Ok(()) => tracing::debug!(checkpoint = id, kept = kept.len(), "deleted by retention"),
             Err(e) => tracing::warn!(checkpoint = id, error = %e, "cannot delete checkpoint"),
         }
-        let local = s.local_dir.join(format!("chk-{id}"));
-        if local.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&local) {
-                tracing::warn!(path = %local.display(), error = %e, "cannot delete local checkpoint copy");
+        prune_local(&s.local_dir.join(format!("chk-{id}")), &kept);
+    }
+}
+
+/// Ids of the `chk-<id>` directories under `local_dir`.
+fn local_checkpoints(local_dir: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(local_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("chk-")?
+                .parse::<u64>()
+                .ok()
+        })
+        .collect()
+}
+
+/// Removes a local checkpoint copy except the files named in `keep`.
+fn prune_local(dir: &Path, keep: &[&str]) {
+    let result = if keep.is_empty() {
+        std::fs::remove_dir_all(dir)
+    } else {
+        std::fs::read_dir(dir).and_then(|entries| {
+            for e in entries {
+                let e = e?;
+                if !keep.iter().any(|k| e.file_name().as_os_str() == *k) {
+                    std::fs::remove_file(e.path())?;
+                }
             }
+            Ok(())
+        })
+    };
+    if let Err(e) = result {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot delete local checkpoint copy");
         }
     }
 }
@@ -263,7 +445,7 @@ pub(crate) fn delete_all(store: &dyn CheckpointStore, local_dir: &std::path::Pat
     match store.list() {
         Ok(ids) => {
             for id in ids {
-                if let Err(e) = store.delete(id) {
+                if let Err(e) = store.delete(id, &[]) {
                     tracing::warn!(checkpoint = id, error = %e, "cannot delete checkpoint");
                 }
             }

@@ -17,6 +17,10 @@ pub(crate) struct Ack {
     pub(crate) sync: Duration,
     pub(crate) asynchronous: Duration,
     pub(crate) alignment: Duration,
+    /// Earlier checkpoints whose files this worker's state references (incremental).
+    pub(crate) refs: std::collections::BTreeSet<u64>,
+    /// What uploading the file cost.
+    pub(crate) uploaded: weir_storage::PutStats,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -298,6 +302,8 @@ mod tests {
             sync: Duration::ZERO,
             asynchronous: Duration::ZERO,
             alignment: Duration::ZERO,
+            refs: Default::default(),
+            uploaded: Default::default(),
         }
     }
 

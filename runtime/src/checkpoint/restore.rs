@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use weir_storage::{CheckpointMetadata, CheckpointStore, OperatorEntry, Snapshot};
+use weir_storage::{CheckpointMetadata, CheckpointStore, FileEntry, OperatorEntry, Snapshot};
 
 use crate::error::JobError;
 
@@ -23,14 +23,20 @@ pub enum RestoreFrom {
 }
 
 /// The state sections of a checkpoint, by name (`<node>/<subtask>/<kind>`), read from its
-/// verified snapshot files (held in memory, not copied per section).
+/// verified snapshot files (held in memory, not copied per section), and those of the earlier
+/// checkpoints whose files it references.
 pub struct RestoreSet {
     pub(crate) id: u64,
     snapshots: Vec<Snapshot>,
-    /// Section name -> index of the snapshot holding it.
-    sections: HashMap<String, usize>,
+    /// (checkpoint, section name) -> index of the snapshot holding it.
+    sections: HashMap<(u64, String), usize>,
+    /// Every file the checkpoint lists (later incremental checkpoints may reference them).
+    pub(crate) files: Vec<FileEntry>,
+    /// Restored from another job's storage: later checkpoints cannot reference its files.
+    pub(crate) foreign: bool,
     pub(crate) local_files: usize,
     pub(crate) downloaded_files: usize,
+    pub(crate) downloaded_bytes: u64,
 }
 
 impl std::fmt::Debug for RestoreSet {
@@ -44,7 +50,12 @@ impl std::fmt::Debug for RestoreSet {
 
 impl RestoreSet {
     pub(crate) fn section(&self, name: &str) -> Option<&[u8]> {
-        let &i = self.sections.get(name)?;
+        self.section_at(self.id, name)
+    }
+
+    /// Section `name` as written by checkpoint `id` (the restored one or one it references).
+    pub(crate) fn section_at(&self, id: u64, name: &str) -> Option<&[u8]> {
+        let &i = self.sections.get(&(id, name.to_string()))?;
         // Every section was verified when the set was loaded.
         self.snapshots[i].section(name).ok().flatten()
     }
@@ -123,10 +134,16 @@ fn load(
         return Err(format!("its metadata names checkpoint {}", meta.checkpoint_id).into());
     }
     check_fits(&meta, operators, max_parallelism).map_err(Unusable::Mismatch)?;
-    let dir = local_dir.join(format!("chk-{id}"));
     for f in &meta.files {
         if f.name.contains('/') || f.name.contains('\\') || f.name.starts_with('.') {
             return Err(format!("its metadata lists an invalid file name `{}`", f.name).into());
+        }
+        if f.checkpoint > id {
+            return Err(format!(
+                "its metadata lists file `{}` of a newer checkpoint {}",
+                f.name, f.checkpoint
+            )
+            .into());
         }
     }
     // One thread per file: read, verify and index the workers' snapshots in parallel.
@@ -134,10 +151,7 @@ fn load(
         let handles: Vec<_> = meta
             .files
             .iter()
-            .map(|f| {
-                let dir = &dir;
-                scope.spawn(move || load_file(store, dir, id, f))
-            })
+            .map(|f| scope.spawn(move || load_file(store, local_dir, f)))
             .collect();
         handles
             .into_iter()
@@ -149,16 +163,18 @@ fn load(
     });
     let mut snapshots = Vec::with_capacity(loaded.len());
     let mut sections = HashMap::new();
-    let (mut local_files, mut downloaded_files) = (0, 0);
+    let (mut local_files, mut downloaded_files, mut downloaded_bytes) = (0, 0, 0);
     for r in loaded {
         let (snap, local) = r?;
         if local {
             local_files += 1;
         } else {
             downloaded_files += 1;
+            downloaded_bytes += snap.len();
         }
+        let owner = snap.header().checkpoint_id;
         for name in snap.section_names() {
-            sections.insert(name.to_string(), snapshots.len());
+            sections.insert((owner, name.to_string()), snapshots.len());
         }
         snapshots.push(snap);
     }
@@ -166,8 +182,11 @@ fn load(
         id,
         snapshots,
         sections,
+        files: meta.files,
+        foreign: false,
         local_files,
         downloaded_files,
+        downloaded_bytes,
     })
 }
 
@@ -175,10 +194,12 @@ fn load(
 /// else downloaded from the store; verifies every section. Returns whether it was local.
 fn load_file(
     store: &dyn CheckpointStore,
-    dir: &Path,
-    id: u64,
-    f: &weir_storage::FileEntry,
+    local_dir: &Path,
+    f: &FileEntry,
 ) -> Result<(Snapshot, bool), String> {
+    let id = f.checkpoint;
+    let dir = local_dir.join(format!("chk-{id}"));
+    let dir = dir.as_path();
     let path: PathBuf = dir.join(&f.name);
     let matches = |s: &Snapshot| {
         s.len() == f.bytes
@@ -261,9 +282,10 @@ pub(crate) fn resolve(
             let (root, job, id) = parse_checkpoint_path(p)?;
             let other = weir_storage::open_store(&root, &job)
                 .map_err(|e| JobError::Restore(format!("{p}: {e}")))?;
-            let set = load(other.as_ref(), local_dir, id, operators, max_parallelism).map_err(
+            let mut set = load(other.as_ref(), local_dir, id, operators, max_parallelism).map_err(
                 |reason| JobError::Restore(format!("checkpoint `{p}` cannot be used: {reason}")),
             )?;
+            set.foreign = other.location(id) != store.location(id);
             Ok(Some(set))
         }
         RestoreFrom::Latest => {

@@ -4,7 +4,7 @@
 //! to the checkpoint store and acknowledges to the coordinator. The worker never waits for any
 //! of that.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use crate::operator::{Barrier, DurableWait, Section};
 struct Pending {
     sections: Vec<(String, Section)>,
     durable: Vec<DurableWait>,
+    refs: BTreeSet<u64>,
     tasks_left: usize,
     sync: Duration,
     alignment: Duration,
@@ -30,6 +31,7 @@ pub(crate) struct SnapshotJob {
     id: u64,
     sections: Vec<(String, Section)>,
     durable: Vec<DurableWait>,
+    refs: BTreeSet<u64>,
     sync: Duration,
     alignment: Duration,
 }
@@ -96,6 +98,7 @@ impl WorkerCheckpoints {
         let entry = self.pending.entry(id).or_insert_with(|| Pending {
             sections: Vec::new(),
             durable: Vec::new(),
+            refs: BTreeSet::new(),
             tasks_left: tasks,
             sync: Duration::ZERO,
             alignment: Duration::ZERO,
@@ -105,6 +108,7 @@ impl WorkerCheckpoints {
             id,
             sections: &mut entry.sections,
             durable: &mut entry.durable,
+            refs: &mut entry.refs,
         })?;
         entry.sync += t.elapsed();
         entry.alignment = entry.alignment.max(alignment);
@@ -122,6 +126,7 @@ impl WorkerCheckpoints {
             id,
             sections: p.sections,
             durable: p.durable,
+            refs: p.refs,
             sync: p.sync,
             alignment: p.alignment,
         };
@@ -202,7 +207,7 @@ fn write_one(setup: &WriterSetup, job: SnapshotJob) -> Result<Ack, String> {
     };
     let info =
         weir_storage::write_snapshot_mmap(&path, &header, &sections).map_err(|e| e.to_string())?;
-    setup
+    let uploaded = setup
         .store
         .put_file(job.id, &name, &path)
         .map_err(|e| e.to_string())?;
@@ -214,5 +219,7 @@ fn write_one(setup: &WriterSetup, job: SnapshotJob) -> Result<Ack, String> {
         sync: job.sync,
         asynchronous: t.elapsed(),
         alignment: job.alignment,
+        refs: job.refs,
+        uploaded,
     })
 }

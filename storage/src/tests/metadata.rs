@@ -90,14 +90,14 @@ fn each_error_class() {
     ));
 
     let m = CheckpointMetadata {
-        format_version: 2,
+        format_version: 3,
         ..sample_metadata()
     };
     assert_eq!(
         decode_metadata(&encode_metadata(&m))
             .unwrap_err()
             .to_string(),
-        "unsupported checkpoint format version 2; this Weir reads version 1"
+        "unsupported checkpoint format version 3; this Weir reads version 2"
     );
 }
 

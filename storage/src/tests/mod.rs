@@ -35,12 +35,14 @@ pub(crate) fn sample_metadata() -> CheckpointMetadata {
         files: vec![
             FileEntry {
                 name: "worker-0.snap".into(),
+                checkpoint: 42,
                 worker: 0,
                 bytes: 1234,
                 crc32: 0xdead_beef,
             },
             FileEntry {
                 name: "worker-1.snap".into(),
+                checkpoint: 40,
                 worker: 1,
                 bytes: 99,
                 crc32: 7,
@@ -51,8 +53,12 @@ pub(crate) fn sample_metadata() -> CheckpointMetadata {
             sync_ms_max: 3,
             async_ms_max: 200,
             alignment_ms_max: 12,
-            bytes_written: 1333,
+            bytes_written: 1234,
             files_written: 2,
+            bytes_uploaded: 1234,
+            requests: 2,
+            files_referenced: 1,
+            bytes_referenced: 99,
         },
         operators: vec![OperatorEntry {
             name: "count".into(),
@@ -82,4 +88,11 @@ fn documented_layout_matches_the_writers() {
         s.verify().unwrap();
     }
     crate::decode_metadata(&read("metadata_reader/empty.meta")).unwrap();
+    // Version 1 (full checkpoints only) is still read: its files belong to the checkpoint.
+    let v1 = crate::decode_metadata(&read("metadata_reader/v1-two-files.meta")).unwrap();
+    assert_eq!(v1.format_version, 1);
+    assert_eq!(v1.files.len(), 2);
+    assert!(v1.files.iter().all(|f| f.checkpoint == 42), "{v1:?}");
+    assert_eq!(v1.stats.bytes_written, 1333);
+    assert_eq!(v1.stats.requests, 0);
 }

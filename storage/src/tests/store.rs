@@ -54,11 +54,11 @@ fn put_get_list_delete() {
     assert_eq!(e.io_kind(), Some(std::io::ErrorKind::NotFound));
     assert!(e.to_string().contains("worker-9.snap"), "{e}");
 
-    s.delete(7).unwrap();
+    s.delete(7, &[]).unwrap();
     assert!(!chk7.exists());
     assert_eq!(s.list().unwrap(), [10]);
-    s.delete(7).unwrap(); // idempotent
-    s.delete(12345).unwrap();
+    s.delete(7, &[]).unwrap(); // idempotent
+    s.delete(12345, &[]).unwrap();
     assert_eq!(
         s.location(7),
         format!("file://{}", d.path().join("store/job/chk-7").display())
@@ -175,10 +175,34 @@ fn delete_removes_metadata_and_files() {
     s.put_file(5, "w", &local).unwrap();
     s.put_metadata(5, b"m").unwrap();
     std::fs::write(s.checkpoint_dir(5).join(".w.inprogress"), b"leftover").unwrap();
-    s.delete(5).unwrap();
+    s.delete(5, &[]).unwrap();
     assert_eq!(s.get_metadata(5).unwrap(), None);
     assert!(!s.checkpoint_dir(5).exists());
     assert_eq!(s.list().unwrap(), Vec::<u64>::new());
+}
+
+#[test]
+fn delete_keeping_referenced_files_retires_the_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(&d.path().join("store"));
+    let local = d.path().join("l");
+    std::fs::write(&local, b"x").unwrap();
+    s.put_file(5, "worker-0.snap", &local).unwrap();
+    s.put_file(5, "worker-1.snap", &local).unwrap();
+    s.put_metadata(5, b"m").unwrap();
+    std::fs::write(s.checkpoint_dir(5).join(".w.inprogress"), b"leftover").unwrap();
+    // A later checkpoint still references worker-1.snap: metadata and the rest go.
+    s.delete(5, &["worker-1.snap"]).unwrap();
+    assert_eq!(s.get_metadata(5).unwrap(), None, "no longer restorable");
+    assert_eq!(entries(&s.checkpoint_dir(5)), ["worker-1.snap"]);
+    assert_eq!(
+        s.list().unwrap(),
+        [5],
+        "listed as incomplete until unreferenced"
+    );
+    s.delete(5, &["worker-1.snap"]).unwrap(); // idempotent
+    s.delete(5, &[]).unwrap();
+    assert!(!s.checkpoint_dir(5).exists());
 }
 
 #[test]
