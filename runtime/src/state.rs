@@ -86,6 +86,14 @@ impl<K, V> Group<K, V> {
 /// Below this many tracked keys a group never overflows.
 const DIRTY_MIN: usize = 1024;
 
+/// A group with more changed keys than 1/`FULL_FRACTION` of its entries is written in full:
+/// a delta would copy (at the barrier) and write nearly as much.
+const FULL_FRACTION: usize = 8;
+
+/// Most entries one table copies at a barrier for its deltas: bounds the synchronous pause
+/// (about 50 ns an entry); beyond it the groups with the most changes are written in full.
+const SYNC_BUDGET: u64 = 1 << 17;
+
 /// One hash map per key group of a subtask's key-group range.
 ///
 /// Copy-on-write at key-group granularity: a checkpoint freezes the maps it writes in full in
@@ -148,7 +156,7 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
             return;
         }
         g.dirty.insert(key.clone());
-        if g.dirty.len() > DIRTY_MIN && g.dirty.len() > g.map().len() / 2 {
+        if g.dirty.len() > DIRTY_MIN && g.dirty.len() > g.map().len() / FULL_FRACTION {
             // Most of the group changed: writing it in full is as cheap as a delta, and not
             // tracking the keys keeps memory bounded.
             g.overflow = true;
@@ -287,6 +295,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         let max_chain = inc.max_chain as u64;
         // Settle what completed, and decide which groups must or may be rewritten in full.
         let mut optional = Vec::new();
+        let mut deltas_by_size = Vec::new();
         let mut full = vec![false; self.groups.len()];
         for (i, g) in self.groups.iter_mut().enumerate() {
             if let Some(pos) = g.pending.iter().position(|c| c.id == completed) {
@@ -304,21 +313,43 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
             if g.committed.ids.is_empty()
                 || !keys_known
                 || deltas >= max_chain
-                || entries > 2 * g.committed.base_len + DIRTY_MIN as u64
-                || (changed > DIRTY_MIN as u64 && changed > g.map().len() as u64 / 2)
+                // A restore would apply more delta entries than the group has.
+                || entries > g.committed.base_len + DIRTY_MIN as u64
+                || (changed > DIRTY_MIN as u64
+                    && changed > (g.map().len() / FULL_FRACTION) as u64)
             {
                 full[i] = true;
-            } else if changed > 0 && (2 * deltas >= max_chain || entries > g.committed.base_len) {
-                optional.push((deltas, entries, i));
+            } else {
+                if changed > 0 && (2 * deltas >= max_chain || 2 * entries > g.committed.base_len) {
+                    optional.push((deltas, entries, i));
+                }
+                deltas_by_size.push((changed, i));
             }
         }
         // Rewrite a few of the groups whose chains grew long, longest first, so that full
         // rewrites are spread over checkpoints instead of all coming due at once.
-        let budget = (2 * self.groups.len()).div_ceil(inc.max_chain).max(1);
+        let budget = self.groups.len().div_ceil(inc.max_chain);
         let forced = full.iter().filter(|f| **f).count();
         optional.sort_unstable_by(|a, b| b.cmp(a));
         for &(_, _, i) in optional.iter().take(budget.saturating_sub(forced)) {
             full[i] = true;
+        }
+        // Keep the copy at the barrier short: the largest deltas beyond the budget are
+        // written in full instead (frozen in O(1), encoded off the worker).
+        let mut copied: u64 = deltas_by_size
+            .iter()
+            .filter(|(_, i)| !full[*i])
+            .map(|(n, _)| n)
+            .sum();
+        deltas_by_size.sort_unstable_by(|a, b| b.cmp(a));
+        for &(n, i) in &deltas_by_size {
+            if copied <= SYNC_BUDGET {
+                break;
+            }
+            if !full[i] {
+                full[i] = true;
+                copied -= n;
+            }
         }
         let mut refs = BTreeSet::new();
         let mut captured = Vec::with_capacity(self.groups.len());
