@@ -112,19 +112,17 @@ where
         for (ts, r) in batch {
             let k = keyf(&r);
             let kg = key_group_for(&k, max_p) as usize;
-            self.state.touch(kg, &k);
-            let map = self.state.group(kg);
-            let emitted = if let Some(slot) = map.get_mut(&k) {
+            let emitted = if let Some(slot) = self.state.get_mut(kg, &k) {
                 let o = f(slot, r);
                 if slot.is_none() {
-                    map.remove(&k);
+                    self.state.remove(kg, &k);
                 }
                 o
             } else {
                 let mut slot = None;
                 let o = f(&mut slot, r);
                 if slot.is_some() {
-                    map.insert(k, slot);
+                    self.state.insert(kg, k, slot);
                 }
                 o
             };

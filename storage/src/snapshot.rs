@@ -299,6 +299,9 @@ pub struct Snapshot {
     header: SnapshotHeader,
     entries: Vec<SectionEntry>,
     by_name: HashMap<String, usize>,
+    /// Every byte was checked against a whole-file crc the writer computed (see
+    /// [`Snapshot::verify_file_crc`]), so section crcs need not be checked again.
+    verified: std::sync::atomic::AtomicBool,
 }
 
 fn le_u16(b: &[u8], at: usize) -> u16 {
@@ -496,6 +499,7 @@ impl Snapshot {
             header,
             entries,
             by_name,
+            verified: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -541,6 +545,23 @@ impl Snapshot {
             .collect()
     }
 
+    /// Checks the whole file against `expected`, the crc its writer computed from the bytes it
+    /// wrote (as checkpoint metadata records it). On a match every byte is as written, so the
+    /// section crcs are not checked again when sections are read; on a mismatch, an error.
+    pub fn verify_file_crc(&self, expected: u32) -> Result<(), FormatError> {
+        let computed = self.file_crc32();
+        if computed != expected {
+            return Err(FormatError::ChecksumMismatch {
+                what: "snapshot file",
+                stored: expected,
+                computed,
+            });
+        }
+        self.verified
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Verifies the checksum of every section.
     pub fn verify(&self) -> Result<(), FormatError> {
         self.entries
@@ -559,6 +580,9 @@ impl Snapshot {
                 len: e.len,
                 file_size: self.bytes.len() as u64,
             })?;
+        if self.verified.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(bytes);
+        }
         let computed = crc32fast::hash(bytes);
         if computed != e.crc32 {
             return Err(FormatError::SectionChecksum {

@@ -580,3 +580,29 @@ fn full_disk_is_an_error_not_a_crash() {
     assert_eq!(e.io_kind(), Some(std::io::ErrorKind::StorageFull), "{e}");
     assert!(!p.exists());
 }
+
+#[test]
+fn whole_file_crc_check_matches_the_writer() {
+    let bytes = small_snapshot();
+    let crc = crc32fast::hash(&bytes);
+    let s = Snapshot::from_bytes(bytes.clone()).unwrap();
+    assert!(matches!(
+        s.verify_file_crc(crc ^ 1).unwrap_err(),
+        FormatError::ChecksumMismatch { .. }
+    ));
+    s.verify_file_crc(crc).unwrap();
+    assert_eq!(
+        s.section("op1/s0/state").unwrap(),
+        Some(&b"hello world"[..])
+    );
+    // A damaged section is still caught by a file crc check against the writer's crc.
+    let mut bad = bytes;
+    let at = bad.windows(5).position(|w| w == b"hello").unwrap();
+    bad[at] ^= 1;
+    let s = Snapshot::from_bytes(bad).unwrap();
+    assert!(s.verify_file_crc(crc).is_err());
+    assert!(
+        s.section("op1/s0/state").is_err(),
+        "unverified: section crc checked"
+    );
+}

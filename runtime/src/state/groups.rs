@@ -1,16 +1,23 @@
-//! Keyed state: tables partitioned by key group, and typed handles scoped to the current key.
+//! Keyed tables: one hash map per key group, copy-on-write snapshots, incremental checkpoints.
 //!
-//! Every keyed table holds one hash map per key group owned by the subtask, so a subtask's
-//! state can later be split or merged by key group (rescaling, incremental checkpoints).
-//! Handles ([`ValueState`], [`MapState`], [`ListState`]) are obtained in
-//! [`crate::KeyedProcessFunction::open`] and read or write the entry of the key being
-//! processed.
+//! **Copy-on-write with an overlay.** A key group's map lives in an `Arc`. A checkpoint
+//! freezes the groups it writes by cloning that `Arc` (O(1) each: the synchronous part) and
+//! hands them to the snapshot writer thread. Until the writer drops its reference, writes to
+//! such a group go to a small *overlay* map (`None` marks a removed key) and reads look there
+//! first; the first access after the writer is done folds the overlay back into the map. So
+//! no key group is ever copied whole because a checkpoint is being written, and a snapshot
+//! sees each group exactly as it was at its barrier.
+//!
+//! **Incremental checkpoints.** Every write records its key in the group's dirty set. At a
+//! barrier a group is written as `Unchanged` (nothing), as a `Delta` (the keys changed since
+//! the newest *completed* checkpoint, looked up in the frozen map by the writer thread, `None`
+//! for removed ones) on top of its *chain* (the checkpoint holding its full copy, then those
+//! holding deltas), or `Full`. Deltas are relative to the committed chain, not to the previous
+//! capture, so an aborted checkpoint never breaks a chain: the keys of captures that may still
+//! fail are carried into the next delta.
 
-use std::any::Any;
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::hash::Hash;
-use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use crate::keyed::KeyedContext;
+use super::StateData;
 
 /// Settings and progress shared by every keyed table of a job run that takes incremental
 /// checkpoints.
@@ -33,12 +40,6 @@ pub(crate) struct Incremental {
     /// [`crate::CheckpointConfig::max_concurrent`]: only the newest this many captures can
     /// still complete when a new one is taken.
     pub(crate) max_concurrent: usize,
-}
-
-/// One key group's map: owned, or frozen by a checkpoint and shared with its encoder.
-enum Slot<K, V> {
-    Owned(FxHashMap<K, V>),
-    Frozen(Arc<FxHashMap<K, V>>),
 }
 
 /// How a checkpoint stores one key group: a full copy written by checkpoint `ids[0]`, then the
@@ -58,12 +59,15 @@ struct Capture<K> {
     chain: Chain,
     /// Keys written between the previous capture and this one; `None` when not tracked
     /// (too many): a later capture can then not be a delta until this one is settled.
-    keys: Option<Vec<K>>,
+    keys: Option<Arc<FxHashSet<K>>>,
 }
 
 /// A key group: its map and what incremental checkpoints know about its changes.
 struct Group<K, V> {
-    slot: Slot<K, V>,
+    /// The entries; shared with the snapshot writer while a checkpoint encodes them.
+    map: Arc<FxHashMap<K, V>>,
+    /// Writes made while `map` is shared (`None`: removed). Empty whenever `map` is not.
+    overlay: FxHashMap<K, Option<V>>,
     /// Keys written since the last capture (incremental tracking on, not overflowed).
     dirty: FxHashSet<K>,
     /// Too many keys changed to track them: the next capture writes the group in full.
@@ -74,12 +78,112 @@ struct Group<K, V> {
     pending: Vec<Capture<K>>,
 }
 
-impl<K, V> Group<K, V> {
-    fn map(&self) -> &FxHashMap<K, V> {
-        match &self.slot {
-            Slot::Owned(m) => m,
-            Slot::Frozen(a) => a,
+impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
+    fn new(map: FxHashMap<K, V>) -> Self {
+        Group {
+            map: Arc::new(map),
+            overlay: FxHashMap::default(),
+            dirty: FxHashSet::default(),
+            overflow: false,
+            committed: Chain::default(),
+            pending: Vec::new(),
         }
+    }
+
+    /// The map to write to directly, if no checkpoint holds it any more (folding in the
+    /// overlay first).
+    #[inline]
+    fn owned(&mut self) -> Option<&mut FxHashMap<K, V>> {
+        let map = Arc::get_mut(&mut self.map)?;
+        if !self.overlay.is_empty() {
+            for (k, v) in self.overlay.drain() {
+                match v {
+                    Some(v) => map.insert(k, v),
+                    None => map.remove(&k),
+                };
+            }
+        }
+        Some(map)
+    }
+
+    /// The map as it is now, in one piece, for a checkpoint to share: O(1) unless an earlier
+    /// checkpoint still holds it and writes went to the overlay since (then it is copied).
+    fn freeze(&mut self) -> Arc<FxHashMap<K, V>> {
+        if self.owned().is_none() && !self.overlay.is_empty() {
+            let mut map = (*self.map).clone();
+            for (k, v) in self.overlay.drain() {
+                match v {
+                    Some(v) => map.insert(k, v),
+                    None => map.remove(&k),
+                };
+            }
+            self.map = Arc::new(map);
+        }
+        self.map.clone()
+    }
+
+    #[inline]
+    fn get(&self, k: &K) -> Option<&V> {
+        if !self.overlay.is_empty() {
+            if let Some(v) = self.overlay.get(k) {
+                return v.as_ref();
+            }
+        }
+        self.map.get(k)
+    }
+
+    #[inline]
+    fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        if Arc::get_mut(&mut self.map).is_some() {
+            return self.owned().expect("checked").get_mut(k);
+        }
+        if !self.overlay.contains_key(k) {
+            let v = self.map.get(k)?.clone();
+            self.overlay.insert(k.clone(), Some(v));
+        }
+        self.overlay.get_mut(k).and_then(|v| v.as_mut())
+    }
+
+    #[inline]
+    fn insert(&mut self, k: K, v: V) {
+        match self.owned() {
+            Some(map) => {
+                map.insert(k, v);
+            }
+            None => {
+                self.overlay.insert(k, Some(v));
+            }
+        }
+    }
+
+    #[inline]
+    fn remove(&mut self, k: &K) -> Option<V> {
+        if let Some(map) = self.owned() {
+            return map.remove(k);
+        }
+        let old = match self.overlay.get_mut(k) {
+            Some(slot) => slot.take(),
+            None => {
+                let old = self.map.get(k).cloned();
+                if old.is_some() {
+                    self.overlay.insert(k.clone(), None);
+                }
+                old
+            }
+        };
+        old
+    }
+
+    fn len(&self) -> usize {
+        let mut n = self.map.len();
+        for (k, v) in &self.overlay {
+            match (self.map.contains_key(k), v.is_some()) {
+                (false, true) => n += 1,
+                (true, false) => n -= 1,
+                _ => {}
+            }
+        }
+        n
     }
 }
 
@@ -87,24 +191,10 @@ impl<K, V> Group<K, V> {
 const DIRTY_MIN: usize = 1024;
 
 /// A group with more changed keys than 1/`FULL_FRACTION` of its entries is written in full:
-/// a delta would copy (at the barrier) and write nearly as much.
+/// a delta would write nearly as much.
 const FULL_FRACTION: usize = 8;
 
-/// Most entries one table copies at a barrier for its deltas: bounds the synchronous pause
-/// (about 50 ns an entry); beyond it the groups with the most changes are written in full.
-const SYNC_BUDGET: u64 = 1 << 17;
-
-/// One hash map per key group of a subtask's key-group range.
-///
-/// Copy-on-write at key-group granularity: a checkpoint freezes the maps it writes in full in
-/// O(1) each (the synchronous part) and encodes them on the writer thread; the first write to
-/// a key group afterwards takes its map back, copying it only if the encoder still holds it.
-///
-/// Incremental checkpoints: writes record their key in the group's dirty set; a checkpoint
-/// writes a group as a delta (the current values of the keys changed since the newest
-/// completed checkpoint, `None` for removed ones, copied at the barrier) on top of the
-/// group's chain, or in full when the chain grew too long, the delta is large or the changes
-/// were not tracked. Unchanged groups are not written at all.
+/// One hash map per key group of a subtask's key-group range (see the module docs).
 pub(crate) struct KeyGroups<K, V> {
     first: usize,
     groups: Vec<Group<K, V>>,
@@ -115,39 +205,20 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
     pub(crate) fn new(range: Range<usize>, inc: Option<Arc<Incremental>>) -> Self {
         KeyGroups {
             first: range.start,
-            groups: range
-                .map(|_| Group {
-                    slot: Slot::Owned(FxHashMap::default()),
-                    dirty: FxHashSet::default(),
-                    overflow: false,
-                    committed: Chain::default(),
-                    pending: Vec::new(),
-                })
-                .collect(),
+            groups: range.map(|_| Group::new(FxHashMap::default())).collect(),
             inc,
         }
     }
 
-    /// The map of key group `kg` (an absolute key-group index inside this subtask's range).
-    /// Whoever changes an entry through it must call [`KeyGroups::touch`] with its key.
     #[inline]
-    pub(crate) fn group(&mut self, kg: usize) -> &mut FxHashMap<K, V> {
+    fn group_mut(&mut self, kg: usize) -> &mut Group<K, V> {
         debug_assert!(kg >= self.first && kg < self.first + self.groups.len());
-        let slot = &mut self.groups[kg - self.first].slot;
-        if let Slot::Frozen(arc) = slot {
-            let arc = std::mem::replace(arc, Arc::new(FxHashMap::default()));
-            *slot = Slot::Owned(Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone()));
-        }
-        match slot {
-            Slot::Owned(m) => m,
-            Slot::Frozen(_) => unreachable!("thawed above"),
-        }
+        &mut self.groups[kg - self.first]
     }
 
-    /// Records that the entry of `key` in key group `kg` changed (was written or removed),
-    /// for the next incremental checkpoint. Free when incremental checkpoints are off.
+    /// Records that the entry of `key` changes, for the next incremental checkpoint.
     #[inline]
-    pub(crate) fn touch(&mut self, kg: usize, key: &K) {
+    fn touch(&mut self, kg: usize, key: &K) {
         if self.inc.is_none() {
             return;
         }
@@ -156,17 +227,40 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
             return;
         }
         g.dirty.insert(key.clone());
-        if g.dirty.len() > DIRTY_MIN && g.dirty.len() > g.map().len() / FULL_FRACTION {
-            // Most of the group changed: writing it in full is as cheap as a delta, and not
-            // tracking the keys keeps memory bounded.
+        if g.dirty.len() > DIRTY_MIN && g.dirty.len() > g.map.len() / FULL_FRACTION {
+            // Much of the group changed: writing it in full costs about what a delta would,
+            // and not tracking the keys keeps memory bounded.
             g.overflow = true;
             g.dirty = FxHashSet::default();
         }
     }
 
+    /// The value of `key` in key group `kg` (an absolute index inside this subtask's range).
     #[inline]
-    pub(crate) fn group_ref(&self, kg: usize) -> &FxHashMap<K, V> {
-        self.groups[kg - self.first].map()
+    pub(crate) fn get(&self, kg: usize, key: &K) -> Option<&V> {
+        self.groups[kg - self.first].get(key)
+    }
+
+    /// The value of `key`, to change in place.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, kg: usize, key: &K) -> Option<&mut V> {
+        self.touch(kg, key);
+        self.group_mut(kg).get_mut(key)
+    }
+
+    /// Sets the value of `key`.
+    #[inline]
+    pub(crate) fn insert(&mut self, kg: usize, key: K, value: V) {
+        self.touch(kg, &key);
+        self.group_mut(kg).insert(key, value);
+    }
+
+    /// Removes `key` and returns its value.
+    #[inline]
+    pub(crate) fn remove(&mut self, kg: usize, key: &K) -> Option<V> {
+        self.get(kg, key)?;
+        self.touch(kg, key);
+        self.group_mut(kg).remove(key)
     }
 
     /// Forgets how earlier checkpoints store the groups: the next checkpoint writes every
@@ -181,7 +275,25 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
 
     /// Number of entries over all key groups.
     pub(crate) fn len(&self) -> usize {
-        self.groups.iter().map(|g| g.map().len()).sum()
+        self.groups.iter().map(|g| g.len()).sum()
+    }
+
+    /// The entries of key group `kg`, in no particular order (tests and debugging).
+    #[cfg(test)]
+    pub(crate) fn entries(&self, kg: usize) -> Vec<(K, V)> {
+        let g = &self.groups[kg - self.first];
+        let mut out: Vec<(K, V)> = g
+            .map
+            .iter()
+            .filter(|(k, _)| !g.overlay.contains_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.extend(
+            g.overlay
+                .iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))),
+        );
+        out
     }
 }
 
@@ -189,7 +301,9 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
 enum Part<K, V> {
     Unchanged,
     Full(Arc<FxHashMap<K, V>>),
-    Delta(Vec<(K, Option<V>)>),
+    /// The map at the barrier and the keys to write from it (from several captures, so
+    /// possibly repeated).
+    Delta(Arc<FxHashMap<K, V>>, Vec<Arc<FxHashSet<K>>>),
 }
 
 /// A key group as captured at a barrier, encoded later.
@@ -198,63 +312,37 @@ struct Captured<K, V> {
     part: Part<K, V>,
 }
 
-/// The encoded form of a key group (postcard): its chain, then what this checkpoint wrote.
+const UNCHANGED: u8 = 0;
+const FULL: u8 = 1;
+const DELTA: u8 = 2;
+
+/// Bytes that postcard writes as a length and the bytes (not element by element).
+struct Blob<'a>(&'a [u8]);
+
+impl Serialize for Blob<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// The encoded form of a key group: its chain, then what this checkpoint wrote, as a
+/// length-prefixed blob so a restore can skip groups it does not need without decoding them.
 #[derive(Serialize)]
-struct GroupOut<'a, K, V> {
+struct GroupOut<'a> {
     ids: &'a [u64],
     base_len: u64,
     delta_entries: u64,
-    part: PartOut<'a, K, V>,
-}
-
-#[derive(Serialize)]
-enum PartOut<'a, K, V> {
-    Unchanged,
-    Full(&'a FxHashMap<K, V>),
-    Delta(&'a [(K, Option<V>)]),
+    kind: u8,
+    part: Blob<'a>,
 }
 
 #[derive(Deserialize)]
-#[serde(bound(deserialize = "K: Deserialize<'de> + Hash + Eq, V: Deserialize<'de>"))]
-struct GroupIn<K, V> {
+struct GroupIn<'a> {
     ids: Vec<u64>,
     base_len: u64,
     delta_entries: u64,
-    part: PartIn<K, V>,
-}
-
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "K: Deserialize<'de> + Hash + Eq, V: Deserialize<'de>"))]
-enum PartIn<K, V> {
-    Unchanged,
-    Full(Sized<K, V>),
-    Delta(Vec<(K, Option<V>)>),
-}
-
-/// Serializes captured groups like a `Vec`, releasing each as soon as it is encoded: a worker
-/// that writes to that key group afterwards takes its map back without a copy.
-struct Encoding<K, V>(RefCell<Vec<Captured<K, V>>>);
-
-impl<K: Serialize, V: Serialize> Serialize for Encoding<K, V> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut groups = self.0.borrow_mut();
-        let mut seq = s.serialize_seq(Some(groups.len()))?;
-        for g in groups.drain(..) {
-            let part = match &g.part {
-                Part::Unchanged => PartOut::Unchanged,
-                Part::Full(m) => PartOut::Full(m),
-                Part::Delta(d) => PartOut::Delta(d),
-            };
-            seq.serialize_element(&GroupOut {
-                ids: &g.chain.ids,
-                base_len: g.chain.base_len,
-                delta_entries: g.chain.delta_entries,
-                part,
-            })?;
-        }
-        seq.end()
-    }
+    kind: u8,
+    part: &'a [u8],
 }
 
 /// Reads the same table in the files of an earlier checkpoint (by id), for restores of
@@ -268,9 +356,59 @@ pub(crate) struct TableSnapshot {
     pub(crate) refs: BTreeSet<u64>,
 }
 
+fn encode_err(e: postcard::Error) -> String {
+    format!("cannot encode keyed state: {e}")
+}
+
+/// Encodes captured groups, releasing each one's map as soon as it is written (a worker that
+/// writes to that group afterwards folds its overlay back right away).
+fn encode<K: StateData + Hash + Eq, V: StateData>(
+    first: u32,
+    captured: Vec<Captured<K, V>>,
+) -> Result<Vec<u8>, String> {
+    // `(u32, Vec<Group>)`: postcard writes both the number and the vector's length as
+    // varints, then the elements one after the other.
+    let mut out = postcard::to_stdvec(&(first, captured.len() as u64)).map_err(encode_err)?;
+    let mut part = Vec::new();
+    for c in captured {
+        part.clear();
+        let kind = match &c.part {
+            Part::Unchanged => UNCHANGED,
+            Part::Full(map) => {
+                part = postcard::to_extend(&**map, part).map_err(encode_err)?;
+                FULL
+            }
+            Part::Delta(map, keys) => {
+                let mut seen = FxHashSet::default();
+                let mut delta: Vec<(&K, Option<&V>)> = Vec::new();
+                for k in keys.iter().flat_map(|s| s.iter()) {
+                    if keys.len() == 1 || seen.insert(k) {
+                        delta.push((k, map.get(k)));
+                    }
+                }
+                part = postcard::to_extend(&delta, part).map_err(encode_err)?;
+                DELTA
+            }
+        };
+        drop(c.part);
+        out = postcard::to_extend(
+            &GroupOut {
+                ids: &c.chain.ids,
+                base_len: c.chain.base_len,
+                delta_entries: c.chain.delta_entries,
+                kind,
+                part: Blob(&part),
+            },
+            out,
+        )
+        .map_err(encode_err)?;
+    }
+    Ok(out)
+}
+
 impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
-    /// Captures the tables for checkpoint `id`: O(key groups) plus a copy of the values of
-    /// the keys changed since the newest completed checkpoint for groups written as deltas.
+    /// Captures the tables for checkpoint `id` in O(key groups) (the dirty key sets move, the
+    /// maps are shared); the returned encoder runs on the snapshot writer thread.
     pub(crate) fn snapshot(&mut self, id: u64) -> TableSnapshot {
         let Some(inc) = self.inc.clone() else {
             // Full checkpoints: every group in full, nothing referenced.
@@ -278,7 +416,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                 .groups
                 .iter_mut()
                 .map(|g| {
-                    let map = freeze(&mut g.slot);
+                    let map = g.freeze();
                     Captured {
                         chain: Chain {
                             ids: vec![id],
@@ -295,7 +433,6 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         let max_chain = inc.max_chain as u64;
         // Settle what completed, and decide which groups must or may be rewritten in full.
         let mut optional = Vec::new();
-        let mut deltas_by_size = Vec::new();
         let mut full = vec![false; self.groups.len()];
         for (i, g) in self.groups.iter_mut().enumerate() {
             if let Some(pos) = g.pending.iter().position(|c| c.id == completed) {
@@ -316,14 +453,12 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                 // A restore would apply more delta entries than the group has.
                 || entries > g.committed.base_len + DIRTY_MIN as u64
                 || (changed > DIRTY_MIN as u64
-                    && changed > (g.map().len() / FULL_FRACTION) as u64)
+                    && changed > (g.map.len() / FULL_FRACTION) as u64)
             {
                 full[i] = true;
-            } else {
-                if changed > 0 && (2 * deltas >= max_chain || 2 * entries > g.committed.base_len) {
-                    optional.push((deltas, entries, i));
-                }
-                deltas_by_size.push((changed, i));
+            } else if changed > 0 && (2 * deltas >= max_chain || 2 * entries > g.committed.base_len)
+            {
+                optional.push((deltas, entries, i));
             }
         }
         // Rewrite a few of the groups whose chains grew long, longest first, so that full
@@ -334,34 +469,17 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         for &(_, _, i) in optional.iter().take(budget.saturating_sub(forced)) {
             full[i] = true;
         }
-        // Keep the copy at the barrier short: the largest deltas beyond the budget are
-        // written in full instead (frozen in O(1), encoded off the worker).
-        let mut copied: u64 = deltas_by_size
-            .iter()
-            .filter(|(_, i)| !full[*i])
-            .map(|(n, _)| n)
-            .sum();
-        deltas_by_size.sort_unstable_by(|a, b| b.cmp(a));
-        for &(n, i) in &deltas_by_size {
-            if copied <= SYNC_BUDGET {
-                break;
-            }
-            if !full[i] {
-                full[i] = true;
-                copied -= n;
-            }
-        }
         let mut refs = BTreeSet::new();
         let mut captured = Vec::with_capacity(self.groups.len());
         for (i, g) in self.groups.iter_mut().enumerate() {
-            let keys: Option<Vec<K>> = if g.overflow {
+            let keys = if g.overflow {
                 None
             } else {
-                Some(std::mem::take(&mut g.dirty).into_iter().collect())
+                Some(Arc::new(std::mem::take(&mut g.dirty)))
             };
             g.overflow = false;
             let (chain, part) = if full[i] {
-                let map = freeze(&mut g.slot);
+                let map = g.freeze();
                 let chain = Chain {
                     ids: vec![id],
                     base_len: map.len() as u64,
@@ -370,26 +488,21 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                 (chain, Part::Full(map))
             } else {
                 // Every key changed since the committed chain: this capture's and those of
-                // captures that may not complete.
-                let mut seen = FxHashSet::default();
-                let all = keys
+                // captures that may not complete (all known, or the group would be full).
+                let sets: Vec<Arc<FxHashSet<K>>> = keys
                     .iter()
                     .chain(g.pending.iter().filter_map(|c| c.keys.as_ref()))
-                    .flatten();
-                let map = g.map();
-                let mut delta = Vec::new();
-                for k in all {
-                    if seen.insert(k) {
-                        delta.push((k.clone(), map.get(k).cloned()));
-                    }
-                }
-                if delta.is_empty() {
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect();
+                if sets.is_empty() {
                     (g.committed.clone(), Part::Unchanged)
                 } else {
+                    let n: usize = sets.iter().map(|s| s.len()).sum();
                     let mut chain = g.committed.clone();
                     chain.ids.push(id);
-                    chain.delta_entries += delta.len() as u64;
-                    (chain, Part::Delta(delta))
+                    chain.delta_entries += n as u64;
+                    (chain, Part::Delta(g.freeze(), sets))
                 }
             };
             refs.extend(chain.ids.iter().copied().filter(|&c| c != id));
@@ -406,8 +519,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                 let next = &mut g.pending[0];
                 next.keys = match (old.keys, next.keys.take()) {
                     (Some(a), Some(b)) => {
-                        let set: FxHashSet<K> = a.into_iter().chain(b).collect();
-                        Some(set.into_iter().collect())
+                        Some(Arc::new(a.iter().chain(b.iter()).cloned().collect()))
                     }
                     _ => None,
                 };
@@ -420,17 +532,26 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
     fn encoder(&self, captured: Vec<Captured<K, V>>, refs: BTreeSet<u64>) -> TableSnapshot {
         let first = self.first as u32;
         TableSnapshot {
-            encode: Box::new(move || {
-                postcard::to_stdvec(&(first, Encoding(RefCell::new(captured))))
-                    .map_err(|e| format!("cannot encode keyed state: {e}"))
-            }),
+            encode: Box::new(move || encode(first, captured)),
             refs,
         }
     }
 
+    /// Replaces this (empty) table with the one checkpoint `id` holds; see [`KeyGroups::decode`].
+    pub(crate) fn restore(
+        &mut self,
+        id: u64,
+        bytes: &[u8],
+        earlier: &Earlier<'_>,
+    ) -> Result<(), String> {
+        let range = self.first..self.first + self.groups.len();
+        *self = KeyGroups::decode(id, bytes, range, self.inc.clone(), earlier)?;
+        Ok(())
+    }
+
     /// Restores tables written by [`KeyGroups::snapshot`] for the same key-group range:
-    /// `bytes` is the table of the restored checkpoint, `earlier(id)` the same table in the
-    /// files of an earlier checkpoint its chains reference.
+    /// `bytes` is the table of checkpoint `id`, `earlier(c)` the same table in the files of an
+    /// earlier checkpoint `c` its chains reference. Only the parts a chain needs are decoded.
     pub(crate) fn decode(
         id: u64,
         bytes: &[u8],
@@ -438,7 +559,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         inc: Option<Arc<Incremental>>,
         earlier: &Earlier<'_>,
     ) -> Result<Self, String> {
-        let (first, own) = decode_table::<K, V>(bytes, &range)?;
+        let own = decode_table(bytes, &range)?;
         let mut chains: Vec<Chain> = own
             .iter()
             .map(|g| Chain {
@@ -453,6 +574,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                 c.ids
             ));
         }
+        let first = range.start;
         let mut maps: Vec<Option<FxHashMap<K, V>>> = (0..chains.len()).map(|_| None).collect();
         let needed: BTreeSet<u64> = chains.iter().flat_map(|c| c.ids.clone()).collect();
         let mut own = Some(own);
@@ -461,36 +583,39 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
             let groups = if at == id {
                 own.take().expect("the newest id comes last, once")
             } else {
-                decode_table::<K, V>(earlier(at)?, &range)?.1
+                decode_table(earlier(at)?, &range)?
             };
             for (i, g) in groups.into_iter().enumerate() {
                 let Some(pos) = chains[i].ids.iter().position(|&c| c == at) else {
                     continue;
                 };
                 let kg = first + i;
-                match (pos, g.part) {
-                    (0, PartIn::Full(m)) => maps[i] = Some(m.0),
-                    (p, PartIn::Delta(d)) if p > 0 => {
-                        let m = maps[i].as_mut().ok_or_else(|| {
-                            format!("key group {kg}: delta of checkpoint {at} before its full copy")
-                        })?;
+                let bad = |what: String| format!("key group {kg}, checkpoint {at}: {what}");
+                match (pos, g.kind) {
+                    (0, FULL) => {
+                        let m: Sized<K, V> = postcard::from_bytes(g.part)
+                            .map_err(|e| bad(format!("cannot decode its state: {e}")))?;
+                        maps[i] = Some(m.0);
+                    }
+                    (p, DELTA) if p > 0 => {
+                        let m = maps[i]
+                            .as_mut()
+                            .ok_or_else(|| bad("a delta before the full copy".into()))?;
+                        let d: Vec<(K, Option<V>)> = postcard::from_bytes(g.part)
+                            .map_err(|e| bad(format!("cannot decode its delta: {e}")))?;
                         for (k, v) in d {
                             match v {
-                                Some(v) => {
-                                    m.insert(k, v);
-                                }
-                                None => {
-                                    m.remove(&k);
-                                }
-                            }
+                                Some(v) => m.insert(k, v),
+                                None => m.remove(&k),
+                            };
                         }
                     }
-                    _ => {
-                        return Err(format!(
-                            "key group {kg}: checkpoint {at} does not hold the {} its chain {:?} expects",
-                            if pos == 0 { "full copy" } else { "delta" },
-                            chains[i].ids
-                        ))
+                    (_, kind) => {
+                        return Err(bad(format!(
+                            "holds part kind {kind} where its chain {:?} expects {}",
+                            chains[i].ids,
+                            if pos == 0 { "the full copy" } else { "a delta" },
+                        )))
                     }
                 }
             }
@@ -499,14 +624,9 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         for (i, map) in maps.into_iter().enumerate() {
             let map =
                 map.ok_or_else(|| format!("key group {}: no full copy in its chain", first + i))?;
-            let committed = std::mem::take(&mut chains[i]);
-            groups.push(Group {
-                slot: Slot::Owned(map),
-                dirty: FxHashSet::default(),
-                overflow: false,
-                committed,
-                pending: Vec::new(),
-            });
+            let mut g = Group::new(map);
+            g.committed = std::mem::take(&mut chains[i]);
+            groups.push(g);
         }
         Ok(KeyGroups {
             first: range.start,
@@ -516,13 +636,9 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
     }
 }
 
-/// Decodes one table part and checks it covers `range`.
-#[allow(clippy::type_complexity)]
-fn decode_table<K: StateData + Hash + Eq, V: StateData>(
-    bytes: &[u8],
-    range: &Range<usize>,
-) -> Result<(usize, Vec<GroupIn<K, V>>), String> {
-    let (first, groups): (u32, Vec<GroupIn<K, V>>) =
+/// Decodes the group headers of one table (parts stay undecoded) and checks it covers `range`.
+fn decode_table<'a>(bytes: &'a [u8], range: &Range<usize>) -> Result<Vec<GroupIn<'a>>, String> {
+    let (first, groups): (u32, Vec<GroupIn<'a>>) =
         postcard::from_bytes(bytes).map_err(|e| format!("cannot decode keyed state: {e}"))?;
     if first as usize != range.start || groups.len() != range.len() {
         return Err(format!(
@@ -542,18 +658,7 @@ fn decode_table<K: StateData + Hash + Eq, V: StateData>(
             ));
         }
     }
-    Ok((first as usize, groups))
-}
-
-/// Freezes a slot (no copy) and returns the frozen map.
-fn freeze<K, V>(slot: &mut Slot<K, V>) -> Arc<FxHashMap<K, V>> {
-    if let Slot::Owned(m) = slot {
-        *slot = Slot::Frozen(Arc::new(std::mem::take(m)));
-    }
-    match slot {
-        Slot::Frozen(a) => a.clone(),
-        Slot::Owned(_) => unreachable!("frozen above"),
-    }
+    Ok(groups)
 }
 
 /// A map decoded with its table sized up front from the encoded length (serde's own `HashMap`
@@ -564,13 +669,11 @@ struct Sized<K, V>(FxHashMap<K, V>);
 /// Largest number of entries reserved up front for one key group.
 const MAX_RESERVE: usize = 1 << 22;
 
-impl<'de, K: serde::Deserialize<'de> + Hash + Eq, V: serde::Deserialize<'de>>
-    serde::Deserialize<'de> for Sized<K, V>
-{
+impl<'de, K: Deserialize<'de> + Hash + Eq, V: Deserialize<'de>> Deserialize<'de> for Sized<K, V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visit<K, V>(std::marker::PhantomData<(K, V)>);
-        impl<'de, K: serde::Deserialize<'de> + Hash + Eq, V: serde::Deserialize<'de>>
-            serde::de::Visitor<'de> for Visit<K, V>
+        impl<'de, K: Deserialize<'de> + Hash + Eq, V: Deserialize<'de>> serde::de::Visitor<'de>
+            for Visit<K, V>
         {
             type Value = Sized<K, V>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -589,299 +692,6 @@ impl<'de, K: serde::Deserialize<'de> + Hash + Eq, V: serde::Deserialize<'de>>
             }
         }
         d.deserialize_map(Visit(std::marker::PhantomData))
-    }
-}
-
-/// Types that can live in checkpointed state (keys, values, accumulators): postcard-encoded
-/// (so they must not rely on `deserialize_any`: `serde_json::Value` cannot be state), cloned
-/// when a key group is written while a checkpoint still encodes it, and encoded on the
-/// snapshot writer thread (hence `Send + Sync`).
-pub trait StateData:
-    serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
-{
-}
-impl<T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static> StateData
-    for T
-{
-}
-
-/// A keyed table of any type, owned by a process operator.
-pub(crate) trait AnyTable {
-    fn as_any(&self) -> &dyn Any;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    fn snapshot(&mut self, id: u64) -> TableSnapshot;
-    fn restore(&mut self, id: u64, bytes: &[u8], earlier: &Earlier<'_>) -> Result<(), String>;
-    fn forget_chains(&mut self);
-}
-
-impl<K: StateData + Hash + Eq, V: StateData> AnyTable for KeyGroups<K, V> {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn snapshot(&mut self, id: u64) -> TableSnapshot {
-        KeyGroups::snapshot(self, id)
-    }
-    fn restore(&mut self, id: u64, bytes: &[u8], earlier: &Earlier<'_>) -> Result<(), String> {
-        let range = self.first..self.first + self.groups.len();
-        *self = KeyGroups::decode(id, bytes, range, self.inc.clone(), earlier)?;
-        Ok(())
-    }
-    fn forget_chains(&mut self) {
-        KeyGroups::forget_chains(self)
-    }
-}
-
-fn table<'c, K: 'static, V: 'static>(
-    tables: &'c [Box<dyn AnyTable>],
-    idx: usize,
-    name: &str,
-) -> &'c KeyGroups<K, V> {
-    tables[idx]
-        .as_any()
-        .downcast_ref::<KeyGroups<K, V>>()
-        .unwrap_or_else(|| {
-            panic!("state handle `{name}` used with an operator that did not create it")
-        })
-}
-
-fn table_mut<'c, K: 'static, V: 'static>(
-    tables: &'c mut [Box<dyn AnyTable>],
-    idx: usize,
-    name: &str,
-) -> &'c mut KeyGroups<K, V> {
-    tables[idx]
-        .as_any_mut()
-        .downcast_mut::<KeyGroups<K, V>>()
-        .unwrap_or_else(|| {
-            panic!("state handle `{name}` used with an operator that did not create it")
-        })
-}
-
-/// A single value per key.
-pub struct ValueState<V> {
-    pub(crate) idx: usize,
-    pub(crate) name: &'static str,
-    pub(crate) _v: PhantomData<fn() -> V>,
-}
-
-impl<V> Clone for ValueState<V> {
-    fn clone(&self) -> Self {
-        ValueState {
-            idx: self.idx,
-            name: self.name,
-            _v: PhantomData,
-        }
-    }
-}
-
-impl<V: StateData> ValueState<V> {
-    /// The current key's value.
-    pub fn get<'c, K: Hash + Eq + StateData, O>(
-        &self,
-        ctx: &'c KeyedContext<'_, K, O>,
-    ) -> Option<&'c V> {
-        table::<K, V>(ctx.tables, self.idx, self.name)
-            .group_ref(ctx.key_group)
-            .get(ctx.key)
-    }
-
-    /// The current key's value, mutable.
-    pub fn get_mut<'c, K: Hash + Eq + StateData, O>(
-        &self,
-        ctx: &'c mut KeyedContext<'_, K, O>,
-    ) -> Option<&'c mut V> {
-        let key = ctx.key;
-        let t = table_mut::<K, V>(ctx.tables, self.idx, self.name);
-        t.touch(ctx.key_group, key);
-        t.group(ctx.key_group).get_mut(key)
-    }
-
-    /// Sets the current key's value.
-    pub fn set<K: Hash + Eq + StateData, O>(&self, ctx: &mut KeyedContext<'_, K, O>, value: V) {
-        let key = ctx.key;
-        let t = table_mut::<K, V>(ctx.tables, self.idx, self.name);
-        t.touch(ctx.key_group, key);
-        let map = t.group(ctx.key_group);
-        match map.get_mut(key) {
-            Some(v) => *v = value,
-            None => {
-                map.insert(key.clone(), value);
-            }
-        }
-    }
-
-    /// Removes and returns the current key's value.
-    pub fn clear<K: Hash + Eq + StateData, O>(
-        &self,
-        ctx: &mut KeyedContext<'_, K, O>,
-    ) -> Option<V> {
-        let key = ctx.key;
-        let t = table_mut::<K, V>(ctx.tables, self.idx, self.name);
-        t.touch(ctx.key_group, key);
-        t.group(ctx.key_group).remove(key)
-    }
-}
-
-/// A map per key.
-pub struct MapState<UK, UV> {
-    pub(crate) idx: usize,
-    pub(crate) name: &'static str,
-    pub(crate) _v: PhantomData<fn() -> (UK, UV)>,
-}
-
-impl<UK, UV> Clone for MapState<UK, UV> {
-    fn clone(&self) -> Self {
-        MapState {
-            idx: self.idx,
-            name: self.name,
-            _v: PhantomData,
-        }
-    }
-}
-
-impl<UK: Hash + Eq + StateData, UV: StateData> MapState<UK, UV> {
-    fn map<'c, K: Hash + Eq + StateData, O>(
-        &self,
-        ctx: &'c KeyedContext<'_, K, O>,
-    ) -> Option<&'c FxHashMap<UK, UV>> {
-        table::<K, FxHashMap<UK, UV>>(ctx.tables, self.idx, self.name)
-            .group_ref(ctx.key_group)
-            .get(ctx.key)
-    }
-
-    fn table_mut<'c, K: Hash + Eq + StateData, O>(
-        &self,
-        ctx: &'c mut KeyedContext<'_, K, O>,
-    ) -> &'c mut FxHashMap<K, FxHashMap<UK, UV>> {
-        let t = table_mut::<K, FxHashMap<UK, UV>>(ctx.tables, self.idx, self.name);
-        t.touch(ctx.key_group, ctx.key);
-        t.group(ctx.key_group)
-    }
-
-    /// The current key's entry for `user_key`.
-    pub fn get<'c, K: Hash + Eq + StateData, O>(
-        &self,
-        ctx: &'c KeyedContext<'_, K, O>,
-        user_key: &UK,
-    ) -> Option<&'c UV> {
-        table::<K, FxHashMap<UK, UV>>(ctx.tables, self.idx, self.name)
-            .group_ref(ctx.key_group)
-            .get(ctx.key)
-            .and_then(|m| m.get(user_key))
-    }
-
-    /// Inserts an entry for the current key; returns the previous value.
-    pub fn insert<K: Hash + Eq + StateData, O>(
-        &self,
-        ctx: &mut KeyedContext<'_, K, O>,
-        user_key: UK,
-        value: UV,
-    ) -> Option<UV> {
-        let key = ctx.key;
-        let map = self.table_mut(ctx);
-        if let Some(m) = map.get_mut(key) {
-            return m.insert(user_key, value);
-        }
-        let mut m = FxHashMap::default();
-        m.insert(user_key, value);
-        map.insert(key.clone(), m);
-        None
-    }
-
-    /// Removes an entry of the current key.
-    pub fn remove<K: Hash + Eq + StateData, O>(
-        &self,
-        ctx: &mut KeyedContext<'_, K, O>,
-        user_key: &UK,
-    ) -> Option<UV> {
-        let key = ctx.key;
-        self.map(ctx)?.get(user_key)?;
-        let map = self.table_mut(ctx);
-        let m = map.get_mut(key)?;
-        let v = m.remove(user_key);
-        if m.is_empty() {
-            map.remove(key);
-        }
-        v
-    }
-
-    /// Number of entries of the current key.
-    pub fn len<K: Hash + Eq + StateData, O>(&self, ctx: &KeyedContext<'_, K, O>) -> usize {
-        self.map(ctx).map_or(0, |m| m.len())
-    }
-
-    /// Visits every entry of the current key (in no particular order).
-    pub fn for_each<K: Hash + Eq + StateData, O>(
-        &self,
-        ctx: &KeyedContext<'_, K, O>,
-        mut f: impl FnMut(&UK, &UV),
-    ) {
-        if let Some(m) = self.map(ctx) {
-            m.iter().for_each(|(k, v)| f(k, v));
-        }
-    }
-
-    /// Removes every entry of the current key.
-    pub fn clear<K: Hash + Eq + StateData, O>(&self, ctx: &mut KeyedContext<'_, K, O>) {
-        let key = ctx.key;
-        if self.map(ctx).is_some() {
-            self.table_mut(ctx).remove(key);
-        }
-    }
-}
-
-/// A list per key.
-pub struct ListState<V> {
-    pub(crate) idx: usize,
-    pub(crate) name: &'static str,
-    pub(crate) _v: PhantomData<fn() -> V>,
-}
-
-impl<V> Clone for ListState<V> {
-    fn clone(&self) -> Self {
-        ListState {
-            idx: self.idx,
-            name: self.name,
-            _v: PhantomData,
-        }
-    }
-}
-
-impl<V: StateData> ListState<V> {
-    /// Appends to the current key's list.
-    pub fn push<K: Hash + Eq + StateData, O>(&self, ctx: &mut KeyedContext<'_, K, O>, value: V) {
-        let key = ctx.key;
-        let t = table_mut::<K, Vec<V>>(ctx.tables, self.idx, self.name);
-        t.touch(ctx.key_group, key);
-        let map = t.group(ctx.key_group);
-        match map.get_mut(key) {
-            Some(l) => l.push(value),
-            None => {
-                map.insert(key.clone(), vec![value]);
-            }
-        }
-    }
-
-    /// The current key's list (empty if none).
-    pub fn get<'c, K: Hash + Eq + StateData, O>(&self, ctx: &'c KeyedContext<'_, K, O>) -> &'c [V] {
-        table::<K, Vec<V>>(ctx.tables, self.idx, self.name)
-            .group_ref(ctx.key_group)
-            .get(ctx.key)
-            .map_or(&[], |l| l.as_slice())
-    }
-
-    /// Removes and returns the current key's list.
-    pub fn take<K: Hash + Eq + StateData, O>(&self, ctx: &mut KeyedContext<'_, K, O>) -> Vec<V> {
-        let key = ctx.key;
-        let t = table_mut::<K, Vec<V>>(ctx.tables, self.idx, self.name);
-        if !t.group_ref(ctx.key_group).contains_key(key) {
-            return Vec::new();
-        }
-        t.touch(ctx.key_group, key);
-        t.group(ctx.key_group).remove(key).unwrap_or_default()
     }
 }
 
@@ -905,33 +715,68 @@ mod tests {
         }))
     }
 
+    /// While a checkpoint holds a group, writes go to the overlay: reads see them at once, the
+    /// encoder sees the barrier's state, and the overlay is folded back once it is done.
+    #[test]
+    fn writes_during_encoding_go_to_the_overlay() {
+        let mut t: KeyGroups<u64, u64> = KeyGroups::new(0..1, None);
+        for k in 0..10u64 {
+            t.insert(0, k, k);
+        }
+        let snap = t.snapshot(1);
+        *t.get_mut(0, &1).unwrap() = 100;
+        t.insert(0, 50, 50);
+        assert_eq!(t.remove(0, &2), Some(2));
+        assert_eq!(t.remove(0, &2), None);
+        assert_eq!(t.remove(0, &77), None);
+        assert_eq!(
+            (t.get(0, &1), t.get(0, &2), t.get(0, &50)),
+            (Some(&100), None, Some(&50))
+        );
+        assert_eq!(t.len(), 10);
+        assert!(!t.groups[0].overlay.is_empty());
+        let bytes = (snap.encode)().unwrap();
+        let r = KeyGroups::<u64, u64>::decode(1, &bytes, 0..1, None, &no_earlier).unwrap();
+        let mut at_barrier = r.entries(0);
+        at_barrier.sort_unstable();
+        assert_eq!(at_barrier, (0..10).map(|k| (k, k)).collect::<Vec<_>>());
+        // The encoder is done: the next write folds the overlay into the map, no copy made.
+        t.insert(0, 60, 60);
+        assert!(t.groups[0].overlay.is_empty());
+        assert_eq!(Arc::strong_count(&t.groups[0].map), 1);
+        assert_eq!(
+            (t.get(0, &1), t.get(0, &2), t.len()),
+            (Some(&100), None, 11)
+        );
+    }
+
     /// A snapshot sees the state at its barrier, whatever is written afterwards, and writes
     /// after it never lose data (the frozen copy is taken back or copied).
     #[test]
     fn copy_on_write_snapshot_is_isolated_from_later_writes() {
         let mut t: KeyGroups<u64, u64> = KeyGroups::new(0..4, None);
         for k in 0..100u64 {
-            t.group((k % 4) as usize).insert(k, k);
+            t.insert((k % 4) as usize, k, k);
         }
         let snap = t.snapshot(1);
         assert!(snap.refs.is_empty(), "a full checkpoint references nothing");
         for k in 0..100u64 {
-            *t.group((k % 4) as usize).get_mut(&k).unwrap() += 1000;
+            *t.get_mut((k % 4) as usize, &k).unwrap() += 1000;
         }
-        t.group(1).insert(999, 1);
+        t.insert(1, 999, 1);
         let bytes = (snap.encode)().unwrap();
         let restored: KeyGroups<u64, u64> =
             KeyGroups::decode(1, &bytes, 0..4, None, &no_earlier).unwrap();
         for k in 0..100u64 {
-            assert_eq!(restored.group_ref((k % 4) as usize)[&k], k);
-            assert_eq!(t.group_ref((k % 4) as usize)[&k], k + 1000);
+            assert_eq!(restored.get((k % 4) as usize, &k), Some(&k));
+            assert_eq!(t.get((k % 4) as usize, &k), Some(&(k + 1000)));
         }
         assert_eq!(restored.len(), 100);
         assert_eq!(t.len(), 101);
         // Once the encoder dropped its copy, taking a group back does not copy it.
         let snap = t.snapshot(2);
         drop(snap);
-        t.group(2).insert(5000, 5);
+        t.insert(2, 5000, 5);
         assert_eq!(t.len(), 102);
         // Decoding into another key-group range is refused.
         let e = KeyGroups::<u64, u64>::decode(1, &bytes, 0..3, None, &no_earlier)
@@ -947,8 +792,7 @@ mod tests {
         let inc = inc(64, 1);
         let mut t: KeyGroups<u64, u64> = KeyGroups::new(0..8, inc.clone());
         for k in 0..10_000u64 {
-            t.touch((k % 8) as usize, &k);
-            t.group((k % 8) as usize).insert(k, k);
+            t.insert((k % 8) as usize, k, k);
         }
         let s1 = t.snapshot(1);
         let full = (s1.encode)().unwrap();
@@ -959,8 +803,7 @@ mod tests {
         assert!(unchanged.len() < 100, "{}", unchanged.len());
         assert_eq!(s2.refs, BTreeSet::from([1]));
         inc.as_ref().unwrap().completed.store(2, Ordering::Release);
-        t.touch(3, &3);
-        *t.group(3).get_mut(&3).unwrap() = 33;
+        *t.get_mut(3, &3).unwrap() = 33;
         let s3 = t.snapshot(3);
         let delta = (s3.encode)().unwrap();
         assert!(delta.len() < 120, "{}", delta.len());
@@ -974,8 +817,8 @@ mod tests {
         };
         let r: KeyGroups<u64, u64> = KeyGroups::decode(3, &delta, 0..8, None, &earlier).unwrap();
         assert_eq!(r.len(), 10_000);
-        assert_eq!(r.group_ref(3)[&3], 33);
-        assert_eq!(r.group_ref(4)[&4], 4);
+        assert_eq!(r.get(3, &3), Some(&33));
+        assert_eq!(r.get(4, &4), Some(&4));
         // A chain that names a missing checkpoint is an error, not empty state.
         let e = KeyGroups::<u64, u64>::decode(3, &delta, 0..8, None, &no_earlier)
             .err()
@@ -984,7 +827,9 @@ mod tests {
     }
 
     /// A checkpoint in flight in the model: expected state, encoded table, references.
-    type InFlight = (BTreeMap<u16, u32>, Vec<u8>, BTreeSet<u64>);
+    /// (The encoder runs when the checkpoint settles, so writes made meanwhile go through the
+    /// overlay, as when the snapshot writer thread is still busy.)
+    type InFlight = (BTreeMap<u16, u32>, TableSnapshot);
 
     #[derive(Debug, Clone)]
     enum Op {
@@ -1033,25 +878,22 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Put(k, v) => {
-                        t.touch(kg(k), &k);
-                        t.group(kg(k)).insert(k, v);
+                        t.insert(kg(k), k, v);
                         model.insert(k, v);
                     }
                     Op::Remove(k) => {
-                        t.touch(kg(k), &k);
-                        t.group(kg(k)).remove(&k);
+                        t.remove(kg(k), &k);
                         model.remove(&k);
                     }
                     Op::Checkpoint => {
                         if in_flight.len() < max_concurrent {
-                            let s = t.snapshot(next);
-                            let bytes = (s.encode)().unwrap();
-                            in_flight.insert(next, (model.clone(), bytes, s.refs));
+                            in_flight.insert(next, (model.clone(), t.snapshot(next)));
                             next += 1;
                         }
                     }
                     Op::Complete | Op::Abort => {
-                        if let Some((id, (state, bytes, refs))) = in_flight.pop_first() {
+                        if let Some((id, (state, snap))) = in_flight.pop_first() {
+                            let (bytes, refs) = ((snap.encode)().unwrap(), snap.refs);
                             if matches!(op, Op::Complete) {
                                 // Everything it references is a completed checkpoint whose
                                 // files one of the newest `max_concurrent` completed
@@ -1089,7 +931,7 @@ mod tests {
                 let r = KeyGroups::<u16, u32>::decode(*id, &files[id], 2..6, None, &earlier)
                     .map_err(TestCaseError::fail)?;
                 let got: BTreeMap<u16, u32> = (2..6)
-                    .flat_map(|g| r.group_ref(g).iter().map(|(k, v)| (*k, *v)))
+                    .flat_map(|g| r.entries(g))
                     .collect();
                 prop_assert_eq!(&got, state, "checkpoint {}", id);
                 for g in &r.groups {
