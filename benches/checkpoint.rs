@@ -15,7 +15,7 @@
 //!    deltas).
 //!
 //! `cargo bench --bench checkpoint` (env: WEIR_BENCH_STATE_MB, default 1024; WEIR_BENCH_QUICK=1
-//! for a small smoke run; WEIR_BENCH_OUT for the results directory, default
+//! for a small smoke run; WEIR_BENCH_WORKLOADS=hot-1pct or all-keys for one workload; WEIR_BENCH_OUT for the results directory, default
 //! `target/bench-results`). Results: `checkpoint.json` and `checkpoint.md`.
 
 use std::path::Path;
@@ -190,11 +190,13 @@ fn restore_time(dir: &Path, workers: usize, keys: u64) -> (f64, u64) {
     );
     let t = Instant::now();
     let h = env.start("bench").unwrap();
+    let loaded = t.elapsed().as_secs_f64();
     let restored = h.restored_from().expect("a checkpoint to restore");
     while h.metrics().source_records() == 0 && !h.is_finished() {
         std::thread::sleep(Duration::from_micros(200));
     }
     let secs = t.elapsed().as_secs_f64();
+    println!("    restore: files read and checked in {loaded:.2} s, state decoded by {secs:.2} s");
     h.cancel();
     let _ = h.join();
     (secs, restored)
@@ -344,8 +346,14 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
 
     println!("state ~{mb} MB: {keys} keys, {workers} workers, steady-state window {window:?}");
+    // WEIR_BENCH_WORKLOADS=hot-1pct (comma-separated) runs a subset.
+    let only = std::env::var("WEIR_BENCH_WORKLOADS").ok();
     let results: Vec<Measured> = [Workload::Hot1Pct, Workload::AllKeys]
         .into_iter()
+        .filter(|w| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n == w.name()))
+        })
         .map(|w| measure(tmp.path(), workers, keys, window, w))
         .collect();
     let (mmap, plain) = write_speeds(tmp.path(), mb.min(1024));

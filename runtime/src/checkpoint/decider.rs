@@ -105,7 +105,11 @@ impl Decider {
     /// When `on_tick` should run next at the latest.
     pub(crate) fn next_wake(&self, now: Instant) -> Instant {
         let mut wake = now + Duration::from_millis(100);
-        if !self.finished {
+        // A trigger due while none may start (too many in flight) is no reason to wake: the
+        // completion or timeout that frees a slot is (a wake time in the past would spin).
+        let may_trigger = self.in_flight.len() < self.max_concurrent
+            && (self.min_pause.is_zero() || self.in_flight.is_empty());
+        if !self.finished && may_trigger {
             let due = match self.earliest_by_pause() {
                 Some(t) => self.next_trigger.max(t),
                 None => self.next_trigger,
@@ -328,8 +332,14 @@ mod tests {
             triggers(&d.on_tick(t0 + Duration::from_millis(100))),
             vec![1]
         );
-        // max_concurrent = 1: nothing while 1 is in flight.
+        // max_concurrent = 1: nothing while 1 is in flight, and no reason to wake before its
+        // timeout although the next interval is overdue (a wake time in the past spins).
         assert!(d.on_tick(t0 + Duration::from_millis(250)).is_empty());
+        let now = t0 + Duration::from_millis(250);
+        assert!(
+            d.next_wake(now) > now,
+            "woke at once with a trigger that cannot start"
+        );
         assert!(d
             .on_ack(t0 + Duration::from_millis(260), 1, ack(0))
             .is_empty());

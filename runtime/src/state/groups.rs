@@ -62,11 +62,18 @@ struct Capture<K> {
     keys: Option<Arc<FxHashSet<K>>>,
 }
 
+/// A key group's map: owned, or shared with the snapshot writer (then writes go to the
+/// group's overlay).
+enum Slot<K, V> {
+    Owned(FxHashMap<K, V>),
+    Shared(Arc<FxHashMap<K, V>>),
+}
+
 /// A key group: its map and what incremental checkpoints know about its changes.
 struct Group<K, V> {
-    /// The entries; shared with the snapshot writer while a checkpoint encodes them.
-    map: Arc<FxHashMap<K, V>>,
-    /// Writes made while `map` is shared (`None`: removed). Empty whenever `map` is not.
+    /// The entries.
+    slot: Slot<K, V>,
+    /// Writes made while the map is shared (`None`: removed). Empty whenever it is owned.
     overlay: FxHashMap<K, Option<V>>,
     /// Keys written since the last capture (incremental tracking on, not overflowed).
     dirty: FxHashSet<K>,
@@ -78,10 +85,19 @@ struct Group<K, V> {
     pending: Vec<Capture<K>>,
 }
 
+fn apply<K: Hash + Eq, V>(map: &mut FxHashMap<K, V>, overlay: &mut FxHashMap<K, Option<V>>) {
+    for (k, v) in overlay.drain() {
+        match v {
+            Some(v) => map.insert(k, v),
+            None => map.remove(&k),
+        };
+    }
+}
+
 impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
     fn new(map: FxHashMap<K, V>) -> Self {
         Group {
-            map: Arc::new(map),
+            slot: Slot::Owned(map),
             overlay: FxHashMap::default(),
             dirty: FxHashSet::default(),
             overflow: false,
@@ -90,36 +106,47 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         }
     }
 
-    /// The map to write to directly, if no checkpoint holds it any more (folding in the
-    /// overlay first).
+    /// The map (owned or shared), without the overlay.
+    #[inline]
+    fn map(&self) -> &FxHashMap<K, V> {
+        match &self.slot {
+            Slot::Owned(m) => m,
+            Slot::Shared(a) => a,
+        }
+    }
+
+    /// The map to write to directly, unless a checkpoint still holds it. Once the writer
+    /// released it, it is taken back (no copy) and the overlay folded in.
     #[inline]
     fn owned(&mut self) -> Option<&mut FxHashMap<K, V>> {
-        let map = Arc::get_mut(&mut self.map)?;
-        if !self.overlay.is_empty() {
-            for (k, v) in self.overlay.drain() {
-                match v {
-                    Some(v) => map.insert(k, v),
-                    None => map.remove(&k),
-                };
-            }
+        if let Slot::Shared(arc) = &mut self.slot {
+            Arc::get_mut(arc)?;
+            let arc = std::mem::replace(arc, Arc::new(FxHashMap::default()));
+            let mut map = Arc::try_unwrap(arc).ok().expect("unique: checked above");
+            apply(&mut map, &mut self.overlay);
+            self.slot = Slot::Owned(map);
         }
-        Some(map)
+        match &mut self.slot {
+            Slot::Owned(m) => Some(m),
+            Slot::Shared(_) => unreachable!("taken back above"),
+        }
     }
 
     /// The map as it is now, in one piece, for a checkpoint to share: O(1) unless an earlier
     /// checkpoint still holds it and writes went to the overlay since (then it is copied).
     fn freeze(&mut self) -> Arc<FxHashMap<K, V>> {
         if self.owned().is_none() && !self.overlay.is_empty() {
-            let mut map = (*self.map).clone();
-            for (k, v) in self.overlay.drain() {
-                match v {
-                    Some(v) => map.insert(k, v),
-                    None => map.remove(&k),
-                };
-            }
-            self.map = Arc::new(map);
+            let mut map = self.map().clone();
+            apply(&mut map, &mut self.overlay);
+            self.slot = Slot::Shared(Arc::new(map));
         }
-        self.map.clone()
+        if let Slot::Owned(m) = &mut self.slot {
+            self.slot = Slot::Shared(Arc::new(std::mem::take(m)));
+        }
+        match &self.slot {
+            Slot::Shared(a) => a.clone(),
+            Slot::Owned(_) => unreachable!("shared above"),
+        }
     }
 
     #[inline]
@@ -129,16 +156,19 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
                 return v.as_ref();
             }
         }
-        self.map.get(k)
+        self.map().get(k)
     }
 
     #[inline]
     fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        if Arc::get_mut(&mut self.map).is_some() {
-            return self.owned().expect("checked").get_mut(k);
+        if self.owned().is_some() {
+            return match &mut self.slot {
+                Slot::Owned(m) => m.get_mut(k),
+                Slot::Shared(_) => unreachable!("owned"),
+            };
         }
         if !self.overlay.contains_key(k) {
-            let v = self.map.get(k)?.clone();
+            let v = self.map().get(k)?.clone();
             self.overlay.insert(k.clone(), Some(v));
         }
         self.overlay.get_mut(k).and_then(|v| v.as_mut())
@@ -161,23 +191,23 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         if let Some(map) = self.owned() {
             return map.remove(k);
         }
-        let old = match self.overlay.get_mut(k) {
+        match self.overlay.get_mut(k) {
             Some(slot) => slot.take(),
             None => {
-                let old = self.map.get(k).cloned();
+                let old = self.map().get(k).cloned();
                 if old.is_some() {
                     self.overlay.insert(k.clone(), None);
                 }
                 old
             }
-        };
-        old
+        }
     }
 
     fn len(&self) -> usize {
-        let mut n = self.map.len();
+        let map = self.map();
+        let mut n = map.len();
         for (k, v) in &self.overlay {
-            match (self.map.contains_key(k), v.is_some()) {
+            match (map.contains_key(k), v.is_some()) {
                 (false, true) => n += 1,
                 (true, false) => n -= 1,
                 _ => {}
@@ -227,7 +257,7 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
             return;
         }
         g.dirty.insert(key.clone());
-        if g.dirty.len() > DIRTY_MIN && g.dirty.len() > g.map.len() / FULL_FRACTION {
+        if g.dirty.len() > DIRTY_MIN && g.dirty.len() > g.map().len() / FULL_FRACTION {
             // Much of the group changed: writing it in full costs about what a delta would,
             // and not tracking the keys keeps memory bounded.
             g.overflow = true;
@@ -283,7 +313,7 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
     pub(crate) fn entries(&self, kg: usize) -> Vec<(K, V)> {
         let g = &self.groups[kg - self.first];
         let mut out: Vec<(K, V)> = g
-            .map
+            .map()
             .iter()
             .filter(|(k, _)| !g.overlay.contains_key(k))
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -453,7 +483,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                 // A restore would apply more delta entries than the group has.
                 || entries > g.committed.base_len + DIRTY_MIN as u64
                 || (changed > DIRTY_MIN as u64
-                    && changed > (g.map.len() / FULL_FRACTION) as u64)
+                    && changed > (g.map().len() / FULL_FRACTION) as u64)
             {
                 full[i] = true;
             } else if changed > 0 && (2 * deltas >= max_chain || 2 * entries > g.committed.base_len)
@@ -743,7 +773,7 @@ mod tests {
         // The encoder is done: the next write folds the overlay into the map, no copy made.
         t.insert(0, 60, 60);
         assert!(t.groups[0].overlay.is_empty());
-        assert_eq!(Arc::strong_count(&t.groups[0].map), 1);
+        assert!(matches!(t.groups[0].slot, Slot::Owned(_)));
         assert_eq!(
             (t.get(0, &1), t.get(0, &2), t.len()),
             (Some(&100), None, 11)
