@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every crate's tests (unit, property, end-to-end,
 # doc tests, examples built), and a quick run of the benchmarks so they cannot rot.
-# Needs only a Rust toolchain (rustfmt, clippy); everything else comes from crates.io.
+# Needs a Rust toolchain (rustfmt, clippy) and, for the S3 tests, Go and curl: they start a
+# real MinIO on loopback through scripts/services/minio.sh (built from source the first time,
+# a few minutes, then cached in ~/.cache/weir-services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+cleanup() {
+    scripts/services/minio.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+echo "== test services (MinIO for the S3 tests)"
+scripts/services/minio.sh start >/dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -15,7 +24,7 @@ echo "== disk-full test of the snapshot writer (a 1 MiB tmpfs)"
 if [ "$(id -u)" = 0 ]; then
     small=$(mktemp -d)
     mount -t tmpfs -o size=1m tmpfs "$small"
-    trap 'umount "$small" 2>/dev/null || true; rmdir "$small" 2>/dev/null || true' EXIT
+    trap 'umount "$small" 2>/dev/null || true; rmdir "$small" 2>/dev/null || true; cleanup' EXIT
     WEIR_TEST_SMALL_FS="$small" cargo test -p weir-storage -- --ignored full_disk
 else
     echo "not root: cannot mount a small tmpfs here; CI (root) runs this test"

@@ -87,7 +87,7 @@ pub fn list(job_file: &Path, overrides: &[String], as_json: bool) -> anyhow::Res
         );
         return Ok(ExitCode::from(2));
     };
-    let store = weir_storage::open_store(&cfg.storage, &job.name)
+    let store = weir_storage::open_store_with(&cfg.storage, &job.name, &cfg.store)
         .with_context(|| format!("checkpoint.storage `{}`", cfg.storage))?;
     let mut ids = store.list().context("cannot list checkpoints")?;
     ids.sort_unstable();
@@ -179,21 +179,103 @@ pub fn list(job_file: &Path, overrides: &[String], as_json: bool) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `inspect` reads a checkpoint from: a local directory, or a remote store (files are
+/// downloaded to a temporary directory).
+enum Source {
+    Local(PathBuf),
+    Remote {
+        store: Box<dyn weir_storage::CheckpointStore>,
+        id: u64,
+        root: String,
+        tmp: PathBuf,
+    },
+}
+
+impl Source {
+    fn open(path: &str) -> anyhow::Result<Source> {
+        let expected = "expected `<storage>/<job>/chk-<id>`";
+        if !path.starts_with("s3://") {
+            let dir = PathBuf::from(path.strip_prefix("file://").unwrap_or(path));
+            if !dir.is_dir() {
+                bail!("`{path}` is not a checkpoint directory; {expected}");
+            }
+            return Ok(Source::Local(dir));
+        }
+        let trimmed = path.trim_end_matches('/');
+        let mut parts = trimmed.rsplitn(3, '/');
+        let (Some(chk), Some(job), Some(root)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("`{path}` is not a checkpoint path; {expected}");
+        };
+        let Some(id) = chk.strip_prefix("chk-").and_then(|n| n.parse::<u64>().ok()) else {
+            bail!("`{path}` is not a checkpoint path; {expected}");
+        };
+        let store = weir_storage::open_store(root, job).with_context(|| format!("`{path}`"))?;
+        let tmp = std::env::temp_dir().join(format!("weir-inspect-{}", std::process::id()));
+        Ok(Source::Remote {
+            store,
+            id,
+            root: format!("{root}/{job}"),
+            tmp,
+        })
+    }
+
+    /// Where file `name` of checkpoint `of` (this one if `None`) is, for messages.
+    fn path(&self, name: &str, of: Option<u64>) -> String {
+        match self {
+            Source::Local(dir) => {
+                let dir = match of {
+                    Some(c) => dir
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .join(format!("chk-{c}")),
+                    None => dir.clone(),
+                };
+                dir.join(name).display().to_string()
+            }
+            Source::Remote { root, id, .. } => format!("{root}/chk-{}/{name}", of.unwrap_or(*id)),
+        }
+    }
+
+    fn metadata(&self) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Source::Local(dir) => Ok(std::fs::read(dir.join("_metadata"))?),
+            Source::Remote { store, id, .. } => store
+                .get_metadata(*id)?
+                .ok_or_else(|| anyhow::anyhow!("it does not exist")),
+        }
+    }
+
+    fn file(&self, checkpoint: u64, name: &str) -> anyhow::Result<Snapshot> {
+        let local = match self {
+            Source::Local(_) => PathBuf::from(self.path(name, Some(checkpoint))),
+            Source::Remote { store, tmp, .. } => {
+                let p = tmp.join(format!("chk-{checkpoint}")).join(name);
+                store.get_file(checkpoint, name, &p)?;
+                p
+            }
+        };
+        Ok(Snapshot::open(&local)?)
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        if let Source::Remote { tmp, .. } = self {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
+    }
+}
+
 /// Shows one checkpoint directory: its metadata, operators, state sizes and source positions.
 pub fn inspect(path: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let dir = PathBuf::from(path.strip_prefix("file://").unwrap_or(path));
-    if !dir.is_dir() {
-        bail!("`{path}` is not a checkpoint directory; expected `<storage>/<job>/chk-<id>`");
-    }
-    let meta_path = dir.join("_metadata");
-    let bytes = std::fs::read(&meta_path).with_context(|| {
+    let source = Source::open(path)?;
+    let meta_path = source.path("_metadata", None);
+    let bytes = source.metadata().with_context(|| {
         format!(
-            "cannot read `{}`: a checkpoint without metadata is incomplete and cannot be restored",
-            meta_path.display()
+            "cannot read `{meta_path}`: a checkpoint without metadata is incomplete and cannot be restored"
         )
     })?;
-    let m =
-        decode_metadata(&bytes).with_context(|| format!("`{}` is damaged", meta_path.display()))?;
+    let m = decode_metadata(&bytes).with_context(|| format!("`{meta_path}` is damaged"))?;
     // Per operator: state bytes per subtask, and readable (JSON) states such as source positions.
     let mut ops: Vec<Value> = m
         .operators
@@ -201,15 +283,16 @@ pub fn inspect(path: &str, as_json: bool) -> anyhow::Result<ExitCode> {
         .map(|o| json!({"name": o.name, "parallelism": o.parallelism, "state_bytes": 0u64, "subtasks": []}))
         .collect();
     let mut files = Vec::new();
-    let job_dir = dir.parent().unwrap_or(Path::new("."));
     for f in &m.files {
         let own = f.checkpoint == m.checkpoint_id;
-        let p = job_dir.join(format!("chk-{}", f.checkpoint)).join(&f.name);
-        let snap = Snapshot::open(&p).with_context(|| format!("`{}` is damaged", p.display()))?;
+        let p = source.path(&f.name, Some(f.checkpoint));
+        let snap = source
+            .file(f.checkpoint, &f.name)
+            .with_context(|| format!("`{p}` is damaged or unreadable"))?;
         files.push(json!({
             "name": f.name,
             "checkpoint": f.checkpoint,
-            "path": p.display().to_string(),
+            "path": p,
             "referenced": !own,
             "worker": f.worker,
             "bytes": f.bytes,

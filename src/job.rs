@@ -1387,7 +1387,9 @@ fn checkpoint(top: &Tbl, dir: &Path) -> Res<Option<CheckpointConfig>> {
             v,
             &format!("a table ([checkpoint] with storage = {STORAGE_EXAMPLE} and the other checkpoint settings)"),
         )?;
-        t.allow(CHECKPOINT_KEYS)?;
+        let mut allowed = CHECKPOINT_KEYS.to_vec();
+        allowed.push("s3");
+        t.allow(&allowed)?;
         for (k, value) in t.entries {
             if let Some(name) = CHECKPOINT_KEYS.iter().find(|n| *n == k) {
                 add(
@@ -1460,6 +1462,12 @@ fn checkpoint(top: &Tbl, dir: &Path) -> Res<Option<CheckpointConfig>> {
         dir,
     )?;
     let mut config = CheckpointConfig::new(uri);
+    if let Some(v) = own.and_then(|c| match c {
+        Val::Table(entries) => entries.iter().find(|(k, _)| k == "s3").map(|(_, v)| v),
+        _ => None,
+    }) {
+        config.store.s3 = s3_options(v)?;
+    }
     for s in &settings {
         let (key, v) = (s.key.as_str(), s.value);
         match s.name {
@@ -1553,6 +1561,130 @@ fn checkpoint(top: &Tbl, dir: &Path) -> Res<Option<CheckpointConfig>> {
     Ok(Some(config))
 }
 
+/// The keys of `[checkpoint.s3]`.
+const S3_KEYS: &[&str] = &[
+    "endpoint",
+    "region",
+    "path_style",
+    "access_key_id",
+    "secret_access_key",
+    "checksums",
+    "part_size",
+    "concurrency",
+    "max_attempts",
+];
+
+/// `[checkpoint.s3]`: settings of `s3://` storage; unset ones come from the AWS environment.
+fn s3_options(v: &Val) -> Res<weir_storage::s3::S3Options> {
+    let t = Tbl::of(
+        "checkpoint.s3".into(),
+        v,
+        "a table ([checkpoint.s3] with endpoint, region, ...)",
+    )?;
+    t.allow(S3_KEYS)?;
+    let mut o = weir_storage::s3::S3Options::default();
+    let text = |k: &str| -> Res<Option<String>> {
+        t.get(k)
+            .map(|v| non_empty(&t.key(k), v, "a string"))
+            .transpose()
+    };
+    o.endpoint = text("endpoint")?;
+    if let Some(e) = &o.endpoint {
+        if !e.starts_with("http://") && !e.starts_with("https://") {
+            return fail(
+                t.key("endpoint"),
+                format!(
+                    "expected an http:// or https:// URL, e.g. \"http://127.0.0.1:9000\", found {}",
+                    quote(e)
+                ),
+            );
+        }
+    }
+    o.region = text("region")?;
+    o.access_key_id = text("access_key_id")?;
+    o.secret_access_key = text("secret_access_key")?;
+    if o.access_key_id.is_some() != o.secret_access_key.is_some() {
+        let missing = if o.access_key_id.is_some() {
+            "secret_access_key"
+        } else {
+            "access_key_id"
+        };
+        return fail(
+            t.key(missing),
+            "missing; set both access_key_id and secret_access_key, or neither (then the AWS environment and profiles apply)",
+        );
+    }
+    if let Some(v) = t.get("path_style") {
+        match v {
+            Val::Bool(b) => o.path_style = Some(*b),
+            other => {
+                return fail(
+                    t.key("path_style"),
+                    format!("expected true or false, found {}", describe(other)),
+                )
+            }
+        }
+    }
+    if let Some(v) = t.get("checksums") {
+        o.checksums = Some(choice(
+            &t.key("checksums"),
+            v,
+            "checksum mode",
+            &[
+                (
+                    "when_supported",
+                    weir_storage::s3::S3Checksums::WhenSupported,
+                ),
+                ("when_required", weir_storage::s3::S3Checksums::WhenRequired),
+            ],
+        )?);
+    }
+    if let Some(v) = t.get("part_size") {
+        let key = t.key("part_size");
+        let n = byte_size(&key, v)?;
+        if !(weir_storage::s3::MIN_PART_SIZE..=5 << 30).contains(&n) {
+            return fail(
+                key,
+                format!("{n} bytes is out of range; expected 5MiB to 5GiB (S3's part sizes)"),
+            );
+        }
+        o.part_size = n;
+    }
+    if let Some(n) = t.opt_int("concurrency", 1, 64, "an integer from 1 to 64")? {
+        o.concurrency = to_usize(n);
+    }
+    if let Some(n) = t.opt_int("max_attempts", 1, 20, "an integer from 1 to 20")? {
+        o.max_attempts = u32::try_from(n).unwrap_or(1);
+    }
+    Ok(o)
+}
+
+/// A size in bytes: an integer, or a string with a unit (`"16MiB"`, `"8 MB"`, `"1GiB"`).
+fn byte_size(key: &str, v: &Val) -> Res<u64> {
+    const WHAT: &str = "a size such as \"16MiB\" or a number of bytes";
+    let s = match v {
+        Val::Int(i) if *i > 0 => return Ok(to_u64(*i)),
+        Val::Str(s) => s.trim(),
+        other => return fail(key, format!("expected {WHAT}, found {}", describe(other))),
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return fail(key, format!("expected {WHAT}, found {}", quote(s))),
+    };
+    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
+        Some(n) if n > 0 => Ok(n),
+        _ => fail(key, format!("expected {WHAT}, found {}", quote(s))),
+    }
+}
+
 /// A duration: Weir's syntax under `[checkpoint]`; Flink's forms (and a bare
 /// integer of milliseconds) under Flink's names.
 fn checkpoint_duration(s: &Setting) -> Res<Duration> {
@@ -1630,6 +1762,12 @@ fn storage_uri(key: &str, s: &str, dir: &Path) -> Res<String> {
         // CheckpointConfig::validate reports it.
         return Ok(s.to_string());
     }
+    if s.starts_with("s3://") {
+        return match weir_storage::s3::check_uri(s) {
+            Ok(()) => Ok(s.to_string()),
+            Err(e) => fail(key, e.to_string()),
+        };
+    }
     let is_scheme = |t: &str| {
         // Two characters at least, so that `C:\...` stays a path.
         t.len() >= 2
@@ -1643,7 +1781,7 @@ fn storage_uri(key: &str, s: &str, dir: &Path) -> Res<String> {
                 return fail(
                     key,
                     format!(
-                        "unsupported storage scheme {} in {}; only file:// storage is supported for now: expected a URI such as {STORAGE_EXAMPLE} or a directory path",
+                        "unsupported storage scheme {} in {}; expected s3://bucket/prefix, a URI such as {STORAGE_EXAMPLE} or a directory path (hdfs:// is coming)",
                         quote(scheme),
                         quote(s)
                     ),
@@ -2729,7 +2867,7 @@ storage = "/var/lib/weir/ck"
     #[test]
     fn checkpoint_full_table() {
         let text = format!(
-            "{MIN}[checkpoint]\ninterval = \"200ms\"\nmode = \"at-least-once\"\nmin_pause = \"1.5s\"\ntimeout = \"2m\"\nmax_concurrent = 2\ntolerable_failures = 5\nretained = 7\non_cancel = \"delete\"\nstorage = \"file:///var/lib/weir/checkpoints\"\nlocal_dir = \"/var/lib/weir/local\"\nincremental = false\nmax_delta_chain = 10\n"
+            "{MIN}[checkpoint]\ninterval = \"200ms\"\nmode = \"at-least-once\"\nmin_pause = \"1.5s\"\ntimeout = \"2m\"\nmax_concurrent = 2\ntolerable_failures = 5\nretained = 7\non_cancel = \"delete\"\nstorage = \"file:///var/lib/weir/checkpoints\"\nlocal_dir = \"/var/lib/weir/local\"\nincremental = false\nmax_delta_chain = 10\n[checkpoint.s3]\nendpoint = \"http://127.0.0.1:9100\"\nregion = \"eu-west-1\"\npath_style = true\naccess_key_id = \"AK\"\nsecret_access_key = \"SK\"\nchecksums = \"when_required\"\npart_size = \"8MiB\"\nconcurrency = 8\nmax_attempts = 3\n"
         );
         let job = parse_job(&text, Path::new("/srv/jobs/sums.toml"), &[]).unwrap();
         assert_eq!(
@@ -2747,6 +2885,19 @@ storage = "/var/lib/weir/ck"
                 local_dir: PathBuf::from("/var/lib/weir/local"),
                 incremental: false,
                 max_delta_chain: 10,
+                store: weir_runtime::StoreOptions {
+                    s3: weir_runtime::S3Options {
+                        endpoint: Some("http://127.0.0.1:9100".into()),
+                        region: Some("eu-west-1".into()),
+                        path_style: Some(true),
+                        access_key_id: Some("AK".into()),
+                        secret_access_key: Some("SK".into()),
+                        checksums: Some(weir_runtime::S3Checksums::WhenRequired),
+                        part_size: 8 << 20,
+                        concurrency: 8,
+                        max_attempts: 3,
+                    },
+                },
             })
         );
         // The other values of mode and on_cancel.
@@ -3033,6 +3184,39 @@ storage = "/var/lib/weir/ck"
             c("incremental = \"yes\"\n"),
             "jobs/job.toml: checkpoint.incremental: expected true or false, found string \"yes\""
         );
+        let s3 = |t: &str| {
+            ck_err(&format!(
+                "[checkpoint]\nstorage = \"s3://bkt/p\"\n[checkpoint.s3]\n{t}"
+            ))
+        };
+        assert_eq!(
+            s3("part_size = \"1MiB\"\n"),
+            "jobs/job.toml: checkpoint.s3.part_size: 1048576 bytes is out of range; expected 5MiB to 5GiB (S3's part sizes)"
+        );
+        assert_eq!(
+            s3("part_size = \"16 parsecs\"\n"),
+            "jobs/job.toml: checkpoint.s3.part_size: expected a size such as \"16MiB\" or a number of bytes, found \"16 parsecs\""
+        );
+        assert_eq!(
+            s3("access_key_id = \"AK\"\n"),
+            "jobs/job.toml: checkpoint.s3.secret_access_key: missing; set both access_key_id and secret_access_key, or neither (then the AWS environment and profiles apply)"
+        );
+        assert_eq!(
+            s3("endpoint = \"127.0.0.1:9000\"\n"),
+            "jobs/job.toml: checkpoint.s3.endpoint: expected an http:// or https:// URL, e.g. \"http://127.0.0.1:9000\", found \"127.0.0.1:9000\""
+        );
+        assert_eq!(
+            s3("checksums = \"always\"\n"),
+            "jobs/job.toml: checkpoint.s3.checksums: unknown checksum mode \"always\"; expected one of: when_supported, when_required"
+        );
+        assert_eq!(
+            s3("bucket = \"x\"\n"),
+            "jobs/job.toml: checkpoint.s3.bucket: unknown key; expected one of: endpoint, region, path_style, access_key_id, secret_access_key, checksums, part_size, concurrency, max_attempts"
+        );
+        assert_eq!(
+            ck_err("[checkpoint]\nstorage = \"s3://Bad_Bucket/x\"\n"),
+            "jobs/job.toml: checkpoint.storage: checkpoint storage `s3://Bad_Bucket/x`: `Bad_Bucket` is not a valid bucket name (3 to 63 lowercase letters, digits, `-`, `.`); expected s3://bucket or s3://bucket/prefix"
+        );
         assert_eq!(
             c("max_delta_chain = 0\n"),
             "jobs/job.toml: checkpoint.max_delta_chain: expected a positive integer, found 0"
@@ -3046,12 +3230,15 @@ storage = "/var/lib/weir/ck"
             "jobs/job.toml: checkpoint.storage: expected a storage URI such as \"file:///var/lib/weir/checkpoints\" or a directory path, found integer 5"
         );
         assert_eq!(
-            ck_err("[checkpoint]\nstorage = \"s3://bucket/ck\"\n"),
-            "jobs/job.toml: checkpoint.storage: unsupported storage scheme \"s3\" in \"s3://bucket/ck\"; only file:// storage is supported for now: expected a URI such as \"file:///var/lib/weir/checkpoints\" or a directory path"
+            ck("[checkpoint]\nstorage = \"s3://bucket/ck\"\n")
+                .unwrap()
+                .unwrap()
+                .storage,
+            "s3://bucket/ck"
         );
         assert_eq!(
             ck_err("[state.checkpoints]\ndir = \"hdfs:///flink/ck\"\n"),
-            "jobs/job.toml: state.checkpoints.dir: unsupported storage scheme \"hdfs\" in \"hdfs:///flink/ck\"; only file:// storage is supported for now: expected a URI such as \"file:///var/lib/weir/checkpoints\" or a directory path"
+            "jobs/job.toml: state.checkpoints.dir: unsupported storage scheme \"hdfs\" in \"hdfs:///flink/ck\"; expected s3://bucket/prefix, a URI such as \"file:///var/lib/weir/checkpoints\" or a directory path (hdfs:// is coming)"
         );
         assert_eq!(
             ck_err("[checkpoint]\nstorage = \"file://\"\n"),
@@ -3060,7 +3247,7 @@ storage = "/var/lib/weir/ck"
         // Unknown keys and wrong table types.
         assert_eq!(
             c("intervall = \"1s\"\n"),
-            "jobs/job.toml: checkpoint.intervall: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain"
+            "jobs/job.toml: checkpoint.intervall: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain, s3"
         );
         assert_eq!(
             f("unaligned = true\n"),
@@ -3084,7 +3271,7 @@ storage = "/var/lib/weir/ck"
         );
         assert_eq!(
             ck_err("[checkpoint]\nstorage = \"/c\"\nexecution.checkpointing.interval = \"1s\"\n"),
-            "jobs/job.toml: checkpoint.execution: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain"
+            "jobs/job.toml: checkpoint.execution: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain, s3"
         );
         assert_eq!(
             ck_top_err("checkpoint = \"file:///c\"\n"),

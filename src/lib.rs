@@ -22,7 +22,7 @@ pub use weir_runtime::{
     CollectHandle, CompletedCheckpoint, Context, Count, DataStream, JobError, JobHandle,
     JobMetrics, JobSummary, KeyedContext, KeyedProcessFunction, KeyedStream, ListState, MapState,
     Max, Min, NodeMetrics, OnCancel, OpenContext, PreCommit, ProcessFunction, RestoreFrom,
-    RuntimeConfig, SinkWriter, SourcePoll, SourceReader, StateData, StreamEnv, Sum, TaskInfo,
-    Timestamp, ValueState, Waker, WindowAssigner, WindowResult, WindowedStream,
-    DEFAULT_MAX_PARALLELISM, MAX_WATERMARK, NO_TIMESTAMP,
+    RuntimeConfig, S3Checksums, S3Options, SinkWriter, SourcePoll, SourceReader, StateData,
+    StoreOptions, StreamEnv, Sum, TaskInfo, Timestamp, ValueState, Waker, WindowAssigner,
+    WindowResult, WindowedStream, DEFAULT_MAX_PARALLELISM, MAX_WATERMARK, NO_TIMESTAMP,
 };

@@ -141,20 +141,16 @@ fn checkpoint_setup(
     parallelism: &[usize],
 ) -> Result<CheckpointSetup, JobError> {
     cfg.validate()?;
-    let store: Arc<dyn weir_storage::CheckpointStore> = weir_storage::open_store(&cfg.storage, job)
-        .map_err(|e| JobError::Storage(format!("checkpoint.storage `{}`: {e}", cfg.storage)))?
-        .into();
-    if !cfg.storage.contains("://") || cfg.storage.starts_with("file://") {
-        let root =
-            std::path::Path::new(cfg.storage.strip_prefix("file://").unwrap_or(&cfg.storage))
-                .join(job);
-        weir_storage::probe_writable(&root).map_err(|e| {
-            JobError::Storage(format!(
-                "checkpoint.storage `{}` is not writable: {e}",
-                cfg.storage
-            ))
-        })?;
-    }
+    let store: Arc<dyn weir_storage::CheckpointStore> =
+        weir_storage::open_store_with(&cfg.storage, job, &cfg.store)
+            .map_err(|e| JobError::Storage(format!("checkpoint.storage `{}`: {e}", cfg.storage)))?
+            .into();
+    store.probe().map_err(|e| {
+        JobError::Storage(format!(
+            "checkpoint.storage `{}` is not writable: {e}",
+            cfg.storage
+        ))
+    })?;
     store.list().map_err(|e| {
         JobError::Storage(format!(
             "checkpoint.storage `{}` is not readable: {e}",
@@ -212,6 +208,7 @@ pub(crate) fn start(
                 from,
                 &c.operators,
                 config.max_parallelism as u32,
+                &c.cfg.store,
             )?;
             match &restore {
                 Some(r) => tracing::info!(

@@ -35,6 +35,8 @@ pub use metrics::{JobMetrics, NodeMetrics};
 pub use operator::{Context, ProcessFunction};
 pub use source::{PreCommit, SinkWriter, SourcePoll, SourceReader, TaskInfo, Waker};
 pub use state::{ListState, MapState, StateData, ValueState};
+pub use weir_storage::s3::{S3Checksums, S3Options};
+pub use weir_storage::StoreOptions;
 pub use window::{AggregateFunction, Avg, Count, Max, Min, Sum, WindowAssigner, WindowResult};
 
 /// Event time in milliseconds since the Unix epoch (any monotonic millisecond scale works).

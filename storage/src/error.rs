@@ -55,6 +55,24 @@ pub enum StorageError {
         /// Its metadata file.
         path: PathBuf,
     },
+    /// A request to a remote store (S3, HDFS) failed, after the retries transient errors get.
+    #[error("{op} `{location}`: {message}")]
+    Remote {
+        /// What was being done, e.g. "upload".
+        op: &'static str,
+        /// The object or directory, e.g. `s3://bucket/job/chk-7/worker-0.snap`.
+        location: String,
+        /// What the store answered (status, code, message) or why it could not be reached.
+        message: String,
+    },
+    /// An upload stopped because its checkpoint was aborted.
+    #[error("upload to `{location}` stopped: checkpoint {id} was aborted")]
+    Aborted {
+        /// The checkpoint.
+        id: u64,
+        /// The object or file.
+        location: String,
+    },
     /// A file is larger than this layer accepts for its kind.
     #[error("`{}` is {len} bytes, more than the {limit} bytes accepted for {what}", path.display())]
     TooLarge {

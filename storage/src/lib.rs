@@ -7,8 +7,8 @@
 //!   [`Snapshot`]): one file per worker per checkpoint holding named sections of opaque bytes.
 //! - The checkpoint metadata file ([`encode_metadata`], [`decode_metadata`]), the commit point
 //!   of a checkpoint.
-//! - Checkpoint stores ([`open_store`], [`CheckpointStore`], [`FsStore`]) and the retention
-//!   rule ([`retention_plan`]).
+//! - Checkpoint stores ([`open_store`], [`CheckpointStore`], [`FsStore`], [`s3::S3Store`]) and
+//!   the retention rule ([`retention_plan`]).
 //!
 //! The byte layouts and the crash analysis are in `docs/checkpoint-format.md`.
 
@@ -16,6 +16,7 @@ mod durable;
 mod error;
 mod metadata;
 mod mmap;
+pub mod s3;
 mod snapshot;
 mod store;
 
@@ -34,6 +35,6 @@ pub use snapshot::{
     SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC,
 };
 pub use store::{
-    open_store, retention_plan, CheckpointStore, FsStore, PutStats, MAX_METADATA_BYTES,
-    METADATA_FILE,
+    open_store, open_store_with, retention_plan, CheckpointStore, FsStore, PutStats, StoreOptions,
+    MAX_METADATA_BYTES, METADATA_FILE,
 };

@@ -21,6 +21,13 @@ pub const MAX_METADATA_BYTES: u64 = 64 << 20;
 pub trait CheckpointStore: Send + Sync {
     /// Human-readable location of checkpoint `id` (e.g. `file:///x/job/chk-7`).
     fn location(&self, id: u64) -> String;
+    /// Checks that the store can be written (before a job starts), so that a wrong path,
+    /// bucket or credentials fail at once with a clear error.
+    fn probe(&self) -> Result<(), StorageError>;
+    /// Checkpoint `id` was aborted: uploads for it still running stop (and clean up after
+    /// themselves) and fail with [`StorageError::Aborted`]. A store whose writes cannot be
+    /// interrupted ignores this.
+    fn abort(&self, _id: u64) {}
     /// Copies a local file into checkpoint `id` under `name`; durable when it returns Ok (file:
     /// write to a hidden temp name, fsync, rename, fsync dir; on the same file system a hard
     /// link replaces the copy). The local file must not change afterwards. Returns what the
@@ -51,21 +58,41 @@ pub struct PutStats {
     pub requests: u64,
 }
 
+/// Settings of the remote stores (the file store has none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// For `s3://` storage.
+    pub s3: crate::s3::S3Options,
+}
+
+/// Opens the checkpoint store at `uri` for job `job` with default [`StoreOptions`].
+pub fn open_store(uri: &str, job: &str) -> Result<Box<dyn CheckpointStore>, StorageError> {
+    open_store_with(uri, job, &StoreOptions::default())
+}
+
 /// Opens the checkpoint store at `uri` for job `job`.
 ///
-/// Accepted forms: `file:///abs/path` (or Flink's `file:/abs/path`), or a plain absolute or
-/// relative path (made absolute
-/// against the current directory now). Checkpoints of `job` live in `<root>/<job>/chk-<id>/`,
-/// metadata file `_metadata`. `s3://` and `hdfs://` are recognised but not supported yet;
-/// anything else is an error naming the URI and the expected forms. Nothing is created on
-/// disk until the first write.
-pub fn open_store(uri: &str, job: &str) -> Result<Box<dyn CheckpointStore>, StorageError> {
+/// Accepted forms: `file:///abs/path` (or Flink's `file:/abs/path`), a plain absolute or
+/// relative path (made absolute against the current directory now), or `s3://bucket[/prefix]`.
+/// Checkpoints of `job` live in `<root>/<job>/chk-<id>/`, metadata file `_metadata`. `hdfs://`
+/// is recognised but not supported yet; anything else is an error naming the URI and the
+/// expected forms. Nothing is written until the first write ([`CheckpointStore::probe`]
+/// checks writability).
+pub fn open_store_with(
+    uri: &str,
+    job: &str,
+    options: &StoreOptions,
+) -> Result<Box<dyn CheckpointStore>, StorageError> {
     let unsupported = |reason: String| StorageError::UnsupportedUri {
         uri: uri.to_owned(),
         reason,
     };
     const EXPECTED: &str =
-        "expected file:///absolute/path, /absolute/path or relative/path (s3:// and hdfs:// are coming with remote storage)";
+        "expected s3://bucket/prefix, file:///absolute/path, /absolute/path or relative/path (hdfs:// is coming)";
+    if uri.starts_with("s3://") {
+        check_component("job name", job)?;
+        return Ok(Box::new(crate::s3::S3Store::open(uri, job, &options.s3)?));
+    }
     let root = if let Some(rest) = uri.strip_prefix("file://") {
         if !rest.starts_with('/') {
             return Err(unsupported(format!(
@@ -84,7 +111,12 @@ pub fn open_store(uri: &str, job: &str) -> Result<Box<dyn CheckpointStore>, Stor
     } else if let Some((scheme, _)) = uri.split_once("://") {
         let scheme = scheme.to_ascii_lowercase();
         return Err(unsupported(match scheme.as_str() {
-            "s3" | "s3a" | "hdfs" => format!("{scheme}:// is not supported yet (coming with remote storage); use a local or mounted path for now"),
+            "s3" => "write the scheme in lowercase: s3://".to_string(),
+            "s3a" | "s3n" => format!(
+                "use s3:// (Weir talks to S3 directly; `{scheme}://` is Hadoop's name for it)"
+            ),
+            "hdfs" => "hdfs:// is not supported yet; use s3:// or a local or mounted path for now"
+                .to_string(),
             _ => format!("unknown scheme `{scheme}://`; {EXPECTED}"),
         }));
     } else if uri.trim().is_empty() {
@@ -102,7 +134,7 @@ const MAX_NAME_LEN: usize = 200;
 /// Checks that `name` is usable as one path component of a checkpoint: not empty, at most 200
 /// bytes, no path separator or NUL, not hidden (`.` prefix, which also excludes `.` and `..` and
 /// the temp names of this store) and not `_metadata`.
-fn check_component(what: &'static str, name: &str) -> Result<(), StorageError> {
+pub(crate) fn check_component(what: &'static str, name: &str) -> Result<(), StorageError> {
     let reason = if name.is_empty() {
         Some("must not be empty")
     } else if name.len() > MAX_NAME_LEN {
@@ -168,7 +200,7 @@ impl FsStore {
 
 /// A hidden temp name in `dir` for `name`, unique within this machine's processes, so that
 /// concurrent writers never write into each other's temp file.
-fn temp_path(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn temp_path(dir: &Path, name: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     dir.join(format!(".{name}.{}-{n}.inprogress", std::process::id()))
@@ -182,6 +214,10 @@ fn discard(tmp: &Path) {
 impl CheckpointStore for FsStore {
     fn location(&self, id: u64) -> String {
         format!("file://{}", self.checkpoint_dir(id).display())
+    }
+
+    fn probe(&self) -> Result<(), StorageError> {
+        crate::durable::probe_writable(&self.job_dir)
     }
 
     fn put_file(&self, id: u64, name: &str, local: &Path) -> Result<PutStats, StorageError> {

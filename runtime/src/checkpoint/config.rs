@@ -57,6 +57,8 @@ pub struct CheckpointConfig {
     /// half this length). Bounds restore work and the files a checkpoint references.
     /// Default 64.
     pub max_delta_chain: usize,
+    /// Settings of remote storage (`s3://`); unset ones come from the environment.
+    pub store: weir_storage::StoreOptions,
 }
 
 impl CheckpointConfig {
@@ -75,6 +77,7 @@ impl CheckpointConfig {
             local_dir: std::env::temp_dir().join("weir").join("local"),
             incremental: true,
             max_delta_chain: 64,
+            store: weir_storage::StoreOptions::default(),
         }
     }
 

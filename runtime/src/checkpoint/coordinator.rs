@@ -190,6 +190,8 @@ fn execute(
         }
         Action::Abort { id, reason } => {
             tracing::warn!(checkpoint = id, %reason, "checkpoint aborted");
+            // Uploads still running for it stop and clean up.
+            s.store.abort(id);
             Vec::new()
         }
         Action::FinishSources => {

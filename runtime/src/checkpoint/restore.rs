@@ -276,11 +276,12 @@ pub(crate) fn resolve(
     from: &RestoreFrom,
     operators: &[OperatorEntry],
     max_parallelism: u32,
+    options: &weir_storage::StoreOptions,
 ) -> Result<Option<RestoreSet>, JobError> {
     match from {
         RestoreFrom::Path(p) => {
             let (root, job, id) = parse_checkpoint_path(p)?;
-            let other = weir_storage::open_store(&root, &job)
+            let other = weir_storage::open_store_with(&root, &job, options)
                 .map_err(|e| JobError::Restore(format!("{p}: {e}")))?;
             let mut set = load(other.as_ref(), local_dir, id, operators, max_parallelism).map_err(
                 |reason| JobError::Restore(format!("checkpoint `{p}` cannot be used: {reason}")),
@@ -334,6 +335,14 @@ mod tests {
         assert_eq!(
             parse_checkpoint_path("file:///a/sums/chk-7/").unwrap(),
             ("/a".into(), "sums".into(), 7)
+        );
+        assert_eq!(
+            parse_checkpoint_path("s3://bkt/pre/fix/sums/chk-9").unwrap(),
+            ("s3://bkt/pre/fix".into(), "sums".into(), 9)
+        );
+        assert_eq!(
+            parse_checkpoint_path("s3://bkt/sums/chk-9").unwrap(),
+            ("s3://bkt".into(), "sums".into(), 9)
         );
         assert!(parse_checkpoint_path("/a/sums/chk-x").is_err());
         assert!(parse_checkpoint_path("chk-1").is_err());

@@ -482,8 +482,9 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                 || deltas >= max_chain
                 // A restore would apply more delta entries than the group has.
                 || entries > g.committed.base_len + DIRTY_MIN as u64
-                || (changed > DIRTY_MIN as u64
-                    && changed > (g.map().len() / FULL_FRACTION) as u64)
+                // A delta would hold a good part of the group anyway (small groups that
+                // change are always rewritten: cheap, and their chains stay short).
+                || changed * FULL_FRACTION as u64 > g.map().len() as u64
             {
                 full[i] = true;
             } else if changed > 0 && (2 * deltas >= max_chain || 2 * entries > g.committed.base_len)
@@ -872,8 +873,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (0u16..300, any::<u32>()).prop_map(|(k, v)| Op::Put(k, v)),
-            2 => (0u16..300).prop_map(Op::Remove),
+            6 => (0u16..2000, any::<u32>()).prop_map(|(k, v)| Op::Put(k, v)),
+            2 => (0u16..2000).prop_map(Op::Remove),
             2 => Just(Op::Checkpoint),
             2 => Just(Op::Complete),
             1 => Just(Op::Abort),

@@ -1,0 +1,152 @@
+//! The S3 store goes away during a job (MinIO killed with SIGKILL, restarted with its data
+//! seconds later): checkpoints fail meanwhile, processing goes on, checkpoints succeed again
+//! once the store is back, and a restore uses a complete checkpoint, never a partial one.
+//! (A test binary of its own: it stops the server the other S3 tests use.)
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn minio_script(arg: &str, keep_data: bool) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services/minio.sh");
+    let mut c = std::process::Command::new("bash");
+    c.arg(script).arg(arg);
+    if keep_data {
+        c.env("KEEP_DATA", "1");
+    }
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "minio.sh {arg}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Ids in `checkpoint=<id>` of log lines containing `what`.
+fn ids(log: &str, what: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split("checkpoint=").nth(1))
+        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
+}
+
+/// Runs the job (restoring the latest checkpoint if `restore`) with info logs, calls `during`
+/// meanwhile, stops it with SIGTERM after `total`; returns whether it exited cleanly, and its log.
+fn run_for(
+    m: &Minio,
+    job: &std::path::Path,
+    restore: bool,
+    total: Duration,
+    during: impl FnOnce(),
+) -> (bool, String) {
+    let mut cmd = weir();
+    m.apply(&mut cmd)
+        .args(["run", job.to_str().unwrap(), "--quiet"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if restore {
+        cmd.args(["--restore", "latest"]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let t = std::time::Instant::now();
+    during();
+    std::thread::sleep(total.saturating_sub(t.elapsed()));
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    (child.wait().unwrap().success(), log)
+}
+
+#[test]
+fn store_outage_fails_checkpoints_not_the_job() {
+    let m = minio();
+    let bucket = m.bucket("outage");
+    let d = tempfile::tempdir().unwrap();
+    let job = d.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+name = "outage"
+parallelism = 2
+[source]
+type = "generator"
+keys = 5000
+rate = 200000
+[[transform]]
+type = "key_by"
+field = "key"
+[[transform]]
+type = "sum"
+field = "value"
+[sink]
+type = "blackhole"
+[checkpoint]
+interval = "200ms"
+timeout = "3s"
+tolerable_failures = 1000
+storage = "s3://{bucket}/ck"
+local_dir = "local"
+"#
+        ),
+    )
+    .unwrap();
+    let (ok, log) = run_for(&m, &job, false, Duration::from_secs(8), || {
+        std::thread::sleep(Duration::from_secs(2));
+        minio_script("kill", false);
+        std::thread::sleep(Duration::from_secs(3));
+        minio_script("start", true);
+    });
+    assert!(ok, "the job must survive the outage: {log}");
+    let completed = ids(&log, "checkpoint completed");
+    let failed: Vec<u64> = ids(&log, "checkpoint aborted")
+        .into_iter()
+        .chain(ids(&log, "snapshot failed"))
+        .collect();
+    assert!(
+        !failed.is_empty(),
+        "no checkpoint failed during the outage: {log}"
+    );
+    let first_failed = *failed.iter().min().unwrap();
+    let last_failed = *failed.iter().max().unwrap();
+    assert!(
+        completed.iter().any(|&c| c < first_failed),
+        "checkpoints completed before the outage: {completed:?} {failed:?}"
+    );
+    assert!(
+        completed.iter().filter(|&&c| c > last_failed).count() >= 2,
+        "checkpoints must succeed again after the store is back: {completed:?} {failed:?}\n{log}"
+    );
+    let records: u64 = log
+        .lines()
+        .find(|l| l.contains("job finished"))
+        .and_then(|l| l.split("records_in=").nth(1))
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .expect("records_in in the log");
+    // ~8 s at 200 000 records/s: processing went on through the outage.
+    assert!(
+        records > 1_000_000,
+        "records_in={records}: processing stalled"
+    );
+
+    // A restore takes the newest complete checkpoint (partial ones have no metadata).
+    let newest = *completed.iter().max().unwrap();
+    let (ok, log) = run_for(&m, &job, true, Duration::from_secs(1), || {});
+    assert!(ok, "{log}");
+    assert_eq!(ids(&log, "restoring from checkpoint"), [newest], "{log}");
+}
