@@ -14,7 +14,8 @@
 //!    each workload (an incremental checkpoint restores its key groups' full copies plus their
 //!    deltas).
 //!
-//! `cargo bench --bench checkpoint` (env: WEIR_BENCH_STATE_MB, default 1024; WEIR_BENCH_QUICK=1
+//! `cargo bench --bench checkpoint` (env: WEIR_BENCH_STORE=s3 to checkpoint to a local MinIO;
+//! WEIR_BENCH_STATE_MB, default 1024; WEIR_BENCH_QUICK=1
 //! for a small smoke run; WEIR_BENCH_WORKLOADS=hot-1pct or all-keys for one workload; WEIR_BENCH_OUT for the results directory, default
 //! `target/bench-results`). Results: `checkpoint.json` and `checkpoint.md`.
 
@@ -22,6 +23,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use weir::connectors::{Blackhole, Generator};
 use weir::{CheckpointConfig, RestoreFrom, RuntimeConfig, StreamEnv};
@@ -50,6 +53,8 @@ struct RunResult {
     durations_ms: Vec<f64>,
     bytes: Vec<u64>,
     referenced: Vec<u64>,
+    uploaded: Vec<u64>,
+    requests: Vec<u64>,
 }
 
 /// Which keys the records update once every key has state.
@@ -95,8 +100,34 @@ fn env(workers: usize) -> StreamEnv {
     })
 }
 
+/// `WEIR_BENCH_STORE=s3`: checkpoints go to a MinIO on loopback (started by
+/// scripts/services/minio.sh), bucket `weir-bench`; otherwise to a local directory.
+static S3: std::sync::OnceLock<Option<weir::S3Options>> = std::sync::OnceLock::new();
+
+fn s3() -> Option<&'static weir::S3Options> {
+    S3.get_or_init(|| {
+        if std::env::var("WEIR_BENCH_STORE").ok().as_deref() != Some("s3") {
+            return None;
+        }
+        Some(common::minio("weir-bench"))
+    })
+    .as_ref()
+}
+
 fn checkpoint_config(dir: &Path) -> CheckpointConfig {
-    let mut c = CheckpointConfig::new(format!("file://{}", dir.join("store").display()));
+    let mut c = match s3() {
+        Some(o) => {
+            // A fresh prefix per run directory.
+            let mut c = CheckpointConfig::new(format!(
+                "s3://weir-bench/{}-{}",
+                std::process::id(),
+                dir.file_name().unwrap().to_string_lossy()
+            ));
+            c.store.s3 = o.clone();
+            c
+        }
+        None => CheckpointConfig::new(format!("file://{}", dir.join("store").display())),
+    };
     c.interval = Duration::from_secs(1);
     c.local_dir = dir.join("local");
     c.retained = 1;
@@ -148,13 +179,17 @@ fn run(
         std::thread::sleep(Duration::from_millis(10));
     }
     let ticker = tick(&hot);
-    // Warm-up: several checkpoints, so that the steady state (deltas, and full rewrites of
-    // key groups spread over checkpoints) is what gets measured.
-    std::thread::sleep(Duration::from_secs(if window.as_secs() > 5 {
-        10
-    } else {
-        2
-    }));
+    // Warm-up: at least 10 s and, with checkpoints, 3 completed after the load (the first one
+    // writes all the state just loaded), so that the steady state (deltas, and full rewrites
+    // of key groups spread over checkpoints) is what gets measured.
+    let loaded_at = h.checkpoints().len();
+    let warm_up = Instant::now();
+    let min = Duration::from_secs(if window.as_secs() > 5 { 10 } else { 2 });
+    while warm_up.elapsed() < min
+        || (dir.is_some() && h.checkpoints().len() < loaded_at + 3 && warm_up.elapsed() < 4 * min)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (t0, r0, c0) = (
         Instant::now(),
         h.metrics().source_records(),
@@ -173,6 +208,8 @@ fn run(
         durations_ms: cps.iter().map(|c| c.duration.as_secs_f64() * 1e3).collect(),
         bytes: cps.iter().map(|c| c.bytes).collect(),
         referenced: cps.iter().map(|c| c.bytes_referenced).collect(),
+        uploaded: cps.iter().map(|c| c.bytes_uploaded).collect(),
+        requests: cps.iter().map(|c| c.requests).collect(),
     }
 }
 
@@ -262,6 +299,8 @@ impl Measured {
             "checkpoint_durations_ms": w.durations_ms,
             "bytes_written_per_checkpoint": w.bytes,
             "bytes_referenced_per_checkpoint": w.referenced,
+            "bytes_uploaded_per_checkpoint": w.uploaded,
+            "requests_per_checkpoint": w.requests,
             "restore_seconds_local": self.restore_s,
             "restored_checkpoint": self.restored,
         })
@@ -274,6 +313,7 @@ impl Measured {
              | {n}: sync pause p99 (p50) | {:.2} ms ({:.2} ms) | <= 10 ms |\n\
              | {n}: checkpoint duration p50 / p99 | {:.0} / {:.0} ms | |\n\
              | {n}: written per checkpoint p50 (referenced) | {:.1} MB ({:.0} MB) | |\n\
+             | {n}: uploaded per checkpoint p50, requests p50 / max | {:.1} MB, {:.0} / {:.0} | |\n\
              | {n}: restore from local copy | {:.2} s | <= 2 s |\n",
             self.ratio(),
             w.records_per_s / 1e6,
@@ -284,6 +324,9 @@ impl Measured {
             percentile(w.durations_ms.clone(), 0.99),
             Self::mb(&w.bytes, 0.5),
             Self::mb(&w.referenced, 0.5),
+            Self::mb(&w.uploaded, 0.5),
+            percentile(w.requests.iter().map(|r| *r as f64).collect(), 0.5),
+            percentile(w.requests.iter().map(|r| *r as f64).collect(), 1.0),
             self.restore_s,
         )
     }
@@ -345,7 +388,10 @@ fn main() {
     let window = Duration::from_secs(if quick { 3 } else { 20 });
     let tmp = tempfile::tempdir().unwrap();
 
-    println!("state ~{mb} MB: {keys} keys, {workers} workers, steady-state window {window:?}");
+    println!(
+        "state ~{mb} MB: {keys} keys, {workers} workers, steady-state window {window:?}, store {}",
+        if s3().is_some() { "s3 (MinIO)" } else { "file" }
+    );
     // WEIR_BENCH_WORKLOADS=hot-1pct (comma-separated) runs a subset.
     let only = std::env::var("WEIR_BENCH_WORKLOADS").ok();
     let results: Vec<Measured> = [Workload::Hot1Pct, Workload::AllKeys]
@@ -370,6 +416,7 @@ fn main() {
         "keys": keys,
         "window_seconds": window.as_secs(),
         "workers": workers,
+        "store": if s3().is_some() { "s3 (MinIO on loopback)" } else { "file" },
         "mmap_write_bytes_per_s": mmap,
         "buffered_write_bytes_per_s": plain,
         "mmap_vs_buffered": write_ratio,
@@ -388,11 +435,16 @@ fn main() {
     let out = std::env::var("WEIR_BENCH_OUT")
         .unwrap_or_else(|_| format!("{}/target/bench-results", env!("CARGO_MANIFEST_DIR")));
     std::fs::create_dir_all(&out).unwrap();
+    let name = if s3().is_some() {
+        "checkpoint-s3"
+    } else {
+        "checkpoint"
+    };
     std::fs::write(
-        format!("{out}/checkpoint.json"),
+        format!("{out}/{name}.json"),
         serde_json::to_string_pretty(&rows).unwrap(),
     )
     .unwrap();
-    std::fs::write(format!("{out}/checkpoint.md"), md).unwrap();
-    println!("results written to {out}/checkpoint.json and checkpoint.md");
+    std::fs::write(format!("{out}/{name}.md"), md).unwrap();
+    println!("results written to {out}/{name}.json and {name}.md");
 }

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every crate's tests (unit, property, end-to-end,
 # doc tests, examples built), and a quick run of the benchmarks so they cannot rot.
-# Needs a Rust toolchain (rustfmt, clippy) and, for the S3 tests, Go and curl: they start a
-# real MinIO on loopback through scripts/services/minio.sh (built from source the first time,
-# a few minutes, then cached in ~/.cache/weir-services).
+# Needs a Rust toolchain (rustfmt, clippy) and, for the S3 and HDFS tests, Go, Java 17 with
+# Maven, and curl: they start a real MinIO and an HDFS MiniDFSCluster on loopback through
+# scripts/services/ (built the first time, a few minutes, then cached in ~/.cache/weir-services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cleanup() {
     scripts/services/minio.sh stop >/dev/null 2>&1 || true
+    scripts/services/hdfs.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-echo "== test services (MinIO for the S3 tests)"
+echo "== test services (MinIO and HDFS for the remote-storage tests; built the first time)"
 scripts/services/minio.sh start >/dev/null
+scripts/services/hdfs.sh start >/dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -32,6 +34,7 @@ fi
 echo "== benchmarks (quick mode: checks they run; the numbers come from 'cargo bench')"
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench throughput
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench checkpoint
+WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench upload
 echo "== example job"
 cargo run --release --quiet -- run examples/sums.toml --quiet
 test -s out/sums/part-0-0.jsonl

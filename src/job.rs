@@ -1762,8 +1762,15 @@ fn storage_uri(key: &str, s: &str, dir: &Path) -> Res<String> {
         // CheckpointConfig::validate reports it.
         return Ok(s.to_string());
     }
-    if s.starts_with("s3://") {
-        return match weir_storage::s3::check_uri(s) {
+    let remote = if s.starts_with("s3://") {
+        Some(weir_storage::s3::check_uri(s))
+    } else if s.starts_with("hdfs://") {
+        Some(weir_storage::hdfs::check_uri(s))
+    } else {
+        None
+    };
+    if let Some(checked) = remote {
+        return match checked {
             Ok(()) => Ok(s.to_string()),
             Err(e) => fail(key, e.to_string()),
         };
@@ -1781,7 +1788,7 @@ fn storage_uri(key: &str, s: &str, dir: &Path) -> Res<String> {
                 return fail(
                     key,
                     format!(
-                        "unsupported storage scheme {} in {}; expected s3://bucket/prefix, a URI such as {STORAGE_EXAMPLE} or a directory path (hdfs:// is coming)",
+                        "unsupported storage scheme {} in {}; expected s3://bucket/prefix, hdfs://namenode:port/path, a URI such as {STORAGE_EXAMPLE} or a directory path",
                         quote(scheme),
                         quote(s)
                     ),
@@ -3237,8 +3244,15 @@ storage = "/var/lib/weir/ck"
             "s3://bucket/ck"
         );
         assert_eq!(
-            ck_err("[state.checkpoints]\ndir = \"hdfs:///flink/ck\"\n"),
-            "jobs/job.toml: state.checkpoints.dir: unsupported storage scheme \"hdfs\" in \"hdfs:///flink/ck\"; expected s3://bucket/prefix, a URI such as \"file:///var/lib/weir/checkpoints\" or a directory path (hdfs:// is coming)"
+            ck_top("state.checkpoints.dir = \"hdfs:///flink/ck\"\n")
+                .unwrap()
+                .unwrap()
+                .storage,
+            "hdfs:///flink/ck"
+        );
+        assert_eq!(
+            ck_err("[state.checkpoints]\ndir = \"ftp://host/ck\"\n"),
+            "jobs/job.toml: state.checkpoints.dir: unsupported storage scheme \"ftp\" in \"ftp://host/ck\"; expected s3://bucket/prefix, hdfs://namenode:port/path, a URI such as \"file:///var/lib/weir/checkpoints\" or a directory path"
         );
         assert_eq!(
             ck_err("[checkpoint]\nstorage = \"file://\"\n"),

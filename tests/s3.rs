@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -143,32 +142,7 @@ fn crash_loop_restores_from_s3_with_local_copies_deleted() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
-    let mut rng = Rng(7);
-    for i in 0..kills {
-        let _ = std::fs::remove_dir_all(d.path().join("local"));
-        let mut child = m
-            .apply(&mut weir())
-            .args([
-                "run",
-                job.to_str().unwrap(),
-                "--quiet",
-                "--restore",
-                "latest",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300 + rng.next() % 900));
-        let _ = child.kill();
-        let o = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            o.status.code().is_none() || o.status.success(),
-            "round {i}: the job failed on its own: {err}"
-        );
-    }
-    let _ = std::fs::remove_dir_all(d.path().join("local"));
+    kill_rounds(&job, kills, (300, 900), &d.path().join("local"), &m.env);
     let o = m
         .apply(&mut weir())
         .args(["run", job.to_str().unwrap(), "--restore", "latest"])

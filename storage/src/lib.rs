@@ -14,6 +14,7 @@
 
 mod durable;
 mod error;
+pub mod hdfs;
 mod metadata;
 mod mmap;
 pub mod s3;

@@ -13,7 +13,6 @@
 //! - transient errors (throttling, 5xx, timeouts, dropped connections) are retried by the SDK's
 //!   standard retry strategy: exponential backoff with jitter, `max_attempts` attempts.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +26,9 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
-use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::error::StorageError;
-use crate::store::{CheckpointStore, PutStats, MAX_METADATA_BYTES, METADATA_FILE};
+use crate::store::{Aborts, CheckpointStore, PutStats, MAX_METADATA_BYTES, METADATA_FILE};
 
 /// When the client computes and checks checksums of request and response bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +95,7 @@ pub struct S3Store {
     /// `<prefix>/<job>/`, without a leading slash.
     prefix: String,
     opts: S3Options,
-    aborted: Mutex<HashSet<u64>>,
-    abort_signal: Arc<Notify>,
+    aborts: Aborts,
 }
 
 /// Splits `s3://bucket/prefix` into (bucket, prefix without slashes at its ends).
@@ -243,8 +239,7 @@ impl S3Store {
             bucket,
             prefix,
             opts: opts.clone(),
-            aborted: Mutex::new(HashSet::new()),
-            abort_signal: Arc::new(Notify::new()),
+            aborts: Aborts::default(),
         })
     }
 
@@ -254,17 +249,6 @@ impl S3Store {
 
     fn url(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
-    }
-
-    /// Resolves when checkpoint `id` is aborted.
-    async fn aborted(&self, id: u64) {
-        loop {
-            let signal = self.abort_signal.notified();
-            if self.aborted.lock().contains(&id) {
-                return;
-            }
-            signal.await;
-        }
     }
 
     async fn put_multipart(
@@ -286,7 +270,7 @@ impl S3Store {
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         let result = tokio::select! {
             r = self.upload_parts(key, local, len, &upload_id) => r,
-            () = self.aborted(id) => Err(StorageError::Aborted { id, location: url }),
+            () = self.aborts.wait(id) => Err(StorageError::Aborted { id, location: url }),
         };
         if result.is_err() {
             // Best effort (the parts uploaded so far cost storage until this succeeds); an
@@ -564,14 +548,13 @@ impl CheckpointStore for S3Store {
             };
             tokio::select! {
                 r = upload => r,
-                () = self.aborted(id) => Err(StorageError::Aborted { id, location: url.clone() }),
+                () = self.aborts.wait(id) => Err(StorageError::Aborted { id, location: url.clone() }),
             }
         })
     }
 
     fn abort(&self, id: u64) {
-        self.aborted.lock().insert(id);
-        self.abort_signal.notify_waiters();
+        self.aborts.abort(id);
     }
 
     fn put_metadata(&self, id: u64, bytes: &[u8]) -> Result<(), StorageError> {
@@ -634,52 +617,27 @@ impl CheckpointStore for S3Store {
         crate::store::check_component("checkpoint file name", name)?;
         let key = self.key(id, name);
         let url = self.url(&key);
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)
-            .map_err(crate::error::io_err("create directory", parent))?;
-        let tmp = crate::store::temp_path(parent, name);
-        let result = self.rt.block_on(async {
-            let mut out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(remote("download", url.clone()))?;
-            let total = out.content_length().unwrap_or(0).max(0) as u64;
-            let mut file = std::fs::File::create(&tmp)
-                .map_err(crate::error::io_err("create download file", &tmp))?;
-            let (mut done, mut reported) = (0u64, 0u64);
-            while let Some(chunk) = out.body.next().await {
-                let chunk = chunk.map_err(|e| StorageError::Remote {
-                    op: "download",
-                    location: url.clone(),
-                    message: e.to_string(),
-                })?;
-                std::io::Write::write_all(&mut file, &chunk)
-                    .map_err(crate::error::io_err("write download file", &tmp))?;
-                done += chunk.len() as u64;
-                // Progress for large files, every 64 MiB.
-                if total >= PROGRESS_STEP && done - reported >= PROGRESS_STEP {
-                    reported = done;
-                    tracing::info!(file = %url, done_mib = done >> 20, total_mib = total >> 20, "downloading");
+        crate::store::download(dest, name, &url, |d| {
+            self.rt.block_on(async {
+                let mut out = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(remote("download", url.clone()))?;
+                d.total = out.content_length().unwrap_or(0).max(0) as u64;
+                while let Some(chunk) = out.body.next().await {
+                    d.write(&chunk.map_err(|e| StorageError::Remote {
+                        op: "download",
+                        location: url.clone(),
+                        message: e.to_string(),
+                    })?)?;
                 }
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, dest)
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
+                Ok(())
             })
-            .map_err(crate::error::io_err("rename into place", dest))
+        })
     }
 
     fn list(&self) -> Result<Vec<u64>, StorageError> {
@@ -801,9 +759,6 @@ impl CheckpointStore for S3Store {
         })
     }
 }
-
-/// Download progress is logged every this many bytes of a large file.
-const PROGRESS_STEP: u64 = 64 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -49,6 +49,93 @@ pub trait CheckpointStore: Send + Sync {
     fn delete(&self, id: u64, keep: &[&str]) -> Result<(), StorageError>;
 }
 
+/// Checkpoints aborted while their uploads may still run: remote stores race each upload
+/// against [`Aborts::wait`] for its checkpoint.
+#[derive(Default)]
+pub(crate) struct Aborts {
+    ids: parking_lot::Mutex<std::collections::HashSet<u64>>,
+    signal: tokio::sync::Notify,
+}
+
+impl Aborts {
+    pub(crate) fn abort(&self, id: u64) {
+        self.ids.lock().insert(id);
+        self.signal.notify_waiters();
+    }
+
+    /// Resolves when checkpoint `id` is aborted.
+    pub(crate) async fn wait(&self, id: u64) {
+        loop {
+            let signal = self.signal.notified();
+            if self.ids.lock().contains(&id) {
+                return;
+            }
+            signal.await;
+        }
+    }
+}
+
+/// A download from a remote store in progress: a temp file beside the destination.
+pub(crate) struct Download<'a> {
+    file: File,
+    tmp: PathBuf,
+    location: &'a str,
+    /// Expected length (for progress), once known.
+    pub(crate) total: u64,
+    done: u64,
+}
+
+impl Download<'_> {
+    /// Appends bytes; logs progress of a large file at every 64 MiB mark and at the end.
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        const STEP: u64 = 64 << 20;
+        self.file
+            .write_all(chunk)
+            .map_err(io_err("write download file", &self.tmp))?;
+        let before = self.done;
+        self.done += chunk.len() as u64;
+        if self.total >= STEP && (before / STEP != self.done / STEP || self.done == self.total) {
+            tracing::info!(file = %self.location, done_mib = self.done >> 20, total_mib = self.total >> 20, "downloading");
+        }
+        Ok(())
+    }
+}
+
+/// Downloads file `name` from `location` to `dest`: `fill` writes the bytes into a temp file
+/// beside it, which is renamed into place only when complete (and removed otherwise). The copy
+/// is a cache, verified against the metadata's crc before use, so it is not fsync'd.
+pub(crate) fn download(
+    dest: &Path,
+    name: &str,
+    location: &str,
+    fill: impl FnOnce(&mut Download<'_>) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+    let tmp = temp_path(parent, name);
+    let file = File::create(&tmp).map_err(io_err("create download file", &tmp))?;
+    let mut d = Download {
+        file,
+        tmp,
+        location,
+        total: 0,
+        done: 0,
+    };
+    let result = fill(&mut d);
+    let tmp = d.tmp;
+    drop(d.file);
+    if let Err(e) = result {
+        discard(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, dest)
+        .inspect_err(|_| discard(&tmp))
+        .map_err(io_err("rename into place", dest))
+}
+
 /// What writing one file to a store cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PutStats {
@@ -88,10 +175,14 @@ pub fn open_store_with(
         reason,
     };
     const EXPECTED: &str =
-        "expected s3://bucket/prefix, file:///absolute/path, /absolute/path or relative/path (hdfs:// is coming)";
+        "expected s3://bucket/prefix, hdfs://namenode:port/path, file:///absolute/path, /absolute/path or relative/path";
     if uri.starts_with("s3://") {
         check_component("job name", job)?;
         return Ok(Box::new(crate::s3::S3Store::open(uri, job, &options.s3)?));
+    }
+    if uri.starts_with("hdfs://") {
+        check_component("job name", job)?;
+        return Ok(Box::new(crate::hdfs::HdfsStore::open(uri, job)?));
     }
     let root = if let Some(rest) = uri.strip_prefix("file://") {
         if !rest.starts_with('/') {
@@ -115,8 +206,7 @@ pub fn open_store_with(
             "s3a" | "s3n" => format!(
                 "use s3:// (Weir talks to S3 directly; `{scheme}://` is Hadoop's name for it)"
             ),
-            "hdfs" => "hdfs:// is not supported yet; use s3:// or a local or mounted path for now"
-                .to_string(),
+            "hdfs" => "write the scheme in lowercase: hdfs://".to_string(),
             _ => format!("unknown scheme `{scheme}://`; {EXPECTED}"),
         }));
     } else if uri.trim().is_empty() {

@@ -76,6 +76,47 @@ local_dir = "local"
     job
 }
 
+/// Runs `job` with `--restore latest` `rounds` times, each killed with SIGKILL after
+/// `min_ms` plus a random part of `spread_ms`, with the local directory `local` deleted before
+/// each start (so every restore reads from the store); `env` applies to the process. A run
+/// that ends before its kill must have succeeded.
+pub fn kill_rounds(
+    job: &Path,
+    rounds: u64,
+    (min_ms, spread_ms): (u64, u64),
+    local: &Path,
+    env: &[(String, String)],
+) {
+    let mut rng = Rng(rounds * 7 + min_ms);
+    for i in 0..rounds {
+        let _ = std::fs::remove_dir_all(local);
+        let mut child = weir()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args([
+                "run",
+                job.to_str().unwrap(),
+                "--quiet",
+                "--restore",
+                "latest",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(
+            min_ms + rng.next() % spread_ms,
+        ));
+        let _ = child.kill();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.code().is_none() || o.status.success(),
+            "round {i}: the job failed on its own: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(local);
+}
+
 /// Runs the job with `--restore latest` until it ends; it must succeed.
 pub fn run_to_completion(job: &Path) {
     let o = weir()
@@ -323,4 +364,67 @@ impl Minio {
     pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
+}
+
+/// An HDFS MiniDFSCluster on loopback, started (or found running) by
+/// `scripts/services/hdfs.sh` (the first start resolves Hadoop's jars with Maven).
+pub fn hdfs() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services/hdfs.sh");
+    let o = Command::new("bash")
+        .arg(script)
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "HDFS did not start: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("HDFS_URL="))
+        .expect("HDFS_URL= from hdfs.sh start")
+        .to_string()
+}
+
+/// The files of the checkpoints under `root` (an HDFS directory, `<path>/<job>`) against the
+/// files their metadata lists: equal means no orphans and nothing missing.
+pub fn assert_no_hdfs_orphans(url: &str, root: &str, local: &Path) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = hdfs_native::ClientBuilder::new()
+        .with_url(url)
+        .with_io_runtime(rt.handle().clone())
+        .build()
+        .unwrap();
+    let mut present = FileSet::new();
+    let mut listed = FileSet::new();
+    rt.block_on(async {
+        for s in client.list_status(root, true).await.unwrap() {
+            if s.isdir {
+                continue;
+            }
+            let rest = s.path.strip_prefix(root).unwrap().trim_start_matches('/');
+            let (dir, name) = rest.split_once('/').expect("chk-<id>/<name>");
+            let id: u64 = dir.strip_prefix("chk-").unwrap().parse().unwrap();
+            if name == "_metadata" {
+                let r = client.read(&s.path).await.unwrap();
+                let bytes = r.read_range(0, r.file_length()).await.unwrap();
+                for f in weir_storage::decode_metadata(&bytes).unwrap().files {
+                    listed.insert((f.checkpoint, f.name));
+                }
+            } else {
+                present.insert((id, name.to_string()));
+            }
+        }
+    });
+    assert_eq!(
+        present, listed,
+        "files in HDFS vs files the checkpoints list"
+    );
+    let local = files_in(local);
+    assert!(
+        local.is_subset(&listed),
+        "local orphans: {:?}",
+        local.difference(&listed)
+    );
 }

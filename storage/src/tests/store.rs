@@ -262,7 +262,8 @@ fn open_store_accepts_file_uris_and_paths() {
 #[test]
 fn open_store_uri_errors_are_clear() {
     let cases = [
-        ("hdfs://nn:8020/x", "hdfs:// is not supported yet"),
+        ("hdfs://nn/a//b", "empty component"),
+        ("HDFS://nn/x", "in lowercase: hdfs://"),
         ("S3://bucket", "in lowercase: s3://"),
         ("s3a://bucket/x", "use s3://"),
         ("s3://Bad_Bucket/x", "not a valid bucket name"),
