@@ -76,8 +76,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new(
                     // The AWS SDK warns about every credential and region source it tries
-                    // (instance metadata on a laptop...); Weir reports what matters itself.
-                    "warn,aws_config=error,aws_smithy_runtime=error,aws_runtime=error",
+                    // (instance metadata on a laptop...), the HDFS client about every
+                    // reconnection attempt; Weir reports what matters itself.
+                    "warn,aws_config=error,aws_smithy_runtime=error,aws_runtime=error,hdfs_native=error",
                 )
             }),
         )

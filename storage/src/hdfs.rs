@@ -29,6 +29,25 @@ pub struct HdfsStore {
     aborts: Aborts,
 }
 
+/// How long cleaning up after a failed or aborted upload may take.
+const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Attempts per file upload, the first included.
+const MAX_ATTEMPTS: u64 = 5;
+
+/// Exponential backoff with jitter: a random delay between half and all of 200 ms x 2^(n-1)
+/// (capped at 12.8 s) before attempt `n + 1`.
+fn backoff(attempt: u64) -> std::time::Duration {
+    let cap = 200u64 << (attempt - 1).min(6);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    // A cheap mix of the clock; good enough to spread retries.
+    let r = nanos.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
+    std::time::Duration::from_millis(cap / 2 + r % (cap / 2 + 1))
+}
+
 /// How long checking the store before a job starts may take.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -227,24 +246,46 @@ impl CheckpointStore for HdfsStore {
         let dst = self.path(id, name);
         let blocks_hint = std::fs::metadata(local).map(|m| m.len()).unwrap_or(0) >> 27;
         self.rt.block_on(async {
-            let upload = async {
+            let attempt = || async {
                 let bytes = self.write(&tmp, local).await?;
                 self.client
                     .rename(&tmp, &dst, true)
                     .await
                     .map_err(remote("rename into place", &self.url(&dst)))?;
-                // create, a block allocation per 128 MiB, complete, rename
-                Ok(PutStats {
-                    bytes,
-                    requests: 3 + blocks_hint.max(1),
-                })
+                Ok::<_, StorageError>(bytes)
+            };
+            // Transient failures (a DataNode or the NameNode briefly away) are retried with
+            // exponential backoff and jitter; the checkpoint's timeout bounds it all.
+            let upload = async {
+                let mut attempts = 0u64;
+                loop {
+                    attempts += 1;
+                    match attempt().await {
+                        Ok(bytes) => {
+                            // per attempt: create, a block allocation per 128 MiB, complete,
+                            // rename
+                            return Ok(PutStats {
+                                bytes,
+                                requests: attempts * (3 + blocks_hint.max(1)),
+                            });
+                        }
+                        Err(e @ StorageError::Remote { .. }) if attempts < MAX_ATTEMPTS => {
+                            let delay = backoff(attempts);
+                            tracing::debug!(file = %self.url(&dst), error = %e, ?delay, "retrying upload");
+                            tokio::time::sleep(delay).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             };
             let result = tokio::select! {
                 r = upload => r,
                 () = self.aborts.wait(id) => Err(StorageError::Aborted { id, location: self.url(&dst) }),
             };
             if result.is_err() {
-                let _ = self.client.delete(&tmp, false).await;
+                // Best effort and bounded: with the NameNode away this would wait for it; a
+                // temp file left behind goes with its checkpoint directory.
+                let _ = tokio::time::timeout(CLEANUP_TIMEOUT, self.client.delete(&tmp, false)).await;
             }
             result
         })
@@ -414,6 +455,15 @@ impl CheckpointStore for HdfsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        for n in 1..12 {
+            let d = backoff(n).as_millis() as u64;
+            let cap = 200u64 << (n - 1).min(6);
+            assert!(d >= cap / 2 && d <= cap, "attempt {n}: {d} ms");
+        }
+    }
 
     #[test]
     fn uris_parse() {

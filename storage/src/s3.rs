@@ -191,9 +191,10 @@ fn status<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<
 }
 
 impl S3Store {
-    /// Opens `s3://bucket/prefix` for `job` and checks that the bucket exists and the
-    /// credentials may use it, so that a wrong bucket, endpoint or credentials fail before a
-    /// job starts.
+    /// Opens `s3://bucket/prefix` for `job`: resolves the configuration and credentials (an
+    /// error names what is missing); [`CheckpointStore::probe`] then checks the bucket exists
+    /// and may be written, so that a wrong bucket, endpoint or credentials fail before a job
+    /// starts.
     pub fn open(uri: &str, job: &str, opts: &S3Options) -> Result<S3Store, StorageError> {
         let (bucket, prefix) = parse_uri(uri)?;
         if opts.part_size < MIN_PART_SIZE {
@@ -276,14 +277,15 @@ impl S3Store {
             // Best effort (the parts uploaded so far cost storage until this succeeds); an
             // upload a crash left behind is aborted when its checkpoint is deleted, or by the
             // bucket's lifecycle rule.
-            let _ = self
+            let cleanup = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .send()
-                .await;
+                .send();
+            // Bounded: with the store away this would retry for long.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), cleanup).await;
         }
         result
     }

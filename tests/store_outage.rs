@@ -1,7 +1,8 @@
-//! The S3 store goes away during a job (MinIO killed with SIGKILL, restarted with its data
-//! seconds later): checkpoints fail meanwhile, processing goes on, checkpoints succeed again
-//! once the store is back, and a restore uses a complete checkpoint, never a partial one.
-//! (A test binary of its own: it stops the server the other S3 tests use.)
+//! The checkpoint store goes away during a job (MinIO or the HDFS MiniDFSCluster killed with
+//! SIGKILL, restarted with its data seconds later): checkpoints fail meanwhile, processing goes
+//! on, checkpoints succeed again once the store is back, and a restore uses a complete
+//! checkpoint, never a partial one. (A test binary of its own: it stops the servers the other
+//! remote-storage tests use; its two tests take turns.)
 
 mod common;
 
@@ -11,8 +12,11 @@ use std::time::Duration;
 
 use common::*;
 
-fn minio_script(arg: &str, keep_data: bool) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services/minio.sh");
+/// One test at a time: each stops a server and measures a job.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn service(script: &str, arg: &str, keep_data: bool) {
+    let script = format!("{}/scripts/services/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut c = std::process::Command::new("bash");
     c.arg(script).arg(arg);
     if keep_data {
@@ -21,7 +25,7 @@ fn minio_script(arg: &str, keep_data: bool) {
     let o = c.output().unwrap();
     assert!(
         o.status.success(),
-        "minio.sh {arg}: {}",
+        "{arg}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
 }
@@ -38,14 +42,14 @@ fn ids(log: &str, what: &str) -> Vec<u64> {
 /// Runs the job (restoring the latest checkpoint if `restore`) with info logs, calls `during`
 /// meanwhile, stops it with SIGTERM after `total`; returns whether it exited cleanly, and its log.
 fn run_for(
-    m: &Minio,
+    env: &[(String, String)],
     job: &std::path::Path,
     restore: bool,
     total: Duration,
     during: impl FnOnce(),
 ) -> (bool, String) {
     let mut cmd = weir();
-    m.apply(&mut cmd)
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(["run", job.to_str().unwrap(), "--quiet"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -73,9 +77,27 @@ fn run_for(
 }
 
 #[test]
-fn store_outage_fails_checkpoints_not_the_job() {
+fn s3_outage_fails_checkpoints_not_the_job() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let m = minio();
     let bucket = m.bucket("outage");
+    outage(&format!("s3://{bucket}/ck"), &m.env, "minio.sh");
+}
+
+#[test]
+fn hdfs_outage_fails_checkpoints_not_the_job() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let url = hdfs();
+    outage(
+        &format!("{url}/weir-outage-{}", std::process::id()),
+        &[],
+        "hdfs.sh",
+    );
+}
+
+/// A generator job checkpointing to `storage` every 200 ms; `script` kills the store after
+/// 2 s and restarts it 3 s later.
+fn outage(storage: &str, env: &[(String, String)], script: &str) {
     let d = tempfile::tempdir().unwrap();
     let job = d.path().join("job.toml");
     std::fs::write(
@@ -100,17 +122,17 @@ type = "blackhole"
 interval = "200ms"
 timeout = "3s"
 tolerable_failures = 1000
-storage = "s3://{bucket}/ck"
+storage = "{storage}"
 local_dir = "local"
 "#
         ),
     )
     .unwrap();
-    let (ok, log) = run_for(&m, &job, false, Duration::from_secs(8), || {
+    let (ok, log) = run_for(env, &job, false, Duration::from_secs(10), || {
         std::thread::sleep(Duration::from_secs(2));
-        minio_script("kill", false);
+        service(script, "kill", false);
         std::thread::sleep(Duration::from_secs(3));
-        minio_script("start", true);
+        service(script, "start", true);
     });
     assert!(ok, "the job must survive the outage: {log}");
     let completed = ids(&log, "checkpoint completed");
@@ -138,7 +160,7 @@ local_dir = "local"
         .and_then(|l| l.split("records_in=").nth(1))
         .and_then(|r| r.split(' ').next()?.parse().ok())
         .expect("records_in in the log");
-    // ~8 s at 200 000 records/s: processing went on through the outage.
+    // ~10 s at 200 000 records/s: processing went on through the outage.
     assert!(
         records > 1_000_000,
         "records_in={records}: processing stalled"
@@ -146,7 +168,7 @@ local_dir = "local"
 
     // A restore takes the newest complete checkpoint (partial ones have no metadata).
     let newest = *completed.iter().max().unwrap();
-    let (ok, log) = run_for(&m, &job, true, Duration::from_secs(1), || {});
+    let (ok, log) = run_for(env, &job, true, Duration::from_secs(2), || {});
     assert!(ok, "{log}");
     assert_eq!(ids(&log, "restoring from checkpoint"), [newest], "{log}");
 }
