@@ -79,17 +79,11 @@ fn sigkill_crash_loop_keeps_output_exactly_once() {
     assert_eq!(read_visible(&d.path().join("out")).len(), before);
     // After all those crashes, the store and the local directory hold exactly the files the
     // retained checkpoints list: nothing orphaned, nothing missing.
-    let listed = listed_files(&d.path().join("checkpoints/crash"));
-    assert_eq!(
-        files_in(&d.path().join("checkpoints/crash")),
-        listed,
-        "store"
-    );
-    let local = files_in(&d.path().join("local/crash"));
-    assert!(
-        local.is_subset(&listed),
-        "local orphans: {:?}",
-        local.difference(&listed)
+    assert_listing(
+        "files in the store",
+        &files_in(&d.path().join("checkpoints/crash")),
+        &listed_files(&d.path().join("checkpoints/crash")),
+        &d.path().join("local/crash"),
     );
     eprintln!(
         "{kills} kills ({finished_early} runs finished before their kill); full run {full:?}"

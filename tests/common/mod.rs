@@ -348,16 +348,7 @@ impl Minio {
                 present.insert((id, name.to_string()));
             }
         }
-        assert_eq!(
-            present, listed,
-            "objects in the bucket vs files the checkpoints list"
-        );
-        let local = files_in(local);
-        assert!(
-            local.is_subset(&listed),
-            "local orphans: {:?}",
-            local.difference(&listed)
-        );
+        assert_listing("objects in the bucket", &present, &listed, local);
     }
 
     /// Applies the server's AWS_* variables to a command.
@@ -417,14 +408,17 @@ pub fn assert_no_hdfs_orphans(url: &str, root: &str, local: &Path) {
             }
         }
     });
-    assert_eq!(
-        present, listed,
-        "files in HDFS vs files the checkpoints list"
-    );
+    assert_listing("files in HDFS", &present, &listed, local);
+}
+
+/// A remote store holds exactly the files its complete checkpoints list (`present` vs
+/// `listed`), and the local directory `local` nothing else.
+pub fn assert_listing(what: &str, present: &FileSet, listed: &FileSet, local: &Path) {
+    assert_eq!(present, listed, "{what} vs files the checkpoints list");
     let local = files_in(local);
     assert!(
-        local.is_subset(&listed),
+        local.is_subset(listed),
         "local orphans: {:?}",
-        local.difference(&listed)
+        local.difference(listed)
     );
 }

@@ -86,6 +86,10 @@ struct FileBook {
     /// Owners of the files listed by the newest completed checkpoints (newest last).
     recent: VecDeque<BTreeSet<u64>>,
     keep: usize,
+    /// What retention learned of each checkpoint in the store: its metadata, or `None` when
+    /// it has none and never will (older than a complete one). Saves a read per checkpoint
+    /// and completion (a GET each on S3).
+    metadata: BTreeMap<u64, Option<CheckpointMetadata>>,
 }
 
 impl FileBook {
@@ -94,6 +98,7 @@ impl FileBook {
             owned: BTreeMap::new(),
             recent: VecDeque::new(),
             keep: max_concurrent + 1,
+            metadata: BTreeMap::new(),
         };
         for f in restored {
             book.owned.entry(f.checkpoint).or_default().push(f.clone());
@@ -112,10 +117,11 @@ impl FileBook {
         Ok(out)
     }
 
-    fn completed(&mut self, id: u64, own: Vec<FileEntry>, all: &[FileEntry]) {
+    fn completed(&mut self, id: u64, own: Vec<FileEntry>, meta: &CheckpointMetadata) {
         self.owned.insert(id, own);
         self.recent
-            .push_back(all.iter().map(|f| f.checkpoint).collect());
+            .push_back(meta.files.iter().map(|f| f.checkpoint).collect());
+        self.metadata.insert(id, Some(meta.clone()));
         while self.recent.len() > self.keep {
             self.recent.pop_front();
         }
@@ -304,7 +310,7 @@ fn execute(
                 inc.completed
                     .store(id, std::sync::atomic::Ordering::Release);
             }
-            book.completed(id, own, &meta.files);
+            book.completed(id, own, &meta);
             tracing::info!(
                 checkpoint = id,
                 duration_ms = duration.as_millis() as u64,
@@ -325,7 +331,7 @@ fn execute(
                 .unwrap_or_else(|e| e.into_inner())
                 .push(stats);
             broadcast(s, ToWorker::Complete(id));
-            retention(s);
+            retention(s, book);
             d.on_completed(Instant::now(), is_final)
         }
     }
@@ -333,8 +339,9 @@ fn execute(
 
 /// Deletes checkpoints beyond `retained` (and incomplete ones older than the newest complete
 /// one), remotely and locally, keeping the files that newer checkpoints still reference.
-/// Failures are logged and retried at the next completion.
-fn retention(s: &CoordinatorSetup) {
+/// Metadata is read from the store only for checkpoints `book` does not know yet. Failures are
+/// logged and retried at the next completion.
+fn retention(s: &CoordinatorSetup, book: &mut FileBook) {
     let ids = match s.store.list() {
         Ok(ids) => ids,
         Err(e) => {
@@ -342,25 +349,49 @@ fn retention(s: &CoordinatorSetup) {
             return;
         }
     };
+    book.metadata.retain(|id, _| ids.binary_search(id).is_ok());
     let mut complete = Vec::new();
     let mut incomplete = Vec::new();
-    for id in ids {
-        match s.store.get_metadata(id) {
-            Ok(Some(bytes)) => complete.push((id, weir_storage::decode_metadata(&bytes).ok())),
-            Ok(None) => incomplete.push(id),
-            Err(e) => {
-                // Unknown state: neither deleted nor counted, so nothing it references goes.
-                tracing::warn!(checkpoint = id, error = %e, "cannot read checkpoint metadata; retention skipped");
-                return;
+    for &id in &ids {
+        if let std::collections::btree_map::Entry::Vacant(slot) = book.metadata.entry(id) {
+            match s.store.get_metadata(id) {
+                Ok(Some(bytes)) => match weir_storage::decode_metadata(&bytes) {
+                    Ok(m) => {
+                        slot.insert(Some(m));
+                    }
+                    Err(_) => {
+                        // Counted as complete, never cached (read again next time).
+                        complete.push(id);
+                        continue;
+                    }
+                },
+                Ok(None) => {
+                    incomplete.push(id);
+                    continue;
+                }
+                Err(e) => {
+                    // Unknown state: neither deleted nor counted, so nothing it references goes.
+                    tracing::warn!(checkpoint = id, error = %e, "cannot read checkpoint metadata; retention skipped");
+                    return;
+                }
             }
         }
+        match &book.metadata[&id] {
+            Some(_) => complete.push(id),
+            None => incomplete.push(id),
+        }
+    }
+    // A checkpoint older than a complete one never gets metadata any more.
+    let newest = complete.last().copied().unwrap_or(0);
+    for &id in incomplete.iter().filter(|&&id| id < newest) {
+        book.metadata.insert(id, None);
     }
     // Files referenced by the checkpoints that stay, and by the newest `max_concurrent`
     // complete ones (a checkpoint in flight may reference what they reference).
     let holders = s.cfg.retained.max(s.cfg.max_concurrent);
     let mut keep: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for (id, meta) in complete.iter().rev().take(holders) {
-        let Some(meta) = meta else {
+    for id in complete.iter().rev().take(holders) {
+        let Some(Some(meta)) = book.metadata.get(id) else {
             tracing::warn!(
                 checkpoint = id,
                 "checkpoint metadata is damaged; retention skipped"
@@ -371,10 +402,14 @@ fn retention(s: &CoordinatorSetup) {
             keep.entry(f.checkpoint).or_default().push(f.name.clone());
         }
     }
-    let complete_ids: Vec<u64> = complete.iter().map(|(id, _)| *id).collect();
+    let kept = |id: u64| -> Vec<&str> {
+        keep.get(&id)
+            .map(|v| v.iter().map(|n| n.as_str()).collect())
+            .unwrap_or_default()
+    };
+    let complete_ids = complete;
     // Local copies of checkpoints the store no longer (or never) had, e.g. written before a
     // crash and never uploaded, go too.
-    let newest = complete_ids.last().copied().unwrap_or(0);
     let retained: BTreeSet<u64> = complete_ids
         .iter()
         .rev()
@@ -383,21 +418,21 @@ fn retention(s: &CoordinatorSetup) {
         .collect();
     for id in local_checkpoints(&s.local_dir) {
         if id < newest && !retained.contains(&id) && !incomplete.contains(&id) {
-            let kept: Vec<&str> = keep
-                .get(&id)
-                .map(|v| v.iter().map(|n| n.as_str()).collect())
-                .unwrap_or_default();
-            prune_local(&s.local_dir.join(format!("chk-{id}")), &kept);
+            prune_local(&s.local_dir.join(format!("chk-{id}")), &kept(id));
         }
     }
     for id in weir_storage::retention_plan(&complete_ids, &incomplete, s.cfg.retained) {
-        let kept: Vec<&str> = keep
-            .get(&id)
-            .map(|v| v.iter().map(|n| n.as_str()).collect())
-            .unwrap_or_default();
+        let kept = kept(id);
         match s.store.delete(id, &kept) {
-            Ok(()) => tracing::debug!(checkpoint = id, kept = kept.len(), "deleted by retention"),
-            Err(e) => tracing::warn!(checkpoint = id, error = %e, "cannot delete checkpoint"),
+            Ok(()) => {
+                tracing::debug!(checkpoint = id, kept = kept.len(), "deleted by retention");
+                // Its metadata is gone: retired (files kept) or deleted.
+                book.metadata.insert(id, None);
+            }
+            Err(e) => {
+                tracing::warn!(checkpoint = id, error = %e, "cannot delete checkpoint");
+                book.metadata.remove(&id);
+            }
         }
         prune_local(&s.local_dir.join(format!("chk-{id}")), &kept);
     }
