@@ -86,10 +86,6 @@ struct FileBook {
     /// Owners of the files listed by the newest completed checkpoints (newest last).
     recent: VecDeque<BTreeSet<u64>>,
     keep: usize,
-    /// What retention learned of each checkpoint in the store: its metadata, or `None` when
-    /// it has none and never will (older than a complete one). Saves a read per checkpoint
-    /// and completion (a GET each on S3).
-    metadata: BTreeMap<u64, Option<CheckpointMetadata>>,
 }
 
 impl FileBook {
@@ -98,7 +94,6 @@ impl FileBook {
             owned: BTreeMap::new(),
             recent: VecDeque::new(),
             keep: max_concurrent + 1,
-            metadata: BTreeMap::new(),
         };
         for f in restored {
             book.owned.entry(f.checkpoint).or_default().push(f.clone());
@@ -121,7 +116,6 @@ impl FileBook {
         self.owned.insert(id, own);
         self.recent
             .push_back(meta.files.iter().map(|f| f.checkpoint).collect());
-        self.metadata.insert(id, Some(meta.clone()));
         while self.recent.len() > self.keep {
             self.recent.pop_front();
         }
@@ -132,6 +126,32 @@ impl FileBook {
 
 pub(crate) fn run(s: CoordinatorSetup) {
     let mut book = FileBook::new(&s.restored_files, s.cfg.max_concurrent);
+    // Retention runs on a thread of its own: with the store away it may wait long, and the
+    // coordinator must go on timing checkpoints out and triggering new ones meanwhile.
+    let (retention_tx, retention_rx) = crossbeam_channel::bounded::<CheckpointMetadata>(16);
+    let mut retainer = Retainer {
+        store: s.store.clone(),
+        local_dir: s.local_dir.clone(),
+        retained: s.cfg.retained,
+        max_concurrent: s.cfg.max_concurrent,
+        metadata: BTreeMap::new(),
+    };
+    let retention = std::thread::Builder::new()
+        .name("weir-checkpoint-retention".into())
+        .spawn(move || {
+            while let Ok(meta) = retention_rx.recv() {
+                retainer.metadata.insert(meta.checkpoint_id, Some(meta));
+                // Completions that queued up meanwhile need one pass, not one each.
+                while let Ok(meta) = retention_rx.try_recv() {
+                    retainer.metadata.insert(meta.checkpoint_id, Some(meta));
+                }
+                retainer.run();
+            }
+        })
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "cannot start the retention thread; old checkpoints are kept")
+        })
+        .ok();
     let mut d = Decider::new(
         &s.cfg,
         s.workers.len(),
@@ -149,19 +169,24 @@ pub(crate) fn run(s: CoordinatorSetup) {
                 Ok(ToCoordinator::Decline { id, worker, reason }) => {
                     d.on_decline(Instant::now(), id, format!("worker {worker}: {reason}"))
                 }
-                Err(_) => return,
+                Err(_) => break,
             },
-            recv(s.shutdown) -> _ => return,
+            recv(s.shutdown) -> _ => break,
             default(timeout) => d.on_tick(Instant::now()),
         };
         let mut queue = actions;
         while !queue.is_empty() {
             let mut next = Vec::new();
             for a in queue {
-                next.extend(execute(&s, &mut d, &mut book, a));
+                next.extend(execute(&s, &mut d, &mut book, &retention_tx, a));
             }
             queue = next;
         }
+    }
+    // The last completion's retention finishes before the job ends.
+    drop(retention_tx);
+    if let Some(t) = retention {
+        let _ = t.join();
     }
 }
 
@@ -186,6 +211,7 @@ fn execute(
     s: &CoordinatorSetup,
     d: &mut Decider,
     book: &mut FileBook,
+    retention: &Sender<CheckpointMetadata>,
     action: Action,
 ) -> Vec<Action> {
     match action {
@@ -331,7 +357,8 @@ fn execute(
                 .unwrap_or_else(|e| e.into_inner())
                 .push(stats);
             broadcast(s, ToWorker::Complete(id));
-            retention(s, book);
+            // Full queue: a pass is pending anyway (it reads the metadata it misses).
+            let _ = retention.try_send(meta);
             d.on_completed(Instant::now(), is_final)
         }
     }
@@ -339,102 +366,114 @@ fn execute(
 
 /// Deletes checkpoints beyond `retained` (and incomplete ones older than the newest complete
 /// one), remotely and locally, keeping the files that newer checkpoints still reference.
-/// Metadata is read from the store only for checkpoints `book` does not know yet. Failures are
+/// Metadata is read from the store only for checkpoints it does not know yet. Failures are
 /// logged and retried at the next completion.
-fn retention(s: &CoordinatorSetup, book: &mut FileBook) {
-    let ids = match s.store.list() {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list checkpoints for retention");
-            return;
-        }
-    };
-    book.metadata.retain(|id, _| ids.binary_search(id).is_ok());
-    let mut complete = Vec::new();
-    let mut incomplete = Vec::new();
-    for &id in &ids {
-        if let std::collections::btree_map::Entry::Vacant(slot) = book.metadata.entry(id) {
-            match s.store.get_metadata(id) {
-                Ok(Some(bytes)) => match weir_storage::decode_metadata(&bytes) {
-                    Ok(m) => {
-                        slot.insert(Some(m));
-                    }
-                    Err(_) => {
-                        // Counted as complete, never cached (read again next time).
-                        complete.push(id);
+struct Retainer {
+    store: Arc<dyn CheckpointStore>,
+    local_dir: PathBuf,
+    retained: usize,
+    max_concurrent: usize,
+    /// Each checkpoint's metadata, or `None` when it has none and never will (older than a
+    /// complete one): saves a read per checkpoint and pass (a GET each on S3).
+    metadata: BTreeMap<u64, Option<CheckpointMetadata>>,
+}
+
+impl Retainer {
+    fn run(&mut self) {
+        let ids = match self.store.list() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list checkpoints for retention");
+                return;
+            }
+        };
+        self.metadata.retain(|id, _| ids.binary_search(id).is_ok());
+        let mut complete = Vec::new();
+        let mut incomplete = Vec::new();
+        for &id in &ids {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.metadata.entry(id) {
+                match self.store.get_metadata(id) {
+                    Ok(Some(bytes)) => match weir_storage::decode_metadata(&bytes) {
+                        Ok(m) => {
+                            slot.insert(Some(m));
+                        }
+                        Err(_) => {
+                            // Counted as complete, never cached (read again next time).
+                            complete.push(id);
+                            continue;
+                        }
+                    },
+                    Ok(None) => {
+                        incomplete.push(id);
                         continue;
                     }
-                },
-                Ok(None) => {
-                    incomplete.push(id);
-                    continue;
+                    Err(e) => {
+                        // Unknown state: neither deleted nor counted, so nothing it references goes.
+                        tracing::warn!(checkpoint = id, error = %e, "cannot read checkpoint metadata; retention skipped");
+                        return;
+                    }
+                }
+            }
+            match &self.metadata[&id] {
+                Some(_) => complete.push(id),
+                None => incomplete.push(id),
+            }
+        }
+        // A checkpoint older than a complete one never gets metadata any more.
+        let newest = complete.last().copied().unwrap_or(0);
+        for &id in incomplete.iter().filter(|&&id| id < newest) {
+            self.metadata.insert(id, None);
+        }
+        // Files referenced by the checkpoints that stay, and by the newest `max_concurrent`
+        // complete ones (a checkpoint in flight may reference what they reference).
+        let holders = self.retained.max(self.max_concurrent);
+        let mut keep: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for id in complete.iter().rev().take(holders) {
+            let Some(Some(meta)) = self.metadata.get(id) else {
+                tracing::warn!(
+                    checkpoint = id,
+                    "checkpoint metadata is damaged; retention skipped"
+                );
+                return;
+            };
+            for f in &meta.files {
+                keep.entry(f.checkpoint).or_default().push(f.name.clone());
+            }
+        }
+        let kept = |id: u64| -> Vec<&str> {
+            keep.get(&id)
+                .map(|v| v.iter().map(|n| n.as_str()).collect())
+                .unwrap_or_default()
+        };
+        let complete_ids = complete;
+        // Local copies of checkpoints the store no longer (or never) had, e.g. written before a
+        // crash and never uploaded, go too.
+        let retained: BTreeSet<u64> = complete_ids
+            .iter()
+            .rev()
+            .take(self.retained.max(1))
+            .copied()
+            .collect();
+        for id in local_checkpoints(&self.local_dir) {
+            if id < newest && !retained.contains(&id) && !incomplete.contains(&id) {
+                prune_local(&self.local_dir.join(format!("chk-{id}")), &kept(id));
+            }
+        }
+        for id in weir_storage::retention_plan(&complete_ids, &incomplete, self.retained) {
+            let kept = kept(id);
+            match self.store.delete(id, &kept) {
+                Ok(()) => {
+                    tracing::debug!(checkpoint = id, kept = kept.len(), "deleted by retention");
+                    // Its metadata is gone: retired (files kept) or deleted.
+                    self.metadata.insert(id, None);
                 }
                 Err(e) => {
-                    // Unknown state: neither deleted nor counted, so nothing it references goes.
-                    tracing::warn!(checkpoint = id, error = %e, "cannot read checkpoint metadata; retention skipped");
-                    return;
+                    tracing::warn!(checkpoint = id, error = %e, "cannot delete checkpoint");
+                    self.metadata.remove(&id);
                 }
             }
+            prune_local(&self.local_dir.join(format!("chk-{id}")), &kept);
         }
-        match &book.metadata[&id] {
-            Some(_) => complete.push(id),
-            None => incomplete.push(id),
-        }
-    }
-    // A checkpoint older than a complete one never gets metadata any more.
-    let newest = complete.last().copied().unwrap_or(0);
-    for &id in incomplete.iter().filter(|&&id| id < newest) {
-        book.metadata.insert(id, None);
-    }
-    // Files referenced by the checkpoints that stay, and by the newest `max_concurrent`
-    // complete ones (a checkpoint in flight may reference what they reference).
-    let holders = s.cfg.retained.max(s.cfg.max_concurrent);
-    let mut keep: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for id in complete.iter().rev().take(holders) {
-        let Some(Some(meta)) = book.metadata.get(id) else {
-            tracing::warn!(
-                checkpoint = id,
-                "checkpoint metadata is damaged; retention skipped"
-            );
-            return;
-        };
-        for f in &meta.files {
-            keep.entry(f.checkpoint).or_default().push(f.name.clone());
-        }
-    }
-    let kept = |id: u64| -> Vec<&str> {
-        keep.get(&id)
-            .map(|v| v.iter().map(|n| n.as_str()).collect())
-            .unwrap_or_default()
-    };
-    let complete_ids = complete;
-    // Local copies of checkpoints the store no longer (or never) had, e.g. written before a
-    // crash and never uploaded, go too.
-    let retained: BTreeSet<u64> = complete_ids
-        .iter()
-        .rev()
-        .take(s.cfg.retained.max(1))
-        .copied()
-        .collect();
-    for id in local_checkpoints(&s.local_dir) {
-        if id < newest && !retained.contains(&id) && !incomplete.contains(&id) {
-            prune_local(&s.local_dir.join(format!("chk-{id}")), &kept(id));
-        }
-    }
-    for id in weir_storage::retention_plan(&complete_ids, &incomplete, s.cfg.retained) {
-        let kept = kept(id);
-        match s.store.delete(id, &kept) {
-            Ok(()) => {
-                tracing::debug!(checkpoint = id, kept = kept.len(), "deleted by retention");
-                // Its metadata is gone: retired (files kept) or deleted.
-                book.metadata.insert(id, None);
-            }
-            Err(e) => {
-                tracing::warn!(checkpoint = id, error = %e, "cannot delete checkpoint");
-                book.metadata.remove(&id);
-            }
-        }
-        prune_local(&s.local_dir.join(format!("chk-{id}")), &kept);
     }
 }
 
