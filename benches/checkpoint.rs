@@ -14,9 +14,17 @@
 //!    each workload (an incremental checkpoint restores its key groups' full copies plus their
 //!    deltas).
 //!
+//! This machine class is noisy (the same run varies by +-10% from one job to the next), so
+//! runs without and with checkpoints alternate (`WEIR_BENCH_ROUNDS` pairs, default 2) and the
+//! ratio is that of the medians; restores are timed 3 times and writes 5 times (medians).
+//!
+//! Measured windows are the steady state: 20 s after a warm-up of 10 s (40 s with checkpoints,
+//! see `run`).
+//!
 //! `cargo bench --bench checkpoint` (env: WEIR_BENCH_STORE=s3 to checkpoint to a local MinIO;
-//! WEIR_BENCH_STATE_MB, default 1024; WEIR_BENCH_QUICK=1
-//! for a small smoke run; WEIR_BENCH_WORKLOADS=hot-1pct or all-keys for one workload; WEIR_BENCH_OUT for the results directory, default
+//! WEIR_BENCH_STATE_MB, default 1024; WEIR_BENCH_QUICK=1 for a small smoke run;
+//! WEIR_BENCH_WORKLOADS=hot-1pct or all-keys for one workload (`none`: only the write speeds);
+//! WEIR_BENCH_ROUNDS; WEIR_BENCH_OUT for the results directory, default
 //! `target/bench-results`). Results: `checkpoint.json` and `checkpoint.md`.
 
 use std::path::Path;
@@ -47,6 +55,16 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[i]
 }
 
+/// The median (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 struct RunResult {
     records_per_s: f64,
     sync_ms: Vec<f64>,
@@ -55,6 +73,24 @@ struct RunResult {
     referenced: Vec<u64>,
     uploaded: Vec<u64>,
     requests: Vec<u64>,
+}
+
+impl RunResult {
+    /// The checkpoints of several runs together.
+    fn merge(runs: &[RunResult]) -> RunResult {
+        let cat = |f: fn(&RunResult) -> Vec<f64>| runs.iter().flat_map(f).collect();
+        let cat_u =
+            |f: fn(&RunResult) -> &Vec<u64>| runs.iter().flat_map(|r| f(r).clone()).collect();
+        RunResult {
+            records_per_s: median(runs.iter().map(|r| r.records_per_s).collect()),
+            sync_ms: cat(|r| r.sync_ms.clone()),
+            durations_ms: cat(|r| r.durations_ms.clone()),
+            bytes: cat_u(|r| &r.bytes),
+            referenced: cat_u(|r| &r.referenced),
+            uploaded: cat_u(|r| &r.uploaded),
+            requests: cat_u(|r| &r.requests),
+        }
+    }
 }
 
 /// Which keys the records update once every key has state.
@@ -179,14 +215,16 @@ fn run(
         std::thread::sleep(Duration::from_millis(10));
     }
     let ticker = tick(&hot);
-    // Warm-up: at least 10 s and, with checkpoints, 3 completed after the load (the first one
-    // writes all the state just loaded), so that the steady state (deltas, and full rewrites
-    // of key groups spread over checkpoints) is what gets measured.
+    // Warm-up: 10 s; with checkpoints at least 40 s and 3 checkpoints after the load (the
+    // first one writes all the state just loaded), so that what gets measured is the steady
+    // state: deltas, with full rewrites of key groups spread over checkpoints once the deltas a
+    // restore would apply reach their bound (after ~25 checkpoints at 2% of keys changing).
     let loaded_at = h.checkpoints().len();
     let warm_up = Instant::now();
     let min = Duration::from_secs(if window.as_secs() > 5 { 10 } else { 2 });
-    while warm_up.elapsed() < min
-        || (dir.is_some() && h.checkpoints().len() < loaded_at + 3 && warm_up.elapsed() < 4 * min)
+    let min_with = if dir.is_some() { 4 * min } else { min };
+    while warm_up.elapsed() < min_with
+        || (dir.is_some() && h.checkpoints().len() < loaded_at + 3 && warm_up.elapsed() < 8 * min)
     {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -254,7 +292,7 @@ fn write_speeds(dir: &Path, mb: u64) -> (f64, f64) {
     let total = (section.len() * 64) as f64;
     let mut mmap = Vec::new();
     let mut plain = Vec::new();
-    for i in 0..3 {
+    for i in 0..5 {
         let p = dir.join(format!("m{i}.snap"));
         let t = Instant::now();
         weir_storage::write_snapshot_mmap(&p, &header, &sections).unwrap();
@@ -266,15 +304,19 @@ fn write_speeds(dir: &Path, mb: u64) -> (f64, f64) {
         plain.push(total / t.elapsed().as_secs_f64());
         std::fs::remove_file(&p).unwrap();
     }
-    (percentile(mmap, 0.5), percentile(plain, 0.5))
+    (median(mmap), median(plain))
 }
 
 /// One workload's figures.
 struct Measured {
     workload: Workload,
+    /// Medians over the rounds (`with` also holds every round's checkpoints).
     base: RunResult,
     with: RunResult,
+    base_rounds: Vec<f64>,
+    with_rounds: Vec<f64>,
     restore_s: f64,
+    restores: Vec<f64>,
     restored: u64,
 }
 
@@ -291,6 +333,8 @@ impl Measured {
             "throughput_without_checkpoints": self.base.records_per_s,
             "throughput_with_1s_checkpoints": w.records_per_s,
             "throughput_ratio": self.ratio(),
+            "rounds_without_checkpoints": self.base_rounds,
+            "rounds_with_1s_checkpoints": self.with_rounds,
             "checkpoints": w.sync_ms.len(),
             "sync_pause_ms_p50": percentile(w.sync_ms.clone(), 0.5),
             "sync_pause_ms_p99": percentile(w.sync_ms.clone(), 0.99),
@@ -302,6 +346,7 @@ impl Measured {
             "bytes_uploaded_per_checkpoint": w.uploaded,
             "requests_per_checkpoint": w.requests,
             "restore_seconds_local": self.restore_s,
+            "restore_seconds_local_runs": self.restores,
             "restored_checkpoint": self.restored,
         })
     }
@@ -309,12 +354,13 @@ impl Measured {
         let w = &self.with;
         let n = self.workload.name();
         format!(
-            "| {n}: throughput with 1 s checkpoints / without | {:.3} ({:.2} / {:.2} M rec/s) | >= 0.95 |\n\
+            "| {n}: throughput with 1 s checkpoints / without (medians of {} rounds) | {:.3} ({:.2} / {:.2} M rec/s) | >= 0.95 |\n\
              | {n}: sync pause p99 (p50) | {:.2} ms ({:.2} ms) | <= 10 ms |\n\
              | {n}: checkpoint duration p50 / p99 | {:.0} / {:.0} ms | |\n\
              | {n}: written per checkpoint p50 (referenced) | {:.1} MB ({:.0} MB) | |\n\
              | {n}: uploaded per checkpoint p50, requests p50 / max | {:.1} MB, {:.0} / {:.0} | |\n\
-             | {n}: restore from local copy | {:.2} s | <= 2 s |\n",
+             | {n}: restore from local copy, median ({}) | {:.2} s | <= 2 s |\n",
+            self.with_rounds.len(),
             self.ratio(),
             w.records_per_s / 1e6,
             self.base.records_per_s / 1e6,
@@ -327,6 +373,11 @@ impl Measured {
             Self::mb(&w.uploaded, 0.5),
             percentile(w.requests.iter().map(|r| *r as f64).collect(), 0.5),
             percentile(w.requests.iter().map(|r| *r as f64).collect(), 1.0),
+            self.restores
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.restore_s,
         )
     }
@@ -338,22 +389,35 @@ fn measure(
     keys: u64,
     window: Duration,
     workload: Workload,
+    rounds: usize,
 ) -> Measured {
     let name = workload.name();
-    let base = run(None, workers, keys, window, workload);
-    println!(
-        "  {name}: without checkpoints {:.2} M rec/s",
-        base.records_per_s / 1e6
-    );
     let dir = tmp.join(name);
-    let with = run(Some(&dir), workers, keys, window, workload);
+    let (mut bases, mut withs) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let base = run(None, workers, keys, window, workload);
+        println!(
+            "  {name} round {round}: without checkpoints {:.2} M rec/s",
+            base.records_per_s / 1e6
+        );
+        bases.push(base);
+        let _ = std::fs::remove_dir_all(&dir);
+        let with = run(Some(&dir), workers, keys, window, workload);
+        println!(
+            "  {name} round {round}: with 1 s checkpoints {:.2} M rec/s; {} checkpoints, written p50 {:.1} MB, referenced p50 {:.0} MB",
+            with.records_per_s / 1e6,
+            with.sync_ms.len(),
+            Measured::mb(&with.bytes, 0.5),
+            Measured::mb(&with.referenced, 0.5),
+        );
+        withs.push(with);
+    }
+    let (base, with) = (RunResult::merge(&bases), RunResult::merge(&withs));
     println!(
-        "  {name}: with 1 s checkpoints {:.2} M rec/s (ratio {:.3}); {} checkpoints, written p50 {:.1} MB, referenced p50 {:.0} MB",
-        with.records_per_s / 1e6,
+        "  {name}: ratio of medians {:.3} ({:.2} / {:.2} M rec/s)",
         with.records_per_s / base.records_per_s,
-        with.sync_ms.len(),
-        Measured::mb(&with.bytes, 0.5),
-        Measured::mb(&with.referenced, 0.5),
+        with.records_per_s / 1e6,
+        base.records_per_s / 1e6,
     );
     println!(
         "  {name}: sync pause p50 {:.2} ms, p99 {:.2} ms; checkpoint duration p50 {:.0} ms, p99 {:.0} ms",
@@ -362,14 +426,27 @@ fn measure(
         percentile(with.durations_ms.clone(), 0.5),
         percentile(with.durations_ms.clone(), 0.99),
     );
-    let (restore_s, restored) = restore_time(&dir, workers, keys);
-    println!("  {name}: restore of checkpoint {restored} from the local copy: {restore_s:.2} s");
+    // The last run's checkpoints, restored three times.
+    let mut restores = Vec::new();
+    let mut restored = 0;
+    for _ in 0..3 {
+        let (s, id) = restore_time(&dir, workers, keys);
+        restores.push(s);
+        restored = id;
+    }
+    let restore_s = median(restores.clone());
+    println!(
+        "  {name}: restore of checkpoint {restored} from the local copy: median {restore_s:.2} s ({restores:.2?})"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Measured {
         workload,
+        base_rounds: bases.iter().map(|r| r.records_per_s).collect(),
+        with_rounds: withs.iter().map(|r| r.records_per_s).collect(),
         base,
         with,
         restore_s,
+        restores,
         restored,
     }
 }
@@ -386,6 +463,10 @@ fn main() {
     // ~64 encoded bytes per key.
     let keys = (mb << 20) / 64;
     let window = Duration::from_secs(if quick { 3 } else { 20 });
+    let rounds: usize = std::env::var("WEIR_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 1 } else { 2 });
     let tmp = tempfile::tempdir().unwrap();
 
     println!(
@@ -400,7 +481,7 @@ fn main() {
             only.as_deref()
                 .is_none_or(|o| o.split(',').any(|n| n == w.name()))
         })
-        .map(|w| measure(tmp.path(), workers, keys, window, w))
+        .map(|w| measure(tmp.path(), workers, keys, window, w, rounds))
         .collect();
     let (mmap, plain) = write_speeds(tmp.path(), mb.min(1024));
     let write_ratio = mmap / plain;
@@ -415,6 +496,7 @@ fn main() {
         "state_mb_target": mb,
         "keys": keys,
         "window_seconds": window.as_secs(),
+        "rounds": rounds,
         "workers": workers,
         "store": if s3().is_some() { "s3 (MinIO on loopback)" } else { "file" },
         "mmap_write_bytes_per_s": mmap,

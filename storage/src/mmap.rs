@@ -1,13 +1,28 @@
-//! Writing a file through a memory map. All of the crate's `unsafe` code lives here.
+//! Writing and reading files through memory maps. All of the crate's `unsafe` code lives here.
+//!
+//! Reading ([`read_file`]) maps a snapshot file read-only: a restore of gigabytes of state
+//! reads the page cache's pages in place instead of copying them into freshly zeroed memory.
+//!
+//! Writing:
 //!
 //! A store through a mapping cannot return an error: a failed page-in (disk full, I/O error)
 //! becomes `SIGBUS`, and write-back errors appear only at `msync`. So [`write_file`]
 //! 1. creates the file and sizes it (`set_len`),
 //! 2. reserves its blocks (`posix_fallocate` on Linux), so that a full disk is an ordinary
 //!    error *before* anything is mapped,
-//! 3. maps it, lets the caller fill the mapping,
-//! 4. flushes the mapping (`msync(MS_SYNC)`), which reports write-back errors, and
-//! 5. `fsync`s the file, so that its size and metadata are durable too.
+//! 3. maps it and copies the caller's pieces into it, in chunks of [`CHUNK`] bytes, each
+//!    prefaulted for writing just before it is filled (`MADV_POPULATE_WRITE`): the kernel zeroes
+//!    a new page of the file before mapping it, and zeroing one chunk at a time keeps those
+//!    zeroes in the cache where the copy overwrites them (prefaulting the whole file up front
+//!    sends every zeroed page to memory first, and faulting page by page costs a fault each),
+//! 4. unmaps it, and
+//! 5. `fsync`s the file, which writes the dirty pages back, reports write-back errors, and
+//!    makes its size and metadata durable.
+//!
+//! Unmapping *before* the write-back matters: `msync` on a live mapping write-protects every
+//! page it cleans, and each of those TLB flushes interrupts the other cores running this
+//! process (the workers) with an inter-processor interrupt. After `munmap` the page cache
+//! holds the same dirty pages, with one TLB flush for the whole range.
 //!
 //! What remains is a media error while copying, which still raises `SIGBUS`; no memory map can
 //! avoid that, which is why the format carries checksums.
@@ -19,13 +34,16 @@ use memmap2::MmapOptions;
 
 use crate::error::{io_err, StorageError};
 
-/// Creates (or truncates) `path`, sizes it to `len` bytes, maps it read-write, calls `fill` with
-/// the mapped bytes (all `len` of them, zeroed), then flushes and fsyncs it. `len` must be
-/// non-zero. On any error the file is removed again.
-pub(crate) fn write_file(
+/// Bytes prefaulted and filled at a time.
+const CHUNK: usize = 4 << 20;
+
+/// Creates (or truncates) `path`, sizes it to `len` bytes, maps it read-write, copies `pieces`
+/// (exactly `len` bytes together) into it one after the other, then unmaps and fsyncs it. `len`
+/// must be non-zero. On any error the file is removed again.
+pub(crate) fn write_file<'a>(
     path: &Path,
     len: u64,
-    fill: impl FnOnce(&mut [u8]),
+    pieces: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), StorageError> {
     let map_len = usize::try_from(len).map_err(|_| StorageError::Io {
         op: "map (file larger than the address space)",
@@ -39,7 +57,7 @@ pub(crate) fn write_file(
         .truncate(true)
         .open(path)
         .map_err(io_err("create snapshot file", path))?;
-    let result = map_fill_sync(&file, path, len, map_len, fill);
+    let result = map_fill_sync(&file, path, len, map_len, pieces);
     if result.is_err() {
         drop(file);
         // The file is incomplete; its removal failing changes nothing about the error.
@@ -48,12 +66,12 @@ pub(crate) fn write_file(
     result
 }
 
-fn map_fill_sync(
+fn map_fill_sync<'a>(
     file: &File,
     path: &Path,
     len: u64,
     map_len: usize,
-    fill: impl FnOnce(&mut [u8]),
+    pieces: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), StorageError> {
     size_and_reserve(file, path, len)?;
     // SAFETY: `MmapMut` is unsound only if the mapped file is changed or truncated by someone
@@ -63,11 +81,26 @@ fn map_fill_sync(
     // has been sized to `map_len` bytes (and its blocks reserved) above, and the map is dropped
     // before this function returns. A non-Weir process writing the same path concurrently is
     // outside what Weir supports.
-    let mut map = unsafe { MmapOptions::new().len(map_len).populate().map_mut(file) }
+    let mut map = unsafe { MmapOptions::new().len(map_len).map_mut(file) }
         .map_err(io_err("memory-map snapshot file", path))?;
-    fill(&mut map[..]);
-    map.flush()
-        .map_err(io_err("msync of snapshot file", path))?;
+    let (mut at, mut ready) = (0, 0);
+    for piece in pieces {
+        let mut rest = piece;
+        while !rest.is_empty() {
+            if at == ready {
+                let n = CHUNK.min(map_len - at);
+                // Only a hint: on kernels without MADV_POPULATE_WRITE (before 5.14) the copy
+                // faults the pages in one by one instead.
+                let _ = map.advise_range(memmap2::Advice::PopulateWrite, at, n);
+                ready += n;
+            }
+            let n = rest.len().min(ready - at);
+            map[at..at + n].copy_from_slice(&rest[..n]);
+            at += n;
+            rest = &rest[n..];
+        }
+    }
+    assert_eq!(at, map_len, "snapshot pieces must fill the file exactly");
     drop(map);
     file.sync_all()
         .map_err(io_err("fsync of snapshot file", path))
@@ -110,4 +143,50 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
 #[cfg(not(target_os = "linux"))]
 fn reserve(_file: &File, _path: &Path, _len: u64) -> Result<(), StorageError> {
     Ok(())
+}
+
+/// A file's bytes: read into memory, or mapped.
+pub(crate) enum Bytes {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.len())
+    }
+}
+
+/// Maps `path` read-only, populated up front. Empty files (which cannot be mapped) are read as
+/// an empty buffer.
+pub(crate) fn read_file(path: &Path) -> Result<Bytes, StorageError> {
+    let file = File::open(path).map_err(io_err("open snapshot file", path))?;
+    let len = file
+        .metadata()
+        .map_err(io_err("stat snapshot file", path))?
+        .len();
+    if len == 0 {
+        return Ok(Bytes::Owned(Vec::new()));
+    }
+    // SAFETY: `Mmap` is unsound only if the mapped file is changed or truncated while the map
+    // is alive. Snapshot files are written once, completely, before any reader opens them
+    // (local copies and `file://` stores name each file after its checkpoint and worker and
+    // never write it again; a download is written and closed before it is opened here) and
+    // are only ever deleted afterwards, which leaves an existing mapping intact. Another
+    // process truncating a checkpoint file under a running job is outside what Weir supports
+    // (the same contract as for the write path above); a media error while reading raises
+    // SIGBUS, as it would for any mapped file.
+    let map = unsafe { MmapOptions::new().populate().map(&file) }
+        .map_err(io_err("memory-map snapshot file", path))?;
+    Ok(Bytes::Mapped(map))
 }

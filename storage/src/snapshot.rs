@@ -178,18 +178,20 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// The file's bytes in order: header, sections, index (`total_len` bytes together).
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        std::iter::once(&self.header[..])
+            .chain(self.sections.iter().map(|(_, b)| *b))
+            .chain(std::iter::once(&self.index[..]))
+    }
+
     /// Copies the whole file into `out`, which is exactly `total_len` bytes long.
     fn copy_into(&self, out: &mut [u8]) {
         let mut at = 0;
-        let mut put = |bytes: &[u8]| {
+        for bytes in self.pieces() {
             out[at..at + bytes.len()].copy_from_slice(bytes);
             at += bytes.len();
-        };
-        put(&self.header);
-        for (_, bytes) in self.sections {
-            put(bytes);
         }
-        put(&self.index);
     }
 
     fn info(&self, path: &Path) -> SnapshotInfo {
@@ -232,7 +234,7 @@ pub fn write_snapshot_mmap(
     sections: &[(&str, &[u8])],
 ) -> Result<SnapshotInfo, StorageError> {
     let plan = Plan::new(header, sections).map_err(format_err(path))?;
-    crate::mmap::write_file(path, plan.total_len, |out| plan.copy_into(out))?;
+    crate::mmap::write_file(path, plan.total_len, plan.pieces())?;
     Ok(plan.info(path))
 }
 
@@ -295,7 +297,7 @@ pub fn file_crc32(path: &Path) -> Result<(u64, u32), StorageError> {
 /// against their checksums when read with [`Snapshot::section`].
 #[derive(Debug)]
 pub struct Snapshot {
-    bytes: Vec<u8>,
+    bytes: crate::mmap::Bytes,
     header: SnapshotHeader,
     entries: Vec<SectionEntry>,
     by_name: HashMap<String, usize>,
@@ -323,16 +325,21 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 }
 
 impl Snapshot {
-    /// Reads a snapshot file and validates its header and index.
+    /// Opens a snapshot file (memory-mapped read-only: no copy of the file is made, its pages
+    /// are the page cache's) and validates its header and index.
     pub fn open(path: &Path) -> Result<Snapshot, StorageError> {
-        let bytes = std::fs::read(path).map_err(io_err("read snapshot file", path))?;
-        Snapshot::from_bytes(bytes).map_err(format_err(path))
+        let bytes = crate::mmap::read_file(path)?;
+        Snapshot::parse(bytes).map_err(format_err(path))
     }
 
     /// Validates the header and index of a snapshot held in memory. Any input gives a
     /// [`FormatError`] or a `Snapshot`, never a panic; every length is checked against the
     /// input's size before it is used.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Snapshot, FormatError> {
+        Snapshot::parse(crate::mmap::Bytes::Owned(bytes))
+    }
+
+    fn parse(bytes: crate::mmap::Bytes) -> Result<Snapshot, FormatError> {
         let file_size = bytes.len() as u64;
         let magic_len = bytes.len().min(SNAPSHOT_MAGIC.len());
         if bytes[..magic_len] != SNAPSHOT_MAGIC[..magic_len] {
