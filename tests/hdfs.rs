@@ -4,19 +4,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use weir_storage::hdfs::HdfsStore;
 use weir_storage::{CheckpointStore, StorageError};
-
-fn file(dir: &Path, name: &str, len: usize) -> std::path::PathBuf {
-    let p = dir.join(name);
-    let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
 
 #[test]
 fn hdfs_store_round_trip() {
@@ -63,19 +55,8 @@ fn hdfs_store_round_trip() {
     assert_eq!(s.list().unwrap(), Vec::<u64>::new());
 
     // An aborted checkpoint stops its upload and leaves no temp file.
-    let s = std::sync::Arc::new(s);
     let huge = file(d.path(), "huge", 300 << 20);
-    let up = {
-        let s = s.clone();
-        std::thread::spawn(move || s.put_file(7, "worker-0.snap", &huge))
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    s.abort(7);
-    let r = up.join().unwrap();
-    assert!(
-        matches!(r, Err(StorageError::Aborted { id: 7, .. })),
-        "{r:?}"
-    );
+    abort_mid_upload(std::sync::Arc::new(s), huge, Duration::from_millis(200));
     assert_no_hdfs_orphans(&url, &format!("{root}/job"), &d.path().join("none"));
 
     // An unreachable NameNode: a clear error before anything runs.

@@ -25,13 +25,6 @@ fn options(m: &Minio) -> S3Options {
     }
 }
 
-fn file(dir: &Path, name: &str, len: usize) -> std::path::PathBuf {
-    let p = dir.join(name);
-    let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
 #[test]
 fn s3_store_round_trip() {
     let m = minio();
@@ -88,17 +81,7 @@ fn s3_store_round_trip() {
     slow.concurrency = 1;
     let s = std::sync::Arc::new(S3Store::open(&format!("s3://{bucket}"), "job", &slow).unwrap());
     let huge = file(d.path(), "huge", 200 << 20);
-    let up = {
-        let s = s.clone();
-        std::thread::spawn(move || s.put_file(7, "worker-0.snap", &huge))
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    s.abort(7);
-    let r = up.join().unwrap();
-    assert!(
-        matches!(r, Err(StorageError::Aborted { id: 7, .. })),
-        "{r:?}"
-    );
+    abort_mid_upload(s.clone(), huge, Duration::from_millis(300));
     s.delete(7, &[]).unwrap();
     assert_eq!(
         m.uploads(&bucket),

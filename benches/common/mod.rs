@@ -3,24 +3,9 @@
 
 use std::process::Command;
 
-/// Runs `scripts/services/<script> start` and returns its `KEY=value` lines.
-fn start(script: &str) -> Vec<(String, String)> {
-    let path = format!("{}/scripts/services/{script}", env!("CARGO_MANIFEST_DIR"));
-    let o = Command::new("bash")
-        .args([&path, "start"])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{script} start: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+#[path = "../../tests/common/services.rs"]
+mod services;
+use services::start;
 
 /// S3 options for a MinIO on loopback, with `bucket` created.
 pub fn minio(bucket: &str) -> weir_storage::s3::S3Options {

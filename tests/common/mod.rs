@@ -7,6 +7,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+mod services;
+
 pub fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
 }
@@ -229,22 +231,9 @@ pub struct Minio {
 }
 
 pub fn minio() -> Minio {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services/minio.sh");
-    let o = Command::new("bash")
-        .arg(script)
-        .arg("start")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "MinIO did not start: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let env: Vec<(String, String)> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
+    let env: Vec<(String, String)> = services::start("minio.sh")
+        .into_iter()
         .filter(|(k, _)| k.starts_with("AWS_"))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     assert!(
         env.len() >= 3,
@@ -360,22 +349,10 @@ impl Minio {
 /// An HDFS MiniDFSCluster on loopback, started (or found running) by
 /// `scripts/services/hdfs.sh` (the first start resolves Hadoop's jars with Maven).
 pub fn hdfs() -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services/hdfs.sh");
-    let o = Command::new("bash")
-        .arg(script)
-        .arg("start")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "HDFS did not start: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("HDFS_URL="))
+    services::start("hdfs.sh")
+        .into_iter()
+        .find_map(|(k, v)| (k == "HDFS_URL").then_some(v))
         .expect("HDFS_URL= from hdfs.sh start")
-        .to_string()
 }
 
 /// The files of the checkpoints under `root` (an HDFS directory, `<path>/<job>`) against the
@@ -420,5 +397,33 @@ pub fn assert_listing(what: &str, present: &FileSet, listed: &FileSet, local: &P
         local.is_subset(listed),
         "local orphans: {:?}",
         local.difference(listed)
+    );
+}
+
+/// A file of `len` bytes of a fixed pattern.
+pub fn file(dir: &Path, name: &str, len: usize) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Uploads `file` as checkpoint 7's `worker-0.snap`, aborts checkpoint 7 `after` into the
+/// upload, and checks that the upload stops with `Aborted`.
+pub fn abort_mid_upload(
+    s: std::sync::Arc<dyn weir_storage::CheckpointStore>,
+    file: std::path::PathBuf,
+    after: std::time::Duration,
+) {
+    let up = {
+        let s = s.clone();
+        std::thread::spawn(move || s.put_file(7, "worker-0.snap", &file))
+    };
+    std::thread::sleep(after);
+    s.abort(7);
+    let r = up.join().unwrap();
+    assert!(
+        matches!(r, Err(weir_storage::StorageError::Aborted { id: 7, .. })),
+        "{r:?}"
     );
 }

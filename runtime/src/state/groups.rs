@@ -79,6 +79,19 @@ struct Entry<V> {
 }
 
 impl<V> Entry<V> {
+    /// Stamps the entry with `track`'s epoch; true if it was not stamped with it yet, i.e. its
+    /// key must be recorded as changed.
+    #[inline]
+    fn restamp(&mut self, track: Option<u64>) -> bool {
+        match track {
+            Some(epoch) if self.epoch != epoch => {
+                self.epoch = epoch;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A value stamped with `track`'s epoch (or 0 when nothing is tracked).
     #[inline]
     fn new(value: V, track: Option<u64>) -> Self {
@@ -127,17 +140,6 @@ impl<K: Hash + Eq + Clone> Dirty<K> {
             // and not tracking the keys keeps memory bounded.
             self.overflow = true;
             self.keys = FxHashSet::default();
-        }
-    }
-
-    /// Records the key of `entry` unless it already is in this epoch; stamps it.
-    #[inline]
-    fn stamp<V>(&mut self, key: &K, entry: &mut Entry<V>, track: Option<u64>, len: usize) {
-        if let Some(epoch) = track {
-            if entry.epoch != epoch {
-                entry.epoch = epoch;
-                self.record(key, len);
-            }
         }
     }
 }
@@ -252,7 +254,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
             }
             overlay.get_mut(k)?.as_mut()?
         };
-        dirty.stamp(k, entry, track, len);
+        if entry.restamp(track) {
+            dirty.record(k, len);
+        }
         Some(&mut entry.value)
     }
 
@@ -262,9 +266,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         match owned(slot, overlay) {
             Some(map) => match map.entry(k) {
                 std::collections::hash_map::Entry::Occupied(mut o) => {
-                    if let Some(epoch) = track.filter(|&e| o.get().epoch != e) {
+                    if o.get_mut().restamp(track) {
                         dirty.record(o.key(), len);
-                        o.get_mut().epoch = epoch;
                     }
                     o.get_mut().value = v;
                 }
@@ -290,8 +293,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
     fn remove(&mut self, k: &K, track: Option<u64>) -> Option<V> {
         let (len, slot, overlay, dirty) = self.parts();
         if let Some(map) = owned(slot, overlay) {
-            let e = map.remove(k)?;
-            if track.is_some_and(|epoch| e.epoch != epoch) {
+            let mut e = map.remove(k)?;
+            if e.restamp(track) {
                 dirty.record(k, len);
             }
             return Some(e.value);
@@ -737,7 +740,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         earlier: &Earlier<'_>,
     ) -> Result<Self, String> {
         let own = decode_table(bytes, &range)?;
-        let mut chains: Vec<Chain> = own
+        let chains: Vec<Chain> = own
             .iter()
             .map(|g| Chain {
                 ids: g.ids.clone(),
@@ -767,8 +770,8 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         // Group by group: its full copy, then its deltas in order, while its table is still
         // in the cache (applying one checkpoint's deltas to every group in turn missed the
         // cache on almost every entry).
-        let mut maps = Vec::with_capacity(chains.len());
-        for (i, chain) in chains.iter().enumerate() {
+        let mut groups = Vec::with_capacity(chains.len());
+        for (i, chain) in chains.into_iter().enumerate() {
             let kg = first + i;
             let mut map: Option<FxHashMap<K, Entry<V>>> = None;
             for (pos, at) in chain.ids.iter().enumerate() {
@@ -797,14 +800,9 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                     }
                 }
             }
-            maps.push(map);
-        }
-        let mut groups = Vec::with_capacity(chains.len());
-        for (i, map) in maps.into_iter().enumerate() {
-            let map =
-                map.ok_or_else(|| format!("key group {}: no full copy in its chain", first + i))?;
+            let map = map.ok_or_else(|| format!("key group {kg}: no full copy in its chain"))?;
             let mut g = Group::new(map);
-            g.committed = std::mem::take(&mut chains[i]);
+            g.committed = chain;
             groups.push(g);
         }
         Ok(KeyGroups {
