@@ -22,6 +22,8 @@ use std::time::Duration;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use weir_runtime::{CheckpointConfig, CheckpointMode, OnCancel};
 
+use crate::connectors::kafka::{KafkaSinkConfig, KafkaSourceConfig, Semantics, StartFrom};
+
 // ---------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------
@@ -91,6 +93,8 @@ pub enum SourceConfig {
         path: PathBuf,
     },
     Generator(GeneratorConfig),
+    /// Kafka topic(s), JSON values.
+    Kafka(KafkaSourceConfig),
 }
 
 /// Deterministic records `{"id", "key", "value", "ts"}`.
@@ -195,6 +199,8 @@ pub enum SinkConfig {
     },
     Stdout,
     Blackhole,
+    /// A Kafka topic, JSON values.
+    Kafka(KafkaSinkConfig),
 }
 
 /// A job file problem: which file, which key (`transform[2].size`, or empty
@@ -746,8 +752,8 @@ const TOP_KEYS: &[&str] = &[
     "execution",
     "state",
 ];
-const SOURCE_TYPES: &[&str] = &["file", "generator"];
-const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole"];
+const SOURCE_TYPES: &[&str] = &["file", "generator", "kafka"];
+const SINK_TYPES: &[&str] = &["file", "stdout", "blackhole", "kafka"];
 const TRANSFORM_TYPES: &[&str] = &[
     "filter", "project", "key_by", "sum", "count", "min", "max", "avg", "tumbling", "sliding",
     "dedupe",
@@ -932,6 +938,7 @@ fn source(v: &Val, dir: &Path) -> Res<SourceConfig> {
                 path: resolve(dir, &p),
             })
         }
+        "kafka" => kafka_source(&t),
         _ => {
             t.allow(&["type", "count", "keys", "seed", "rate", "ts_step_ms"])?;
             let count = t.opt_int("count", 0, i64::MAX, NON_NEGATIVE)?.map(to_u64);
@@ -954,6 +961,283 @@ fn source(v: &Val, dir: &Path) -> Res<SourceConfig> {
             }))
         }
     }
+}
+
+/// `brokers`: a non-empty `host:port[,host:port..]` list.
+fn brokers(t: &Tbl) -> Res<String> {
+    let key = t.key("brokers");
+    let s = non_empty(
+        &key,
+        t.need(
+            "brokers",
+            "a Kafka connector needs its bootstrap servers, e.g. brokers = \"127.0.0.1:9092\"",
+        )?,
+        "a broker list",
+    )?;
+    for b in s.split(',') {
+        let b = b.trim();
+        let ok = b
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return fail(
+                key,
+                format!(
+                    "invalid broker {}; expected host:port, e.g. \"127.0.0.1:9092\"",
+                    quote(b)
+                ),
+            );
+        }
+    }
+    Ok(s)
+}
+
+/// `properties`: librdkafka settings passed through, as strings.
+fn kafka_properties(t: &Tbl, reserved: &[&str]) -> Res<Vec<(String, String)>> {
+    let Some(v) = t.get("properties") else {
+        return Ok(Vec::new());
+    };
+    let key = t.key("properties");
+    let props = string_table(
+        &key,
+        v,
+        "properties = { \"fetch.min.bytes\" = \"1\" }",
+        "a librdkafka property value",
+    )?;
+    for (k, _) in &props {
+        if reserved.contains(&k.as_str()) {
+            return fail(
+                join_key(&key, k),
+                "is set by Weir (offsets, transactions and delivery depend on it); remove it",
+            );
+        }
+    }
+    Ok(props)
+}
+
+fn kafka_source(t: &Tbl) -> Res<SourceConfig> {
+    t.allow(&[
+        "type",
+        "brokers",
+        "topic",
+        "topics",
+        "group",
+        "start",
+        "stop_at",
+        "format",
+        "watermark_delay",
+        "idle_timeout",
+        "partition_discovery",
+        "properties",
+    ])?;
+    let brokers = brokers(t)?;
+    let topics = match (t.get("topic"), t.get("topics")) {
+        (Some(_), Some(_)) => {
+            return fail(t.key("topics"), "give either `topic` or `topics`, not both")
+        }
+        (Some(v), None) => vec![non_empty(&t.key("topic"), v, "a topic name")?],
+        (None, Some(v)) => field_list(&t.key("topics"), v, false)?,
+        (None, None) => {
+            return fail(
+                t.key("topic"),
+                "missing; a \"kafka\" source needs topic = \"name\" or topics = [\"a\", \"b\"]",
+            )
+        }
+    };
+    let mut c = KafkaSourceConfig::new(&brokers, &topics[0]);
+    c.topics = topics;
+    c.group = t
+        .get("group")
+        .map(|v| non_empty(&t.key("group"), v, "a consumer group name"))
+        .transpose()?;
+    if let Some(v) = t.get("start") {
+        c.start = start_from(&t.key("start"), v)?;
+    }
+    if let Some(v) = t.get("stop_at") {
+        c.stop_at_latest = choice(&t.key("stop_at"), v, "stop_at", &[("latest", true)])?;
+    }
+    if let Some(v) = t.get("format") {
+        let key = t.key("format");
+        if matches!(v, Val::Str(s) if s == "raw") {
+            return fail(
+                key,
+                "format \"raw\" (bytes) is for the Rust API (KafkaSource::reader); job files read JSON: format = \"json\"",
+            );
+        }
+        choice(&key, v, "format", &[("json", ())])?;
+    }
+    if let Some(v) = t.get("watermark_delay") {
+        c.watermark_delay = window_duration(&t.key("watermark_delay"), v, true)?;
+    }
+    if let Some(v) = t.get("idle_timeout") {
+        c.idle_timeout = Some(positive_duration(&t.key("idle_timeout"), v)?);
+    }
+    if let Some(v) = t.get("partition_discovery") {
+        let key = t.key("partition_discovery");
+        c.partition_discovery = match v {
+            Val::Str(s) if s == "off" => None,
+            _ => Some(positive_duration(&key, v).map_err(|mut f| {
+                f.message.push_str(" (or \"off\")");
+                f
+            })?),
+        };
+    }
+    c.properties = kafka_properties(
+        t,
+        &[
+            "bootstrap.servers",
+            "group.id",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "enable.partition.eof",
+        ],
+    )?;
+    Ok(SourceConfig::Kafka(c))
+}
+
+fn positive_duration(key: &str, v: &Val) -> Res<Duration> {
+    let d = duration(key, v)?;
+    if d.is_zero() {
+        return fail(key, "expected a duration greater than 0");
+    }
+    Ok(d)
+}
+
+/// `start`: earliest | latest | committed | a timestamp (milliseconds since the Unix epoch,
+/// or an RFC 3339 date-time such as 2026-11-26T08:00:00Z, quoted or not).
+fn start_from(key: &str, v: &Val) -> Res<StartFrom> {
+    let what = "earliest, latest, committed, or a timestamp (milliseconds since the Unix epoch, or an RFC 3339 date-time such as 2026-11-26T08:00:00Z)";
+    match v {
+        Val::Str(s) if s == "earliest" => Ok(StartFrom::Earliest),
+        Val::Str(s) if s == "latest" => Ok(StartFrom::Latest),
+        Val::Str(s) if s == "committed" => Ok(StartFrom::Committed),
+        Val::Int(ms) if *ms >= 0 => Ok(StartFrom::Timestamp(*ms)),
+        Val::Str(s) | Val::Datetime(s) => match rfc3339_ms(s) {
+            Some(ms) => Ok(StartFrom::Timestamp(ms)),
+            None => fail(key, format!("expected {what}, found {}", quote(s))),
+        },
+        other => fail(key, format!("expected {what}, found {}", describe(other))),
+    }
+}
+
+/// Milliseconds since the Unix epoch of `YYYY-MM-DDTHH:MM:SS[.fff](Z|+HH:MM|-HH:MM)`.
+fn rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        (!part.is_empty() && part.bytes().all(|c| c.is_ascii_digit())).then(|| part.parse().ok())?
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut ms = 0;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let frac = s.get(start..i)?;
+        if frac.is_empty() {
+            return None;
+        }
+        ms = format!("{:0<3}", &frac[..frac.len().min(3)])
+            .parse::<i64>()
+            .ok()?;
+    }
+    let offset_min = match s.get(i..)? {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let v = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
+            if o.starts_with('-') {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60) * 1000) + ms)
+}
+
+fn kafka_sink(t: &Tbl) -> Res<SinkConfig> {
+    t.allow(&[
+        "type",
+        "brokers",
+        "topic",
+        "key_field",
+        "semantics",
+        "transactional_id_prefix",
+        "transaction_timeout",
+        "properties",
+    ])?;
+    let brokers = brokers(t)?;
+    let topic = non_empty(
+        &t.key("topic"),
+        t.need(
+            "topic",
+            "a \"kafka\" sink needs its topic, e.g. topic = \"sums\"",
+        )?,
+        "a topic name",
+    )?;
+    let mut c = KafkaSinkConfig::new(&brokers, &topic);
+    c.key_field = t.opt_field("key_field")?;
+    if let Some(v) = t.get("semantics") {
+        c.semantics = choice(
+            &t.key("semantics"),
+            v,
+            "semantics",
+            &[
+                ("exactly-once", Semantics::ExactlyOnce),
+                ("at-least-once", Semantics::AtLeastOnce),
+            ],
+        )?;
+    }
+    if let Some(v) = t.get("transactional_id_prefix") {
+        c.transactional_id_prefix = Some(non_empty(
+            &t.key("transactional_id_prefix"),
+            v,
+            "a transactional id prefix",
+        )?);
+    }
+    if let Some(v) = t.get("transaction_timeout") {
+        let key = t.key("transaction_timeout");
+        let d = positive_duration(&key, v)?;
+        if d.subsec_millis() == 0 && d.subsec_nanos() != 0 || d.as_millis() > i32::MAX as u128 {
+            return fail(key, "expected whole milliseconds up to about 24 days");
+        }
+        c.transaction_timeout = d;
+    }
+    c.properties = kafka_properties(
+        t,
+        &[
+            "bootstrap.servers",
+            "transactional.id",
+            "transaction.timeout.ms",
+            "enable.idempotence",
+        ],
+    )?;
+    Ok(SinkConfig::Kafka(c))
 }
 
 fn rate(key: &str, v: &Val) -> Res<f64> {
@@ -1003,6 +1287,7 @@ fn sink(v: &Val, dir: &Path) -> Res<SinkConfig> {
             t.allow(&["type"])?;
             Ok(SinkConfig::Stdout)
         }
+        "kafka" => kafka_sink(&t),
         _ => {
             t.allow(&["type"])?;
             Ok(SinkConfig::Blackhole)
@@ -2429,7 +2714,7 @@ storage = "/var/lib/weir/ck"
         let long = "x".repeat(100);
         assert_eq!(
             err(&MIN.replace("\"t\"", &format!("\"{long}\"")).replace("generator", &long)),
-            format!("jobs/job.toml: source.type: unknown source type \"{}\"... (100 characters); expected one of: file, generator", "x".repeat(60))
+            format!("jobs/job.toml: source.type: unknown source type \"{}\"... (100 characters); expected one of: file, generator, kafka", "x".repeat(60))
         );
     }
 
@@ -2437,19 +2722,19 @@ storage = "/var/lib/weir/ck"
     fn bad_types_of_tables() {
         assert_eq!(
             err(&MIN.replace("blackhole", "kafkaa")),
-            "jobs/job.toml: sink.type: unknown sink type \"kafkaa\"; expected one of: file, stdout, blackhole"
+            "jobs/job.toml: sink.type: unknown sink type \"kafkaa\"; expected one of: file, stdout, blackhole, kafka"
         );
         assert_eq!(
             err(&MIN.replace("generator", "kafka")),
-            "jobs/job.toml: source.type: unknown source type \"kafka\"; expected one of: file, generator"
+            "jobs/job.toml: source.brokers: missing; a Kafka connector needs its bootstrap servers, e.g. brokers = \"127.0.0.1:9092\""
         );
         assert_eq!(
             err(&MIN.replace("type = \"generator\"", "type = 1")),
-            "jobs/job.toml: source.type: expected a string, one of: file, generator; found integer 1"
+            "jobs/job.toml: source.type: expected a string, one of: file, generator, kafka; found integer 1"
         );
         assert_eq!(
             err(&MIN.replace("type = \"blackhole\"", "path = \"x\"")),
-            "jobs/job.toml: sink.type: missing; expected one of: file, stdout, blackhole"
+            "jobs/job.toml: sink.type: missing; expected one of: file, stdout, blackhole, kafka"
         );
         assert_eq!(
             err(&with("[[transform]]\ntype = \"sume\"\n")),

@@ -10,6 +10,7 @@ use weir_runtime::{
     AggregateFunction, BoxError, DataStream, RuntimeConfig, StreamEnv, WindowAssigner,
 };
 
+use crate::connectors::kafka::{check_transaction_timeout, KafkaSink, KafkaSource, Semantics};
 use crate::connectors::{
     json_generator, list_input_files, prepare_output_dir, Blackhole, FileSink, FileSource,
     Generator, JsonRecord, StdoutSink,
@@ -277,6 +278,10 @@ pub fn build(job: &JobFile, env: &StreamEnv, restoring: bool) -> Result<(), JobF
             }
             env.source("generator", move |info| gen.reader(info))
         }
+        SourceConfig::Kafka(c) => {
+            let src = KafkaSource::new(c.clone());
+            env.source("kafka-source", move |info| src.json_reader(info))
+        }
     };
 
     // Transforms.
@@ -456,6 +461,36 @@ pub fn build(job: &JobFile, env: &StreamEnv, restoring: bool) -> Result<(), JobF
             }
             let sink = FileSink::new(path);
             s.sink("file-sink", move |info| sink.writer(info));
+        }
+        SinkConfig::Kafka(c) => {
+            if c.semantics == Semantics::ExactlyOnce {
+                let Some(cp) = &job.checkpoint else {
+                    return Err(err(
+                        job,
+                        "sink.semantics",
+                        "an exactly-once Kafka sink commits its transactions with the checkpoints; add a [checkpoint] section or set semantics = \"at-least-once\"",
+                    ));
+                };
+                let restart_delay = if job.restart.attempts == 0 {
+                    std::time::Duration::ZERO
+                } else if job.restart.exponential {
+                    job.restart.max_delay
+                } else {
+                    job.restart.delay
+                };
+                check_transaction_timeout(
+                    c.transaction_timeout,
+                    cp.interval,
+                    cp.timeout,
+                    restart_delay,
+                )
+                .map_err(|e| err(job, "sink.transaction_timeout", e))?;
+                if cp.mode == weir_runtime::CheckpointMode::AtLeastOnce {
+                    tracing::warn!("the Kafka sink is exactly-once but checkpoints are at-least-once: records may be duplicated across restores; use mode = \"exactly-once\"");
+                }
+            }
+            let sink = KafkaSink::new(c.clone());
+            s.sink("kafka-sink", move |info| sink.json_writer(info));
         }
         SinkConfig::Stdout => s.sink("stdout", |info| StdoutSink.writer(info)),
         SinkConfig::Blackhole => s.sink("blackhole", |_| Ok(Blackhole)),

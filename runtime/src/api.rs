@@ -177,6 +177,7 @@ impl StreamEnv {
                 info: info.clone(),
                 batch_size,
                 state: SourceState::Running,
+                watermark: None,
             });
             Ok(d)
         };

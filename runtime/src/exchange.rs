@@ -289,6 +289,10 @@ pub(crate) trait Driver {
     fn trigger(&mut self, _id: u64, _cp: &mut WorkerCheckpoints) -> Result<(), JobError> {
         Ok(())
     }
+    /// Sources: checkpoint `id` completed.
+    fn checkpoint_complete(&mut self, _id: u64) -> Result<(), JobError> {
+        Ok(())
+    }
     /// Sources: the final checkpoint completed; end the stream.
     fn finish_sources(&mut self) -> Result<(), JobError> {
         Ok(())

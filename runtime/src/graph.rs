@@ -20,7 +20,7 @@ use crate::exchange::{
 use crate::metrics::NodeMetrics;
 use crate::operator::{Batch, Counted, Discard, Out, Tee};
 use crate::source::{SourcePoll, SourceReader, TaskInfo};
-use crate::{MAX_WATERMARK, NO_TIMESTAMP};
+use crate::{Timestamp, MAX_WATERMARK, NO_TIMESTAMP};
 
 pub(crate) type NodeId = usize;
 pub(crate) type AnyBox = Box<dyn Any>;
@@ -198,6 +198,8 @@ pub(crate) struct SourceDriver<T> {
     pub(crate) info: TaskInfo,
     pub(crate) batch_size: usize,
     pub(crate) state: SourceState,
+    /// The last watermark the reader reported and the driver forwarded.
+    pub(crate) watermark: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +257,15 @@ impl<T> Driver for SourceDriver<T> {
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
             self.out.batch(buf)?;
         }
+        if let Some(wm) = self.reader.watermark() {
+            // Never MAX_WATERMARK from here: that one means end of input and is sent once,
+            // by `exhausted`.
+            let wm = wm.min(MAX_WATERMARK - 1);
+            if self.watermark.is_none_or(|last| wm > last) {
+                self.watermark = Some(wm);
+                self.out.watermark(wm)?;
+            }
+        }
         match status {
             SourcePoll::Exhausted => self.exhausted(cp),
             SourcePoll::Ready => Ok(Poll::Progress),
@@ -273,7 +284,7 @@ impl<T> Driver for SourceDriver<T> {
         }
         let position = self
             .reader
-            .snapshot()
+            .snapshot(id)
             .map_err(|e| JobError::from_user(&self.info, e))?;
         let section = self.info.section_name("state");
         let out = &mut self.out;
@@ -282,6 +293,12 @@ impl<T> Driver for SourceDriver<T> {
                 .push((section, crate::operator::Section::Bytes(position)));
             out.barrier(b)
         })
+    }
+
+    fn checkpoint_complete(&mut self, id: u64) -> Result<(), JobError> {
+        self.reader
+            .checkpoint_complete(id)
+            .map_err(|e| JobError::from_user(&self.info, e))
     }
 
     fn finish_sources(&mut self) -> Result<(), JobError> {
@@ -301,7 +318,7 @@ pub(crate) struct VecSource<T> {
 }
 
 impl<T: Clone> SourceReader<T> for VecSource<T> {
-    fn snapshot(&mut self) -> Result<Vec<u8>, crate::BoxError> {
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, crate::BoxError> {
         Ok((self.next as u64).to_le_bytes().to_vec())
     }
 

@@ -33,7 +33,7 @@ pub use execute::{JobHandle, JobSummary};
 pub use keyed::{key_group_for, stable_hash, KeyedContext, KeyedProcessFunction, OpenContext};
 pub use metrics::{JobMetrics, NodeMetrics};
 pub use operator::{Context, ProcessFunction};
-pub use source::{PreCommit, SinkWriter, SourcePoll, SourceReader, TaskInfo, Waker};
+pub use source::{DurableState, PreCommit, SinkWriter, SourcePoll, SourceReader, TaskInfo, Waker};
 pub use state::{ListState, MapState, StateData, ValueState};
 pub use weir_storage::s3::{S3Checksums, S3Options};
 pub use weir_storage::StoreOptions;

@@ -399,7 +399,15 @@ impl<T> Collector<T> for SinkOp<T> {
             .borrow_mut()
             .pre_commit(b.id)
             .map_err(|e| JobError::from_user(&self.info, e))?;
-        if !pc.state.is_empty() {
+        if let Some(state) = pc.durable_state {
+            // Encoded on the writer thread, after the durable waits above have returned.
+            b.sections.push((
+                self.info.section_name("state"),
+                Section::Deferred(Box::new(move || {
+                    state().map_err(|e| format!("sink pre-commit failed: {e}"))
+                })),
+            ));
+        } else if !pc.state.is_empty() {
             b.sections
                 .push((self.info.section_name("state"), Section::Bytes(pc.state)));
         }

@@ -50,6 +50,11 @@ impl TaskInfo {
         self.checkpointing
     }
 
+    /// Id of the first checkpoint of this run: barriers are numbered from it, one apart.
+    pub fn first_checkpoint(&self) -> u64 {
+        self.first_checkpoint
+    }
+
     /// When the job was restored from a checkpoint: the id of that checkpoint.
     pub fn restored_checkpoint(&self) -> Option<u64> {
         self.restore.as_ref().map(|r| r.id)
@@ -118,12 +123,29 @@ pub trait SourceReader<T> {
     /// Appends at most `max` records with their event timestamps
     /// ([`crate::NO_TIMESTAMP`] when the source has none) to `out`.
     fn poll(&mut self, out: &mut Vec<(Timestamp, T)>, max: usize) -> Result<SourcePoll, BoxError>;
-    /// The position of the next record not yet returned by `poll`, stored in checkpoints and
-    /// handed back through [`TaskInfo::restored_state`] when the job is restored.
-    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+    /// The position of the next record not yet returned by `poll`, stored in checkpoint
+    /// `checkpoint` and handed back through [`TaskInfo::restored_state`] when the job is
+    /// restored from it.
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
         Ok(Vec::new())
     }
+    /// The source's own event-time watermark, asked after every poll: no record with a smaller
+    /// timestamp follows (e.g. the minimum over a Kafka source's active partitions). Only
+    /// increases are forwarded. `None` (the default): the source emits no watermarks of its
+    /// own (a `with_timestamps` operator may add them downstream).
+    fn watermark(&mut self) -> Option<Timestamp> {
+        None
+    }
+    /// Checkpoint `checkpoint` completed (its metadata is durable): e.g. commit the positions
+    /// it recorded to an external system for monitoring. Must not block.
+    fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), BoxError> {
+        Ok(())
+    }
 }
+
+/// A sink's state that is known only once its pre-commit is durable (see
+/// [`PreCommit::durable_state`]).
+pub type DurableState = Box<dyn FnOnce() -> Result<Vec<u8>, BoxError> + Send>;
 
 /// What a sink returns when a checkpoint barrier reaches it.
 #[derive(Default)]
@@ -133,6 +155,11 @@ pub struct PreCommit {
     /// Blocks until the pre-committed data is durable; runs on the checkpoint writer thread,
     /// and the checkpoint completes only after it returned `Ok`.
     pub durable: Option<Box<dyn FnOnce() -> Result<(), BoxError> + Send>>,
+    /// State that is known only once the pre-commit is durable (e.g. the producer id and
+    /// epoch of a transaction, learned by the sink's I/O thread when it flushed). Runs on the
+    /// checkpoint writer thread after every `durable` wait; when set, its bytes are stored
+    /// instead of `state`.
+    pub durable_state: Option<DurableState>,
 }
 
 /// One parallel instance of a sink, created on its worker thread by a factory.

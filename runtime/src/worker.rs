@@ -109,7 +109,10 @@ impl Worker {
                     }
                 }
                 ToWorker::Complete(id) => {
-                    for task in &self.tasks {
+                    for task in self.tasks.iter_mut() {
+                        if !task.done {
+                            task.driver.checkpoint_complete(id)?;
+                        }
                         for o in &task.outlets {
                             o.checkpoint_complete(id)?;
                         }

@@ -41,7 +41,7 @@ impl SourceReader<(u64, u64)> for Paced {
         }
         Ok(SourcePoll::Ready)
     }
-    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
         Ok(self.next.to_le_bytes().to_vec())
     }
 }
@@ -92,7 +92,7 @@ impl SinkWriter<(u64, u64)> for TwoPhaseSink {
             .insert((self.subtask, checkpoint), batch);
         Ok(PreCommit {
             state: checkpoint.to_le_bytes().to_vec(),
-            durable: None,
+            ..PreCommit::default()
         })
     }
     fn commit(&mut self, checkpoint: u64) -> Result<(), BoxError> {
@@ -419,6 +419,7 @@ impl SinkWriter<(u64, u64)> for SlowPreCommit {
                 }
                 Ok(())
             })),
+            ..PreCommit::default()
         })
     }
 }

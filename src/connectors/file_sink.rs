@@ -9,15 +9,16 @@
 //! fsyncs and renames it to `part-<s>-0.jsonl` (then fsyncs the directory). Only complete
 //! files are ever visible.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 use weir_runtime::{BoxError, PreCommit, SinkWriter, TaskInfo, Waker};
+
+use super::handoff::Handoff;
 
 /// Bytes encoded before a buffer is handed to the writer thread.
 const BUFFER_BYTES: usize = 256 << 10;
@@ -88,34 +89,24 @@ pub(crate) enum Target {
 
 /// Worker-side handle of a writer thread.
 pub(crate) struct IoWriter {
-    tx: Sender<Cmd>,
-    acks: Receiver<Result<(), String>>,
-    pending: VecDeque<Cmd>,
+    io: Handoff<Cmd>,
     buf: Vec<u8>,
     closed: bool,
-    done: bool,
 }
 
 impl IoWriter {
     pub(crate) fn spawn(target: Target, info: &TaskInfo) -> Result<Self, BoxError> {
-        let (tx, rx) = crossbeam_channel::bounded::<Cmd>(BUFFERS_IN_FLIGHT);
-        let (ack_tx, acks) = crossbeam_channel::bounded(1);
-        let waker = info.waker();
-        std::thread::Builder::new()
-            .name(format!("weir-writer-{}", info.subtask))
-            .spawn(move || {
-                let r = write_loop(target, &rx, &waker);
-                let _ = ack_tx.send(r);
-                waker.wake();
-            })
-            .map_err(|e| format!("cannot start writer thread: {e}"))?;
+        let io = Handoff::spawn(
+            format!("weir-writer-{}", info.subtask),
+            "the writer thread",
+            BUFFERS_IN_FLIGHT,
+            info,
+            move |rx, waker| write_loop(target, &rx, waker),
+        )?;
         Ok(IoWriter {
-            tx,
-            acks,
-            pending: VecDeque::new(),
+            io,
             buf: Vec::with_capacity(BUFFER_BYTES),
             closed: false,
-            done: false,
         })
     }
 
@@ -127,15 +118,14 @@ impl IoWriter {
     pub(crate) fn seal(&mut self, force: bool) -> Result<(), BoxError> {
         if self.buf.len() >= BUFFER_BYTES || (force && !self.buf.is_empty()) {
             let b = std::mem::replace(&mut self.buf, Vec::with_capacity(BUFFER_BYTES));
-            self.pending.push_back(Cmd::Write(b));
+            return self.io.push(Cmd::Write(b));
         }
-        self.try_send().map(|_| ())
+        self.io.send_pending().map(|_| ())
     }
 
     fn command(&mut self, cmd: Cmd) -> Result<(), BoxError> {
         self.seal(true)?;
-        self.pending.push_back(cmd);
-        self.try_send().map(|_| ())
+        self.io.push(cmd)
     }
 
     pub(crate) fn close(&mut self) -> Result<(), BoxError> {
@@ -144,50 +134,16 @@ impl IoWriter {
         Ok(())
     }
 
-    fn check_acks(&mut self) -> Result<(), BoxError> {
-        match self.acks.try_recv() {
-            Ok(Ok(())) => {
-                self.done = true;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e.into()),
-            Err(TryRecvError::Empty) => Ok(()),
-            Err(TryRecvError::Disconnected) => {
-                if self.done {
-                    Ok(())
-                } else {
-                    Err("writer thread ended without reporting".into())
-                }
-            }
-        }
-    }
-
     pub(crate) fn try_send(&mut self) -> Result<bool, BoxError> {
-        self.check_acks()?;
-        let mut progress = false;
-        while let Some(cmd) = self.pending.pop_front() {
-            match self.tx.try_send(cmd) {
-                Ok(()) => progress = true,
-                Err(TrySendError::Full(cmd)) => {
-                    self.pending.push_front(cmd);
-                    break;
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    // The thread stopped: it reported why on the ack channel.
-                    self.check_acks()?;
-                    return Err("writer thread stopped".into());
-                }
-            }
-        }
-        Ok(progress)
+        self.io.send_pending()
     }
 
     pub(crate) fn blocked(&self) -> bool {
-        !self.pending.is_empty()
+        self.io.blocked()
     }
 
     pub(crate) fn done(&self) -> bool {
-        self.closed && self.pending.is_empty() && self.done
+        self.closed && self.io.finished()
     }
 }
 
@@ -498,6 +454,7 @@ impl<T: Serialize> SinkWriter<T> for JsonLinesWriter<T> {
         Ok(PreCommit {
             state,
             durable: Some(Box::new(wait)),
+            ..PreCommit::default()
         })
     }
     fn commit(&mut self, checkpoint: u64) -> Result<(), BoxError> {

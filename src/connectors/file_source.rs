@@ -275,7 +275,7 @@ fn parse_line(line: &str, path: &Path, line_no: u64) -> Result<Option<JsonRecord
 }
 
 impl SourceReader<JsonRecord> for FileReader {
-    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
         let path = self
             .files
             .get(self.position.file)

@@ -99,7 +99,7 @@ impl<F> GeneratorReader<F> {
 }
 
 impl<T, F: Fn(u64) -> T> SourceReader<T> for GeneratorReader<F> {
-    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
         Ok(serde_json::to_vec(
             &serde_json::json!({ "next": self.next }),
         )?)

@@ -7,6 +7,8 @@
 mod file_sink;
 mod file_source;
 mod generator;
+mod handoff;
+pub mod kafka;
 mod stdout;
 
 pub use file_sink::{prepare_output_dir, FileSink};

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+pub mod kafka;
 mod services;
 
 pub fn weir() -> Command {

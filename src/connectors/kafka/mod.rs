@@ -1,0 +1,117 @@
+//! Kafka connectors (librdkafka through `rdkafka`): a source whose offsets live in checkpoint
+//! state, and a sink that is at-least-once or exactly-once (Kafka transactions committed in two
+//! phases with the checkpoints). Design, guarantees and settings: `docs/kafka.md`.
+
+mod protocol;
+mod sink;
+mod source;
+
+use std::time::Duration;
+
+pub use sink::{
+    check_transaction_timeout, KafkaSink, KafkaWriter, KeyEncoder, ValueEncoder,
+    FAULT_KILL_BEFORE_COMMIT,
+};
+pub use source::{Decoder, KafkaMessage, KafkaReader, KafkaSource};
+
+use super::JsonRecord;
+
+/// Where a Kafka source starts reading a partition that the restored checkpoint (if any)
+/// does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The oldest retained record.
+    Earliest,
+    /// The end of the partition when the job starts: only records produced afterwards.
+    Latest,
+    /// The consumer group's committed offset (`group`), or the earliest where it has none.
+    Committed,
+    /// The first record with a timestamp at or after this instant (milliseconds since the
+    /// Unix epoch); the end of the partition when there is none.
+    Timestamp(i64),
+}
+
+/// Settings of a Kafka source (job file `[source]` with `type = "kafka"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, `host:port[,host:port..]`.
+    pub brokers: String,
+    /// One or more topics; their partitions are assigned to subtasks explicitly.
+    pub topics: Vec<String>,
+    /// Consumer group: offsets of completed checkpoints are committed to it (for monitoring
+    /// only; restores use the checkpoint). Default `weir-<job>`.
+    pub group: Option<String>,
+    pub start: StartFrom,
+    /// Bounded mode: stop at the end offsets seen when the job first started.
+    pub stop_at_latest: bool,
+    /// Event-time watermark lag behind the largest timestamp of a partition.
+    pub watermark_delay: Duration,
+    /// A partition without records for this long no longer holds the watermark back.
+    pub idle_timeout: Option<Duration>,
+    /// How often to look for new partitions of the topics (`None`: never). Not in bounded mode.
+    pub partition_discovery: Option<Duration>,
+    /// Extra librdkafka consumer properties (`properties = { "fetch.min.bytes" = "1" }`).
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaSourceConfig {
+    /// A source of `topic` on `brokers` with the defaults.
+    pub fn new(brokers: &str, topic: &str) -> Self {
+        KafkaSourceConfig {
+            brokers: brokers.to_string(),
+            topics: vec![topic.to_string()],
+            group: None,
+            start: StartFrom::Earliest,
+            stop_at_latest: false,
+            watermark_delay: Duration::ZERO,
+            idle_timeout: None,
+            partition_discovery: Some(Duration::from_secs(30)),
+            properties: Vec::new(),
+        }
+    }
+}
+
+/// Delivery guarantee of the Kafka sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Semantics {
+    /// Flush at every barrier: nothing is lost; records written after the last completed
+    /// checkpoint are written again after a restore.
+    AtLeastOnce,
+    /// One Kafka transaction per subtask per checkpoint, committed once the checkpoint
+    /// completed: `read_committed` consumers see every record exactly once.
+    ExactlyOnce,
+}
+
+/// Settings of a Kafka sink (job file `[sink]` with `type = "kafka"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSinkConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// Record field whose value becomes the Kafka key (a string as its text, other values as
+    /// JSON); `None`: no key.
+    pub key_field: Option<String>,
+    pub semantics: Semantics,
+    /// Transactional ids are `<prefix>-<subtask>-<checkpoint>`; default `weir-<job>`. Must
+    /// be unique per job writing to a cluster.
+    pub transactional_id_prefix: Option<String>,
+    /// `transaction.timeout.ms` of the transactions (default 15 min, the broker's default
+    /// maximum).
+    pub transaction_timeout: Duration,
+    /// Extra librdkafka producer properties.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaSinkConfig {
+    /// An exactly-once sink to `topic` on `brokers` with the defaults.
+    pub fn new(brokers: &str, topic: &str) -> Self {
+        KafkaSinkConfig {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            key_field: None,
+            semantics: Semantics::ExactlyOnce,
+            transactional_id_prefix: None,
+            transaction_timeout: Duration::from_secs(15 * 60),
+            properties: Vec::new(),
+        }
+    }
+}
