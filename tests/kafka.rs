@@ -294,3 +294,248 @@ fn at_least_once_sink_loses_nothing_under_sigkills() {
     check_at_least_once(&out, &all);
     eprintln!("{} records written for {} inputs", out.len(), all.len());
 }
+
+/// Writes `<dir>/<name>.toml`: Kafka `topic` -> file sink in `<dir>/<name>-out`, with the
+/// given extra source settings; checkpoints every 200 ms.
+fn copy_job(dir: &Path, name: &str, topic: &str, source_extra: &str) -> PathBuf {
+    let b = broker();
+    let job = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+name = "{name}"
+parallelism = 2
+[source]
+type = "kafka"
+brokers = "{b}"
+topic = "{topic}"
+{source_extra}
+[sink]
+type = "file"
+path = "{name}-out"
+[checkpoint]
+interval = "200ms"
+storage = "checkpoints"
+local_dir = "local"
+"#
+        ),
+    )
+    .unwrap();
+    job
+}
+
+fn ids(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = read_visible(dir)
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn source_start_positions() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker();
+    let topic = unique("start");
+    create_topic(&b, &topic, 2);
+    let recs = |r: std::ops::Range<u64>, ts0: i64| -> Vec<serde_json::Value> {
+        r.map(|id| serde_json::json!({"id": id, "key": format!("k{}", id % 5), "ts": ts0 + id as i64}))
+            .collect()
+    };
+    let ts = |r: &serde_json::Value| r["ts"].as_i64();
+    produce(&b, &topic, &recs(0..100, 1_000_000), |_| None, ts);
+    let group = unique("g");
+    let run_ok = |job: &Path| {
+        let o = run(job, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // earliest, bounded: everything so far; its checkpoints commit offsets to the group.
+    let job = copy_job(
+        d.path(),
+        "earliest",
+        &topic,
+        &format!("start = \"earliest\"\nstop_at = \"latest\"\ngroup = \"{group}\""),
+    );
+    run_ok(&job);
+    assert_eq!(
+        ids(&d.path().join("earliest-out")),
+        (0..100).collect::<Vec<_>>()
+    );
+    produce(&b, &topic, &recs(100..200, 2_000_000 - 100), |_| None, ts);
+    // committed: where the group left off.
+    let job = copy_job(
+        d.path(),
+        "committed",
+        &topic,
+        &format!("start = \"committed\"\nstop_at = \"latest\"\ngroup = \"{group}\""),
+    );
+    run_ok(&job);
+    assert_eq!(
+        ids(&d.path().join("committed-out")),
+        (100..200).collect::<Vec<_>>()
+    );
+    // a timestamp (RFC 3339 and milliseconds): the first record at or after it.
+    // Record id >= 100 has timestamp 2_000_000 + (id - 100).
+    let job = copy_job(
+        d.path(),
+        "timestamp",
+        &topic,
+        "start = 2000050\nstop_at = \"latest\"",
+    );
+    run_ok(&job);
+    assert_eq!(
+        ids(&d.path().join("timestamp-out")),
+        (150..200).collect::<Vec<_>>()
+    );
+    let job = copy_job(
+        d.path(),
+        "rfc3339",
+        &topic,
+        "start = 1970-01-01T00:33:20.050Z\nstop_at = \"latest\"",
+    );
+    run_ok(&job);
+    assert_eq!(
+        ids(&d.path().join("rfc3339-out")),
+        (150..200).collect::<Vec<_>>()
+    );
+    // latest, bounded: nothing.
+    let job = copy_job(
+        d.path(),
+        "latest",
+        &topic,
+        "start = \"latest\"\nstop_at = \"latest\"",
+    );
+    run_ok(&job);
+    assert!(ids(&d.path().join("latest-out")).is_empty());
+}
+
+/// Sends SIGTERM (a graceful stop: final checkpoint, output committed).
+fn terminate(child: &std::process::Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn latest_start_and_new_partitions_are_picked_up() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker();
+    let topic = unique("grow");
+    create_topic(&b, &topic, 2);
+    let recs = |r: std::ops::Range<u64>| -> Vec<serde_json::Value> {
+        r.map(|id| serde_json::json!({"id": id, "key": format!("k{id}")}))
+            .collect()
+    };
+    // Before the job starts: not read with start = "latest".
+    produce(&b, &topic, &recs(0..50), |_| None, |_| None);
+    let job = copy_job(
+        d.path(),
+        "grow",
+        &topic,
+        "start = \"latest\"\npartition_discovery = \"500ms\"",
+    );
+    let mut child = weir()
+        .current_dir(d.path())
+        .arg("run")
+        .arg(&job)
+        .args(["--quiet"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until both subtasks hold their start positions (their first checkpoint).
+    wait_for("the first checkpoint", Duration::from_secs(30), || {
+        d.path().join("checkpoints/grow/chk-1/_metadata").exists()
+    });
+    produce(&b, &topic, &recs(50..150), |_| None, |_| None);
+    let out = d.path().join("grow-out");
+    wait_for("records 50..150", Duration::from_secs(60), || {
+        ids(&out).len() >= 100
+    });
+    add_partitions(&b, &topic, 4);
+    produce(
+        &b,
+        &topic,
+        &recs(150..250),
+        |r| Some(2 + (r["id"].as_u64().unwrap() % 2) as i32),
+        |_| None,
+    );
+    wait_for(
+        "records of the new partitions",
+        Duration::from_secs(60),
+        || ids(&out).len() >= 200,
+    );
+    terminate(&child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the job did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(ids(&out), (50..250).collect::<Vec<_>>());
+}
+
+#[test]
+fn idle_partitions_do_not_hold_back_the_watermark() {
+    use weir::connectors::kafka::{KafkaSource, KafkaSourceConfig};
+    use weir::{Count, RuntimeConfig, StreamEnv, WindowAssigner};
+    let b = broker();
+    let topic = unique("idle");
+    create_topic(&b, &topic, 2);
+    // Event times 1000..=5000 ms, all in partition 0; partition 1 stays empty.
+    let recs: Vec<serde_json::Value> = (0..=40)
+        .map(|i| serde_json::json!({"key": "a", "ts": 1000 + i * 100}))
+        .collect();
+    produce(&b, &topic, &recs, |_| Some(0), |r| r["ts"].as_i64());
+    let windows_while_running = |idle: Option<Duration>| -> usize {
+        let cfg = RuntimeConfig {
+            parallelism: 1,
+            workers: 1,
+            ..RuntimeConfig::default()
+        };
+        let env = StreamEnv::new(cfg);
+        let mut sc = KafkaSourceConfig::new(&b, &topic);
+        sc.idle_timeout = idle;
+        let src = KafkaSource::new(sc);
+        let out = env
+            .source("kafka", move |info| src.json_reader(info))
+            .key_by(|r: &weir::connectors::JsonRecord| {
+                r["key"].as_str().unwrap_or_default().to_string()
+            })
+            .window(WindowAssigner::tumbling(Duration::from_secs(1)))
+            .aggregate("count", Count)
+            .collect();
+        let h = env.start(&unique("idle-job")).unwrap();
+        let mut fired = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline && fired.len() < 4 {
+            fired.extend(out.take());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let while_running = fired.len();
+        h.stop();
+        h.join().unwrap();
+        // The end of input fires the rest.
+        fired.extend(out.take());
+        let counted: u64 = fired.iter().map(|w| w.value).sum();
+        assert_eq!(counted, 41, "every record counted once");
+        while_running.min(4)
+    };
+    // Without idleness the empty partition holds the watermark: nothing fires while running.
+    assert_eq!(windows_while_running(None), 0);
+    // With it, windows [1000,2000) .. [4000,5000) fire while the job runs.
+    assert_eq!(windows_while_running(Some(Duration::from_millis(300))), 4);
+}

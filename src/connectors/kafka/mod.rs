@@ -6,7 +6,12 @@ mod protocol;
 mod sink;
 mod source;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
 
 pub use sink::{
     check_transaction_timeout, KafkaSink, KafkaWriter, KeyEncoder, ValueEncoder,
@@ -112,6 +117,58 @@ impl KafkaSinkConfig {
             transactional_id_prefix: None,
             transaction_timeout: Duration::from_secs(15 * 60),
             properties: Vec::new(),
+        }
+    }
+}
+
+/// librdkafka's own log lines and global errors, sent to `tracing` at most once per
+/// [`REPEAT_EVERY`] per distinct message: while a broker is down every client (one producer
+/// per open transaction, each consumer) reports the same thing many times a second.
+pub(crate) fn librdkafka_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    if !first_in_a_while(message) {
+        return;
+    }
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error
+        | RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => {
+            tracing::debug!(target: "librdkafka", facility = fac, "{message}")
+        }
+    }
+}
+
+/// See [`librdkafka_log`]. Global errors are ones librdkafka retries itself (brokers down,
+/// timeouts); what the job cannot survive reaches it through the failing call instead.
+pub(crate) fn librdkafka_error(error: &KafkaError, reason: &str) {
+    let message = format!("{error}: {reason}");
+    if first_in_a_while(&message) {
+        tracing::warn!(target: "librdkafka", "{message} (librdkafka retries)");
+    }
+}
+
+const REPEAT_EVERY: Duration = Duration::from_secs(30);
+
+fn first_in_a_while(message: &str) -> bool {
+    static SEEN: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    if seen.len() > 1024 {
+        seen.retain(|_, at| now.duration_since(*at) < REPEAT_EVERY);
+    }
+    match seen.get(message) {
+        Some(at) if now.duration_since(*at) < REPEAT_EVERY => false,
+        _ => {
+            seen.insert(message.to_string(), now);
+            true
         }
     }
 }

@@ -125,7 +125,14 @@ struct Deliveries {
     failed: Arc<Mutex<Option<String>>>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        super::librdkafka_log(level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::librdkafka_error(&error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();

@@ -33,6 +33,22 @@ const META_TIMEOUT: Duration = Duration::from_secs(30);
 /// Checkpoint positions kept for committing them to the group when the checkpoint completes.
 const SNAPSHOTS_KEPT: usize = 32;
 
+/// The consumer's librdkafka context: its logs and global errors, rate-limited.
+pub(crate) struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        super::librdkafka_log(level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::librdkafka_error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+type QuietConsumer = BaseConsumer<Quiet>;
+
 /// One Kafka record as the decoder sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct KafkaMessage<'a> {
@@ -187,8 +203,8 @@ impl KafkaSource {
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
-        let consumer: BaseConsumer = cc
-            .create()
+        let consumer: QuietConsumer = cc
+            .create_with_context(Quiet)
             .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
 
         // Partitions of this subtask.
@@ -291,14 +307,19 @@ impl KafkaSource {
             bounded: cfg.stop_at_latest,
         };
         let waker = info.waker();
+        let (exited_tx, exited) = crossbeam_channel::bounded::<()>(1);
         std::thread::Builder::new()
             .name(format!("weir-kafka-source-{}", info.subtask))
-            .spawn(move || io.run(&tx, &cmd_rx, &waker))
+            .spawn(move || {
+                io.run(&tx, &cmd_rx, &waker);
+                let _ = exited_tx.send(());
+            })
             .map_err(|e| format!("cannot start the Kafka source thread: {e}"))?;
         Ok(KafkaReader {
             parts,
             rx,
             cmd_tx,
+            exited,
             current: None,
             exhausted: false,
             snapshots: VecDeque::new(),
@@ -310,7 +331,7 @@ impl KafkaSource {
     }
 }
 
-fn partitions_of(c: &BaseConsumer, topic: &str, brokers: &str) -> Result<Vec<i32>, String> {
+fn partitions_of(c: &QuietConsumer, topic: &str, brokers: &str) -> Result<Vec<i32>, String> {
     let md = c.fetch_metadata(Some(topic), META_TIMEOUT).map_err(|e| {
         format!("cannot read the metadata of Kafka topic `{topic}` from `{brokers}`: {e}")
     })?;
@@ -337,17 +358,17 @@ fn partitions_of(c: &BaseConsumer, topic: &str, brokers: &str) -> Result<Vec<i32
     Ok(ps)
 }
 
-fn watermarks(c: &BaseConsumer, topic: &str, p: i32) -> Result<(i64, i64), String> {
+fn watermarks(c: &QuietConsumer, topic: &str, p: i32) -> Result<(i64, i64), String> {
     c.fetch_watermarks(topic, p, META_TIMEOUT)
         .map_err(|e| format!("cannot read the offsets of Kafka topic `{topic}` partition {p}: {e}"))
 }
 
-fn low_watermark(c: &BaseConsumer, topic: &str, p: i32) -> Result<i64, String> {
+fn low_watermark(c: &QuietConsumer, topic: &str, p: i32) -> Result<i64, String> {
     Ok(watermarks(c, topic, p)?.0)
 }
 
 /// The concrete offset `start` means for a partition now.
-fn start_offset(c: &BaseConsumer, start: StartFrom, topic: &str, p: i32) -> Result<i64, String> {
+fn start_offset(c: &QuietConsumer, start: StartFrom, topic: &str, p: i32) -> Result<i64, String> {
     let (low, high) = watermarks(c, topic, p)?;
     match start {
         StartFrom::Earliest => Ok(low),
@@ -405,7 +426,7 @@ struct IoPart {
 }
 
 struct IoLoop {
-    consumer: BaseConsumer,
+    consumer: QuietConsumer,
     topics: Vec<String>,
     subtask: usize,
     parallelism: usize,
@@ -615,7 +636,9 @@ impl IoLoop {
         if tpl.count() == 0 {
             return;
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+        // Synchronous: on this thread it delays only polling, and the commit of the final
+        // checkpoint is done before the job ends.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
             tracing::debug!(error = %e, "committing source offsets to the consumer group failed (monitoring only)");
         }
     }
@@ -666,6 +689,8 @@ pub struct KafkaReader<T> {
     parts: Vec<Part>,
     rx: Receiver<Msg>,
     cmd_tx: Sender<Cmd>,
+    /// Closed when the I/O thread ended.
+    exited: Receiver<()>,
     /// A chunk being returned, with the index of its next record and byte offset.
     current: Option<(Chunk, usize, usize)>,
     exhausted: bool,
@@ -727,6 +752,16 @@ impl<T> KafkaReader<T> {
             .map(|p| p.last_seen + t)
             .filter(|d| *d > Instant::now())
             .min()
+    }
+}
+
+impl<T> Drop for KafkaReader<T> {
+    /// Lets the I/O thread finish its last group commit (bounded: the job's end is not held
+    /// up by an unreachable broker for more than a few seconds).
+    fn drop(&mut self) {
+        self.cmd_tx = crossbeam_channel::bounded(1).0;
+        self.rx = crossbeam_channel::never();
+        let _ = self.exited.recv_timeout(Duration::from_secs(5));
     }
 }
 

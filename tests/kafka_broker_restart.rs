@@ -1,0 +1,97 @@
+//! A Kafka broker restarted in the middle of an exactly-once job: the job recovers on its own
+//! (librdkafka reconnects; what cannot be retried fails the job, which restarts from its latest
+//! checkpoint under its restart strategy) and the output stays exactly once. A test binary of
+//! its own, so that restarting the shared broker disturbs no other test.
+
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::kafka::*;
+use common::*;
+
+#[test]
+fn broker_restart_during_an_exactly_once_job() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker();
+    let input = unique("restart-in");
+    let output = unique("restart-out");
+    create_topic(&b, &input, 4);
+    create_topic(&b, &output, 4);
+    let (recs, all) = sum_input(150_000);
+    produce(&b, &input, &recs, |_| None, |_| None);
+    let job = d.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+name = "broker-restart"
+parallelism = 2
+[source]
+type = "kafka"
+brokers = "{b}"
+topic = "{input}"
+stop_at = "latest"
+[[transform]]
+type = "key_by"
+field = "key"
+[[transform]]
+type = "sum"
+field = "value"
+[sink]
+type = "kafka"
+brokers = "{b}"
+topic = "{output}"
+key_field = "key"
+[checkpoint]
+interval = "200ms"
+storage = "checkpoints"
+local_dir = "local"
+tolerable_failures = 100
+[restart]
+attempts = 20
+delay = "2s"
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = weir()
+        .arg("run")
+        .arg(&job)
+        .arg("--quiet")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the job ended before the broker restart; give it more input"
+    );
+    let t = Instant::now();
+    let o = std::process::Command::new("bash")
+        .arg(format!(
+            "{}/scripts/services/kafka.sh",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg("restart")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "kafka.sh restart: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("broker restarted in {:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish after the broker restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    check_exactly_once(&read_all(&b, &output, "read_committed"), &all);
+    eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+}
