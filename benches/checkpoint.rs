@@ -55,15 +55,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[i]
 }
 
-/// The median (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
+use common::median;
 
 struct RunResult {
     records_per_s: f64,
@@ -514,9 +506,7 @@ fn main() {
         mmap / 1e6,
         plain / 1e6
     ));
-    let out = std::env::var("WEIR_BENCH_OUT")
-        .unwrap_or_else(|_| format!("{}/target/bench-results", env!("CARGO_MANIFEST_DIR")));
-    std::fs::create_dir_all(&out).unwrap();
+    let out = common::out_dir();
     let name = if s3().is_some() {
         "checkpoint-s3"
     } else {

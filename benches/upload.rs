@@ -213,9 +213,7 @@ fn main() {
         weir.iter().map(|x| (x / 1e6).round()).collect::<Vec<_>>(),
         refr.iter().map(|x| (x / 1e6).round()).collect::<Vec<_>>()
     );
-    let out = std::env::var("WEIR_BENCH_OUT")
-        .unwrap_or_else(|_| format!("{}/target/bench-results", env!("CARGO_MANIFEST_DIR")));
-    std::fs::create_dir_all(&out).unwrap();
+    let out = common::out_dir();
     let json = serde_json::json!({
         "quick": quick, "megabytes": mb, "part_size": opts.part_size, "concurrency": opts.concurrency,
         "weir_bytes_per_s": w, "reference_bytes_per_s": r, "ratio": w / r,

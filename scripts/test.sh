@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every crate's tests (unit, property, end-to-end,
 # doc tests, examples built), and a quick run of the benchmarks so they cannot rot.
-# Needs a Rust toolchain (rustfmt, clippy) and, for the S3 and HDFS tests, Go, Java 17 with
-# Maven, and curl: they start a real MinIO and an HDFS MiniDFSCluster on loopback through
+# Needs a Rust toolchain (rustfmt, clippy), a C toolchain (librdkafka is built from source by
+# rdkafka-sys) and, for the Kafka, S3 and HDFS tests, Go, Java 17 with Maven, and curl: they
+# start a real Apache Kafka broker, a MinIO and an HDFS MiniDFSCluster on loopback through
 # scripts/services/ (built the first time, a few minutes, then cached in ~/.cache/weir-services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,11 @@ cd "$(dirname "$0")/.."
 cleanup() {
     scripts/services/minio.sh stop >/dev/null 2>&1 || true
     scripts/services/hdfs.sh stop >/dev/null 2>&1 || true
+    scripts/services/kafka.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-echo "== test services (MinIO and HDFS for the remote-storage tests; built the first time)"
+echo "== test services (Kafka, MinIO and HDFS; built the first time)"
+scripts/services/kafka.sh start >/dev/null
 scripts/services/minio.sh start >/dev/null
 scripts/services/hdfs.sh start >/dev/null
 

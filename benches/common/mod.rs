@@ -3,9 +3,28 @@
 
 use std::process::Command;
 
-#[path = "../../tests/common/services.rs"]
-mod services;
-use services::start;
+/// The integration tests' helpers (services, Kafka topics, producing and reading records).
+#[path = "../../tests/common/mod.rs"]
+pub mod shared;
+use shared::services::start;
+
+/// The median (the mean of the middle two for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Where results go: `WEIR_BENCH_OUT`, default `target/bench-results` (created).
+pub fn out_dir() -> String {
+    let out = std::env::var("WEIR_BENCH_OUT")
+        .unwrap_or_else(|_| format!("{}/target/bench-results", env!("CARGO_MANIFEST_DIR")));
+    std::fs::create_dir_all(&out).expect("create the results directory");
+    out
+}
 
 /// S3 options for a MinIO on loopback, with `bucket` created.
 pub fn minio(bucket: &str) -> weir_storage::s3::S3Options {

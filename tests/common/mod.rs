@@ -8,7 +8,7 @@ use std::process::Command;
 use serde_json::Value;
 
 pub mod kafka;
-mod services;
+pub mod services;
 
 pub fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))

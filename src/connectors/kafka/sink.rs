@@ -460,11 +460,13 @@ impl Io {
         let mut current: Option<Txn> = None;
         let mut prepared: BTreeMap<u64, Txn> = BTreeMap::new();
         let mut pending: Vec<PendingTxn> = Vec::new();
-        let fault_armed = std::env::var(FAULT_KILL_BEFORE_COMMIT)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok());
+        let mut spare: Option<Spare> = None;
+        let mut committer: Option<Committer> = self.exactly_once.then(Committer::spawn);
         let mut client = TxnClient::new(&self.cfg.brokers, Duration::from_secs(10));
         loop {
+            if let Some(c) = &committer {
+                c.drain(&mut pending)?;
+            }
             let cmd = match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
@@ -488,7 +490,7 @@ impl Io {
                 Cmd::Write(b) => {
                     let prod = if self.exactly_once {
                         if current.is_none() {
-                            current = Some(self.open(self.next_checkpoint)?);
+                            current = Some(self.begin(&mut spare)?);
                         }
                         let t = current.as_mut().expect("opened above");
                         t.records += b.len() as u64;
@@ -536,17 +538,12 @@ impl Io {
                     }
                 }
                 Cmd::Commit { upto } => {
+                    let c = committer.as_ref().expect("exactly-once has a committer");
                     while let Some(entry) = prepared.first_entry() {
                         if *entry.key() > upto {
                             break;
                         }
-                        let t = entry.remove();
-                        if fault_armed.is_some_and(|k| t.checkpoint >= k) {
-                            tracing::error!(checkpoint = t.checkpoint, transactional_id = %t.id, "fault injection ({FAULT_KILL_BEFORE_COMMIT}): aborting the process before the commit");
-                            std::process::abort();
-                        }
-                        commit(&t)?;
-                        pending.retain(|p| p.transactional_id != t.id);
+                        c.commit(entry.remove())?;
                     }
                 }
                 Cmd::Close => {
@@ -567,34 +564,67 @@ impl Io {
                             prepared.keys().collect::<Vec<_>>()
                         ));
                     }
+                    // The final checkpoint's commits must be done before the job ends.
+                    if let Some(c) = committer.take() {
+                        c.finish(&mut pending)?;
+                    }
                     return Ok(());
                 }
             }
         }
     }
 
-    /// A producer for the transaction of checkpoint `checkpoint`, in a transaction.
-    fn open(&self, checkpoint: u64) -> Result<Txn, String> {
-        let id = format!("{}-{}-{checkpoint}", self.prefix, self.subtask);
-        let mut cfg = self.base.clone();
-        cfg.set("transactional.id", &id);
-        let prod = Prod::create(&cfg, &format!("transaction `{id}`"))?;
-        prod.p.init_transactions(CALL_TIMEOUT).map_err(|e| {
-            format!(
-                "cannot initialise Kafka transactions for `{id}`: {e}{}",
-                timeout_hint(&e)
-            )
-        })?;
+    /// The producer of the transaction of the next checkpoint, in a transaction: the spare
+    /// initialised in the background when it is for that checkpoint, else a new one. Then
+    /// starts initialising the spare for the checkpoint after.
+    fn begin(&self, spare: &mut Option<Spare>) -> Result<Txn, String> {
+        let checkpoint = self.next_checkpoint;
+        let prod = match spare.take() {
+            Some(s) if s.checkpoint == checkpoint => s
+                .handle
+                .join()
+                .map_err(|_| "the Kafka producer initialisation thread panicked".to_string())??,
+            // A spare for a checkpoint that passed without records: never in a transaction,
+            // so dropping it leaves nothing open.
+            _ => self.init(checkpoint)?,
+        };
+        let id = self.txn_id(checkpoint);
         prod.p
             .begin_transaction()
             .map_err(|e| format!("cannot begin Kafka transaction `{id}`: {e}"))?;
         tracing::debug!(transactional_id = %id, "opened Kafka transaction");
+        let next = checkpoint + 1;
+        let (cfg, next_id) = self.txn_config(next);
+        *spare = Some(Spare {
+            checkpoint: next,
+            handle: std::thread::Builder::new()
+                .name(format!("weir-kafka-init-{}", self.subtask))
+                .spawn(move || init_producer(&cfg, &next_id))
+                .map_err(|e| format!("cannot start a Kafka producer initialisation thread: {e}"))?,
+        });
         Ok(Txn {
             checkpoint,
             id,
             prod,
             records: 0,
         })
+    }
+
+    fn txn_id(&self, checkpoint: u64) -> String {
+        format!("{}-{}-{checkpoint}", self.prefix, self.subtask)
+    }
+
+    fn txn_config(&self, checkpoint: u64) -> (ClientConfig, String) {
+        let id = self.txn_id(checkpoint);
+        let mut cfg = self.base.clone();
+        cfg.set("transactional.id", &id);
+        (cfg, id)
+    }
+
+    /// A producer for the transaction of `checkpoint`, initialised (not yet in a transaction).
+    fn init(&self, checkpoint: u64) -> Result<Prod, String> {
+        let (cfg, id) = self.txn_config(checkpoint);
+        init_producer(&cfg, &id)
     }
 
     fn pre_commit_txn(
@@ -719,6 +749,94 @@ impl Io {
             tracing::info!(transactional_id = %t.id, "aborted a Kafka transaction left open by an earlier run (output written after the checkpoint)");
         }
         Ok(())
+    }
+}
+
+/// Creates a transactional producer and runs `init_transactions` (which registers the id with
+/// its coordinator; no transaction is open yet).
+fn init_producer(cfg: &ClientConfig, id: &str) -> Result<Prod, String> {
+    let prod = Prod::create(cfg, &format!("transaction `{id}`"))?;
+    prod.p.init_transactions(CALL_TIMEOUT).map_err(|e| {
+        format!(
+            "cannot initialise Kafka transactions for `{id}`: {e}{}",
+            timeout_hint(&e)
+        )
+    })?;
+    Ok(prod)
+}
+
+/// A producer being initialised in the background for the transaction of `checkpoint`, so
+/// that records after a barrier need not wait for `init_transactions`.
+struct Spare {
+    checkpoint: u64,
+    handle: std::thread::JoinHandle<Result<Prod, String>>,
+}
+
+/// Commits pre-committed transactions on a thread of its own (`weir-kafka-commit`), in
+/// order, so that records of the next checkpoint keep flowing while a commit waits for its
+/// markers. It confirms each commit; only confirmed transactions leave the sink's checkpoint
+/// state (one still listed after its commit is harmless: committing it again succeeds).
+struct Committer {
+    tx: Option<Sender<Txn>>,
+    confirmed: Receiver<Result<String, String>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    fn spawn() -> Committer {
+        let (tx, rx) = crossbeam_channel::bounded::<Txn>(16);
+        let (ctx, confirmed) = crossbeam_channel::bounded(64);
+        let fault = std::env::var(FAULT_KILL_BEFORE_COMMIT)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        let handle = std::thread::Builder::new()
+            .name("weir-kafka-commit".into())
+            .spawn(move || {
+                for t in rx {
+                    if fault.is_some_and(|k| t.checkpoint >= k) {
+                        tracing::error!(checkpoint = t.checkpoint, transactional_id = %t.id, "fault injection ({FAULT_KILL_BEFORE_COMMIT}): aborting the process before the commit");
+                        std::process::abort();
+                    }
+                    let r = commit(&t).map(|_| t.id.clone());
+                    let failed = r.is_err();
+                    if ctx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .ok();
+        Committer {
+            tx: handle.as_ref().map(|_| tx),
+            confirmed,
+            handle,
+        }
+    }
+
+    fn commit(&self, t: Txn) -> Result<(), String> {
+        self.tx
+            .as_ref()
+            .ok_or("cannot start the Kafka commit thread")?
+            .send(t)
+            .map_err(|_| "the Kafka commit thread stopped".to_string())
+    }
+
+    /// Takes confirmed commits out of `pending`; fails with a failed commit's error.
+    fn drain(&self, pending: &mut Vec<PendingTxn>) -> Result<(), String> {
+        while let Ok(r) = self.confirmed.try_recv() {
+            let id = r?;
+            pending.retain(|p| p.transactional_id != id);
+        }
+        Ok(())
+    }
+
+    /// Waits until every transaction handed over is committed.
+    fn finish(mut self, pending: &mut Vec<PendingTxn>) -> Result<(), String> {
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            h.join()
+                .map_err(|_| "the Kafka commit thread panicked".to_string())?;
+        }
+        self.drain(pending)
     }
 }
 
