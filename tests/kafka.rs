@@ -541,3 +541,29 @@ fn idle_partitions_do_not_hold_back_the_watermark() {
     // With it, windows [1000,2000) .. [4000,5000) fire while the job runs.
     assert_eq!(windows_while_running(Some(Duration::from_millis(300))), 4);
 }
+
+#[test]
+fn a_transaction_timeout_shorter_than_a_checkpoint_is_refused_before_the_start() {
+    let d = tempfile::tempdir().unwrap();
+    let job = kafka_sum_job(d.path(), "short-txn", "in", "out", "exactly-once", "");
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "semantics = \"exactly-once\"",
+        "semantics = \"exactly-once\"\ntransaction_timeout = \"1m\"",
+    );
+    std::fs::write(&job, text).unwrap();
+    let o = weir().arg("run").arg(&job).arg("--quiet").output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sink.transaction_timeout")
+            && err.contains("transaction timeout (60 s) must exceed")
+            && err.contains("checkpoint timeout (600 s)"),
+        "{err}"
+    );
+    assert!(!d.path().join("checkpoints").exists(), "nothing may run");
+}

@@ -16,14 +16,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     ApiVersionsRequest, DescribeTransactionsRequest, EndTxnRequest, FindCoordinatorRequest,
-    ListTransactionsRequest, ProducerId, RequestHeader, ResponseHeader, TransactionalId,
+    ListTransactionsRequest, ProducerId, RequestHeader, TransactionalId,
 };
 use kafka_protocol::protocol::{
-    encode_request_header_into_buffer, Decodable, HeaderVersion, Request, StrBytes,
+    encode_request_header_into_buffer, HeaderVersion, Request, StrBytes,
 };
 
 /// Largest response accepted (a `ListTransactions` of a big cluster is well below this).
@@ -111,11 +111,7 @@ impl Conn {
                     // ApiVersions v0 is understood by every broker since 0.10.
                     let r = c.call_at(&ApiVersionsRequest::default(), 0)?;
                     broker_error("ApiVersions", r.error_code)?;
-                    c.versions = r
-                        .api_keys
-                        .iter()
-                        .map(|k| (k.api_key, (k.min_version, k.max_version)))
-                        .collect();
+                    c.versions = r.keys.iter().map(|k| (k.0, (k.1, k.2))).collect();
                     return Ok(c);
                 }
                 Err(e) => last = format!("cannot connect to broker `{addr}` ({a}): {e}"),
@@ -138,17 +134,17 @@ impl Conn {
         Ok(v)
     }
 
-    fn call<R: Request>(
+    fn call<R: Call>(
         &mut self,
         api: &'static str,
         req: &R,
         cap: i16,
-    ) -> Result<R::Response, ProtoError> {
+    ) -> Result<R::Answer, ProtoError> {
         let v = self.version::<R>(api, cap)?;
         self.call_at(req, v)
     }
 
-    fn call_at<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response, ProtoError> {
+    fn call_at<R: Call>(&mut self, req: &R, version: i16) -> Result<R::Answer, ProtoError> {
         let io = |what: &str, e: String| ProtoError::Io(format!("{what} `{}`: {e}", self.addr));
         self.correlation = self.correlation.wrapping_add(1);
         let header = RequestHeader::default()
@@ -181,22 +177,16 @@ impl Conn {
         self.stream
             .read_exact(&mut body)
             .map_err(|e| io("truncated answer from broker", e.to_string()))?;
-        let mut body = bytes::Bytes::from(body);
-        let rh = ResponseHeader::decode(&mut body, R::Response::header_version(version))
-            .map_err(|e| io("cannot decode a response header from", e.to_string()))?;
-        if rh.correlation_id != self.correlation {
+        let (correlation, r) = decode_response::<R>(&body, version)
+            .map_err(|e| io("cannot decode the answer from broker", e))?;
+        if correlation != self.correlation {
             return Err(io(
                 "out-of-order answer from broker",
                 format!(
-                    "correlation id {} (expected {})",
-                    rh.correlation_id, self.correlation
+                    "correlation id {correlation} (expected {})",
+                    self.correlation
                 ),
             ));
-        }
-        let r = R::Response::decode(&mut body, version)
-            .map_err(|e| io("cannot decode a response from", e.to_string()))?;
-        if body.has_remaining() {
-            tracing::debug!(broker = %self.addr, bytes = body.remaining(), "response had trailing bytes");
         }
         Ok(r)
     }
@@ -289,16 +279,8 @@ impl TxnClient {
                 req = req.with_key(key.clone());
             }
             let r = c.call_at(&req, v)?;
-            let (code, host, port) = if v >= 4 {
-                let co = r.coordinators.first().ok_or_else(|| {
-                    ProtoError::Io("FindCoordinator answered no coordinator".into())
-                })?;
-                (co.error_code, co.host.to_string(), co.port)
-            } else {
-                (r.error_code, r.host.to_string(), r.port)
-            };
-            broker_error("FindCoordinator", code)?;
-            Ok(format!("{host}:{port}"))
+            broker_error("FindCoordinator", r.error_code)?;
+            Ok(format!("{}:{}", r.host, r.port))
         })?;
         self.coordinators.insert(tid.to_string(), addr.clone());
         Ok(addr)
@@ -375,8 +357,8 @@ impl TxnClient {
             .with_producer_epoch(epoch)
             .with_committed(commit);
         self.on_coordinator(tid, deadline, |c| {
-            let r = c.call("EndTxn", &req, END_TXN_MAX_VERSION)?;
-            broker_error("EndTxn", r.error_code)
+            let code = c.call("EndTxn", &req, END_TXN_MAX_VERSION)?;
+            broker_error("EndTxn", code)
         })
     }
 
@@ -391,16 +373,9 @@ impl TxnClient {
                 StrBytes::from_string(tid.to_string()),
             )]);
         self.on_coordinator(tid, deadline, |c| {
-            let r = c.call("DescribeTransactions", &req, 0)?;
-            let s = r.transaction_states.first().ok_or_else(|| {
-                ProtoError::Io("DescribeTransactions answered no transaction".into())
-            })?;
-            broker_error("DescribeTransactions", s.error_code)?;
-            Ok(TxnDescription {
-                state: s.transaction_state.to_string(),
-                producer_id: s.producer_id.0,
-                epoch: s.producer_epoch,
-            })
+            let (code, d) = c.call("DescribeTransactions", &req, 0)?;
+            broker_error("DescribeTransactions", code)?;
+            Ok(d)
         })
     }
 
@@ -425,15 +400,259 @@ impl TxnClient {
                     return Err(e);
                 }
             };
-            broker_error("ListTransactions", r.error_code)?;
-            out.extend(r.transaction_states.into_iter().map(|t| ListedTxn {
-                id: t.transactional_id.to_string(),
-                producer_id: t.producer_id.0,
-                state: t.transaction_state.to_string(),
-            }));
+            let (code, listed) = r;
+            broker_error("ListTransactions", code)?;
+            out.extend(listed);
         }
         Ok(out)
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Answers. The `kafka-protocol` crate encodes the requests; the five answers are decoded here
+// with a bounded reader, because the crate's decoders reserve memory for the element counts
+// they read before checking them against the bytes left (a 30-byte answer could ask for a
+// 60 GB allocation and abort the process; found by `decoding_any_answer_is_total`). Every
+// count and length below is checked against the bytes that remain.
+
+/// A bounded cursor over an answer.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.b.len() {
+            return Err(format!(
+                "answer truncated: {n} more bytes expected, {} left",
+                self.b.len()
+            ));
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+    fn i16(&mut self) -> Result<i16, String> {
+        Ok(i16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn i32(&mut self) -> Result<i32, String> {
+        Ok(i32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn uvarint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for i in 0..5 {
+            let byte = self.take(1)?[0];
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint longer than 5 bytes".into())
+    }
+    /// A length of a string or an array: `None` for null; never more than the bytes left
+    /// (every element takes at least one byte).
+    fn len(&mut self, flexible: bool) -> Result<Option<usize>, String> {
+        let n: i64 = if flexible {
+            self.uvarint()? as i64 - 1
+        } else {
+            i64::from(self.i32()?)
+        };
+        if n < 0 {
+            return Ok(None);
+        }
+        if n as usize > self.b.len() {
+            return Err(format!(
+                "length {n} is more than the {} bytes left",
+                self.b.len()
+            ));
+        }
+        Ok(Some(n as usize))
+    }
+    /// A (nullable) string; non-flexible strings have an `i16` length.
+    fn string(&mut self, flexible: bool) -> Result<String, String> {
+        let n = if flexible {
+            self.len(true)?
+        } else {
+            let n = self.i16()?;
+            (n >= 0).then_some(n as usize)
+        };
+        match n {
+            None => Ok(String::new()),
+            Some(n) => Ok(String::from_utf8_lossy(self.take(n)?).into_owned()),
+        }
+    }
+    fn count(&mut self, flexible: bool) -> Result<usize, String> {
+        Ok(self.len(flexible)?.unwrap_or(0))
+    }
+    /// Skips tagged fields (flexible versions).
+    fn tags(&mut self, flexible: bool) -> Result<(), String> {
+        if !flexible {
+            return Ok(());
+        }
+        for _ in 0..self.count_tags()? {
+            self.uvarint()?;
+            let size = self.uvarint()? as usize;
+            self.take(size)?;
+        }
+        Ok(())
+    }
+    fn count_tags(&mut self) -> Result<u64, String> {
+        let n = self.uvarint()?;
+        if n as usize > self.b.len() {
+            return Err(format!("{n} tagged fields in {} bytes", self.b.len()));
+        }
+        Ok(n)
+    }
+}
+
+/// A request whose answer this module decodes.
+trait Call: Request {
+    type Answer;
+    fn answer(r: &mut Reader<'_>, version: i16, flexible: bool) -> Result<Self::Answer, String>;
+}
+
+struct ApiVersionsAnswer {
+    error_code: i16,
+    /// `(api key, min version, max version)`.
+    keys: Vec<(i16, i16, i16)>,
+}
+
+impl Call for ApiVersionsRequest {
+    type Answer = ApiVersionsAnswer;
+    fn answer(r: &mut Reader<'_>, version: i16, _: bool) -> Result<ApiVersionsAnswer, String> {
+        // The answer's body is flexible from version 3 even though its header never is.
+        let flexible = version >= 3;
+        let error_code = r.i16()?;
+        let n = r.count(flexible)?;
+        let mut keys = Vec::with_capacity(n);
+        for _ in 0..n {
+            keys.push((r.i16()?, r.i16()?, r.i16()?));
+            r.tags(flexible)?;
+        }
+        Ok(ApiVersionsAnswer { error_code, keys })
+    }
+}
+
+struct CoordinatorAnswer {
+    error_code: i16,
+    host: String,
+    port: i32,
+}
+
+impl Call for FindCoordinatorRequest {
+    type Answer = CoordinatorAnswer;
+    fn answer(r: &mut Reader<'_>, v: i16, flex: bool) -> Result<CoordinatorAnswer, String> {
+        if v >= 1 {
+            r.i32()?; // throttle time
+        }
+        if v >= 4 {
+            // One entry per key asked for; this client asks for one.
+            if r.count(flex)? == 0 {
+                return Err("FindCoordinator answered no coordinator".into());
+            }
+            r.string(flex)?; // key
+            r.i32()?; // node id
+            let host = r.string(flex)?;
+            let port = r.i32()?;
+            let error_code = r.i16()?;
+            return Ok(CoordinatorAnswer {
+                error_code,
+                host,
+                port,
+            });
+        }
+        let error_code = r.i16()?;
+        if v >= 1 {
+            r.string(flex)?; // error message
+        }
+        r.i32()?; // node id
+        let host = r.string(flex)?;
+        let port = r.i32()?;
+        Ok(CoordinatorAnswer {
+            error_code,
+            host,
+            port,
+        })
+    }
+}
+
+impl Call for EndTxnRequest {
+    /// The error code.
+    type Answer = i16;
+    fn answer(r: &mut Reader<'_>, _: i16, _: bool) -> Result<i16, String> {
+        r.i32()?; // throttle time
+        r.i16()
+    }
+}
+
+impl Call for DescribeTransactionsRequest {
+    /// The first (only) transaction's error code and description.
+    type Answer = (i16, TxnDescription);
+    fn answer(r: &mut Reader<'_>, _: i16, flex: bool) -> Result<Self::Answer, String> {
+        r.i32()?; // throttle time
+        if r.count(flex)? == 0 {
+            return Err("DescribeTransactions answered no transaction".into());
+        }
+        let error_code = r.i16()?;
+        r.string(flex)?; // transactional id
+        let state = r.string(flex)?;
+        r.i32()?; // timeout
+        r.i64()?; // start time
+        let producer_id = r.i64()?;
+        let epoch = r.i16()?;
+        Ok((
+            error_code,
+            TxnDescription {
+                state,
+                producer_id,
+                epoch,
+            },
+        ))
+    }
+}
+
+impl Call for ListTransactionsRequest {
+    type Answer = (i16, Vec<ListedTxn>);
+    fn answer(r: &mut Reader<'_>, _: i16, flex: bool) -> Result<Self::Answer, String> {
+        r.i32()?; // throttle time
+        let error_code = r.i16()?;
+        for _ in 0..r.count(flex)? {
+            r.string(flex)?; // unknown state filter
+        }
+        let n = r.count(flex)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = r.string(flex)?;
+            let producer_id = r.i64()?;
+            let state = r.string(flex)?;
+            r.tags(flex)?;
+            out.push(ListedTxn {
+                id,
+                producer_id,
+                state,
+            });
+        }
+        Ok((error_code, out))
+    }
+}
+
+/// Decodes an answer frame's body (header, then body of `version`): total on any bytes.
+fn decode_response<R: Call>(body: &[u8], version: i16) -> Result<(i32, R::Answer), String> {
+    let mut r = Reader { b: body };
+    let flexible = R::Response::header_version(version) >= 1;
+    let correlation = r.i32()?;
+    r.tags(flexible)?;
+    let a = R::answer(&mut r, version, flexible)?;
+    Ok((correlation, a))
 }
 
 #[cfg(test)]
@@ -449,6 +668,123 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ProtoError::Io(_)), "{e:?}");
         assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+    }
+
+    proptest::proptest! {
+        // Broker answers are untrusted bytes: decoding any of them is an error or a value,
+        // never a panic (or an allocation that aborts the process).
+        #[test]
+        fn decoding_any_answer_is_total(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), version in 0i16..6) {
+            let _ = decode_response::<EndTxnRequest>(&body, version.min(4));
+            let _ = decode_response::<FindCoordinatorRequest>(&body, version.min(4));
+            let _ = decode_response::<DescribeTransactionsRequest>(&body, 0);
+            let _ = decode_response::<ListTransactionsRequest>(&body, version.min(1));
+            let _ = decode_response::<ApiVersionsRequest>(&body, version.min(3));
+        }
+    }
+
+    /// Encodes `resp` as the crate's broker side would answer `R` at `version`.
+    fn frame<R: Request>(resp: &R::Response, version: i16) -> Vec<u8> {
+        use kafka_protocol::messages::ResponseHeader;
+        use kafka_protocol::protocol::Encodable;
+        let mut buf = BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(7)
+            .encode(&mut buf, R::Response::header_version(version))
+            .unwrap();
+        resp.encode(&mut buf, version).unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn answers_decode_as_the_kafka_schemas_encode_them() {
+        use kafka_protocol::messages::{
+            api_versions_response::ApiVersion, describe_transactions_response::TransactionState,
+            find_coordinator_response::Coordinator, list_transactions_response,
+            ApiVersionsResponse, DescribeTransactionsResponse, EndTxnResponse,
+            FindCoordinatorResponse, ListTransactionsResponse,
+        };
+        for v in 0..=3 {
+            let r = ApiVersionsResponse::default().with_api_keys(vec![ApiVersion::default()
+                .with_api_key(26)
+                .with_min_version(1)
+                .with_max_version(5)]);
+            let (c, a) =
+                decode_response::<ApiVersionsRequest>(&frame::<ApiVersionsRequest>(&r, v), v)
+                    .unwrap();
+            assert_eq!(
+                (c, a.error_code, a.keys),
+                (7, 0, vec![(26, 1, 5)]),
+                "ApiVersions v{v}"
+            );
+        }
+        for v in 0..=5 {
+            let r = if v < 4 {
+                FindCoordinatorResponse::default()
+                    .with_error_code(15)
+                    .with_host(StrBytes::from_static_str("b1"))
+                    .with_port(9092)
+            } else {
+                FindCoordinatorResponse::default().with_coordinators(vec![Coordinator::default()
+                    .with_error_code(15)
+                    .with_host(StrBytes::from_static_str("b1"))
+                    .with_port(9092)])
+            };
+            let (_, a) = decode_response::<FindCoordinatorRequest>(
+                &frame::<FindCoordinatorRequest>(&r, v),
+                v,
+            )
+            .unwrap();
+            assert_eq!(
+                (a.error_code, a.host.as_str(), a.port),
+                (15, "b1", 9092),
+                "FindCoordinator v{v}"
+            );
+        }
+        for v in 0..=4 {
+            let r = EndTxnResponse::default().with_error_code(51);
+            let (_, code) =
+                decode_response::<EndTxnRequest>(&frame::<EndTxnRequest>(&r, v), v).unwrap();
+            assert_eq!(code, 51, "EndTxn v{v}");
+        }
+        let r = DescribeTransactionsResponse::default().with_transaction_states(vec![
+            TransactionState::default()
+                .with_transaction_state(StrBytes::from_static_str("Ongoing"))
+                .with_producer_id(ProducerId(42))
+                .with_producer_epoch(3),
+        ]);
+        let (_, (code, d)) = decode_response::<DescribeTransactionsRequest>(
+            &frame::<DescribeTransactionsRequest>(&r, 0),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (code, d.state.as_str(), d.producer_id, d.epoch),
+            (0, "Ongoing", 42, 3)
+        );
+        for v in 0..=1 {
+            let r = ListTransactionsResponse::default().with_transaction_states(vec![
+                list_transactions_response::TransactionState::default()
+                    .with_transactional_id(TransactionalId(StrBytes::from_static_str("weir-a-0-4")))
+                    .with_producer_id(ProducerId(9))
+                    .with_transaction_state(StrBytes::from_static_str("Ongoing")),
+            ]);
+            let (_, (code, l)) = decode_response::<ListTransactionsRequest>(
+                &frame::<ListTransactionsRequest>(&r, v),
+                v,
+            )
+            .unwrap();
+            assert_eq!(code, 0);
+            assert_eq!(
+                l,
+                vec![ListedTxn {
+                    id: "weir-a-0-4".into(),
+                    producer_id: 9,
+                    state: "Ongoing".into()
+                }],
+                "ListTransactions v{v}"
+            );
+        }
     }
 
     #[test]

@@ -595,11 +595,12 @@ impl Io {
         tracing::debug!(transactional_id = %id, "opened Kafka transaction");
         let next = checkpoint + 1;
         let (cfg, next_id) = self.txn_config(next);
+        let topic = self.cfg.topic.clone();
         *spare = Some(Spare {
             checkpoint: next,
             handle: std::thread::Builder::new()
                 .name(format!("weir-kafka-init-{}", self.subtask))
-                .spawn(move || init_producer(&cfg, &next_id))
+                .spawn(move || init_producer(&cfg, &next_id, &topic))
                 .map_err(|e| format!("cannot start a Kafka producer initialisation thread: {e}"))?,
         });
         Ok(Txn {
@@ -624,7 +625,7 @@ impl Io {
     /// A producer for the transaction of `checkpoint`, initialised (not yet in a transaction).
     fn init(&self, checkpoint: u64) -> Result<Prod, String> {
         let (cfg, id) = self.txn_config(checkpoint);
-        init_producer(&cfg, &id)
+        init_producer(&cfg, &id, &self.cfg.topic)
     }
 
     fn pre_commit_txn(
@@ -754,7 +755,7 @@ impl Io {
 
 /// Creates a transactional producer and runs `init_transactions` (which registers the id with
 /// its coordinator; no transaction is open yet).
-fn init_producer(cfg: &ClientConfig, id: &str) -> Result<Prod, String> {
+fn init_producer(cfg: &ClientConfig, id: &str, topic: &str) -> Result<Prod, String> {
     let prod = Prod::create(cfg, &format!("transaction `{id}`"))?;
     prod.p.init_transactions(CALL_TIMEOUT).map_err(|e| {
         format!(
@@ -762,6 +763,9 @@ fn init_producer(cfg: &ClientConfig, id: &str) -> Result<Prod, String> {
             timeout_hint(&e)
         )
     })?;
+    // Warm the producer's metadata of the topic (leaders, connections), so that its first
+    // records do not wait for it; a failure here only means they will.
+    let _ = prod.p.client().fetch_metadata(Some(topic), CALL_TIMEOUT);
     Ok(prod)
 }
 
