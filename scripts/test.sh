@@ -38,6 +38,7 @@ echo "== benchmarks (quick mode: checks they run; the numbers come from 'cargo b
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench throughput
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench checkpoint
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench upload
+WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench kafka
 echo "== example job"
 cargo run --release --quiet -- run examples/sums.toml --quiet
 test -s out/sums/part-0-0.jsonl
