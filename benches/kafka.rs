@@ -9,8 +9,9 @@
 //! per second of the job's wall time. Runs alternate at-least-once / exactly-once
 //! (`WEIR_BENCH_ROUNDS` rounds, default 2) and ratios are of the medians: the machine is noisy.
 //!
-//! `cargo bench --bench kafka` (WEIR_BENCH_QUICK=1: a small smoke run; WEIR_BENCH_OUT: the
-//! results directory, default `target/bench-results`). Results: `kafka.json`, `kafka.md`.
+//! `cargo bench --bench kafka` (WEIR_BENCH_QUICK=1: a small smoke run; WEIR_BENCH_INTERVALS,
+//! e.g. `1s` or `100ms,1s`; WEIR_BENCH_OUT: the results directory, default
+//! `target/bench-results`). Results: `kafka.json`, `kafka.md`.
 
 use std::path::Path;
 
@@ -82,12 +83,14 @@ fn main() {
     eprintln!("produced {records} input records in {:?}", t.elapsed());
 
     let dir = tempfile::tempdir().unwrap();
-    let intervals = ["100ms", "1s", "10s"];
+    let intervals: Vec<String> = std::env::var("WEIR_BENCH_INTERVALS")
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
+        .unwrap_or_else(|_| vec!["100ms".into(), "1s".into(), "10s".into()]);
     let mut rows = Vec::new();
     let mut md = String::from(
         "| interval | at-least-once rec/s | exactly-once rec/s | exactly-once / at-least-once | target |\n|---|---|---|---|---|\n",
     );
-    for interval in intervals {
+    for interval in intervals.iter().map(String::as_str) {
         let (mut alo, mut eos) = (Vec::new(), Vec::new());
         for r in 0..rounds {
             // Alternate which goes first, so that drift in the machine's speed hits both.
