@@ -489,7 +489,11 @@ pub fn build(job: &JobFile, env: &StreamEnv, restoring: bool) -> Result<(), JobF
                     tracing::warn!("the Kafka sink is exactly-once but checkpoints are at-least-once: records may be duplicated across restores; use mode = \"exactly-once\"");
                 }
             }
-            let sink = KafkaSink::new(c.clone());
+            let mut c = c.clone();
+            if let Some(cp) = &job.checkpoint {
+                c.checkpoint_timeout = cp.timeout;
+            }
+            let sink = KafkaSink::new(c);
             s.sink("kafka-sink", move |info| sink.json_writer(info));
         }
         SinkConfig::Stdout => s.sink("stdout", |info| StdoutSink.writer(info)),

@@ -18,7 +18,7 @@ fn broker_restart_during_an_exactly_once_job() {
     let output = unique("restart-out");
     create_topic(&b, &input, 4);
     create_topic(&b, &output, 4);
-    let (recs, all) = sum_input(150_000);
+    let (recs, all) = sum_input(600_000);
     produce(&b, &input, &recs, |_| None, |_| None);
     let job = d.path().join("job.toml");
     std::fs::write(
@@ -62,11 +62,24 @@ delay = "2s"
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the job ended before the broker restart; give it more input"
-    );
+    // Restart the broker as soon as the job is under way (its first checkpoint completed).
+    let first = d.path().join("checkpoints/broker-restart/chk-1/_metadata");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !first.exists() && child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the job took no checkpoint within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if child.try_wait().unwrap().is_some() {
+        let o = child.wait_with_output().unwrap();
+        panic!(
+            "the job ended ({}) before the broker restart: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     let t = Instant::now();
     let o = std::process::Command::new("bash")
         .arg(format!(

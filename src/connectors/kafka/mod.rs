@@ -102,6 +102,10 @@ pub struct KafkaSinkConfig {
     /// `transaction.timeout.ms` of the transactions (default 15 min, the broker's default
     /// maximum).
     pub transaction_timeout: Duration,
+    /// The job's checkpoint timeout (default 10 min, as `CheckpointConfig`'s): how long after
+    /// its barrier a pre-committed transaction may wait for its checkpoint to complete. A
+    /// transaction that could time out on the broker within it fails the pre-commit.
+    pub checkpoint_timeout: Duration,
     /// Extra librdkafka producer properties.
     pub properties: Vec<(String, String)>,
 }
@@ -116,6 +120,7 @@ impl KafkaSinkConfig {
             semantics: Semantics::ExactlyOnce,
             transactional_id_prefix: None,
             transaction_timeout: Duration::from_secs(15 * 60),
+            checkpoint_timeout: Duration::from_secs(10 * 60),
             properties: Vec::new(),
         }
     }

@@ -307,7 +307,12 @@ impl TxnClient {
                 Err(e) => Err(e),
             };
             let e = match r {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    // Every transaction has an id of its own: keeping its coordinator would
+                    // only grow the map.
+                    self.coordinators.remove(tid);
+                    return Ok(v);
+                }
                 Err(e) => e,
             };
             let retry = match (&e, e.code()) {
@@ -380,29 +385,49 @@ impl TxnClient {
     }
 
     /// Every transaction in state `Ongoing` on the brokers `brokers` (each broker lists the
-    /// transactions it coordinates, so pass all of them).
+    /// transactions it coordinates, so pass all of them). Connection trouble and brokers still
+    /// loading their transaction state are retried until `deadline`.
     pub(crate) fn list_ongoing(
         &mut self,
         brokers: &[String],
+        deadline: Instant,
     ) -> Result<Vec<ListedTxn>, ProtoError> {
         let req = ListTransactionsRequest::default()
             .with_state_filters(vec![StrBytes::from_static_str("Ongoing")])
             .with_duration_filter(-1);
         let mut out = Vec::new();
         for addr in brokers {
-            let r = self
-                .conn(addr)
-                .and_then(|c| c.call("ListTransactions", &req, 1));
-            let r = match r {
-                Ok(r) => r,
-                Err(e) => {
+            loop {
+                let r = self
+                    .conn(addr)
+                    .and_then(|c| c.call("ListTransactions", &req, 1))
+                    .and_then(|(code, listed)| {
+                        broker_error("ListTransactions", code).map(|_| listed)
+                    });
+                let e = match r {
+                    Ok(listed) => {
+                        out.extend(listed);
+                        break;
+                    }
+                    Err(e) => e,
+                };
+                if matches!(e, ProtoError::Io(_)) {
                     self.conns.remove(addr);
+                }
+                let retry = matches!(e, ProtoError::Io(_))
+                    || matches!(
+                        e.code(),
+                        Some(
+                            ResponseError::CoordinatorLoadInProgress
+                                | ResponseError::CoordinatorNotAvailable
+                        )
+                    );
+                if !retry || Instant::now() + RETRY_BACKOFF > deadline {
                     return Err(e);
                 }
-            };
-            let (code, listed) = r;
-            broker_error("ListTransactions", code)?;
-            out.extend(listed);
+                tracing::debug!(broker = %addr, error = %e, "retrying ListTransactions");
+                std::thread::sleep(RETRY_BACKOFF);
+            }
         }
         Ok(out)
     }
@@ -533,7 +558,9 @@ impl Call for ApiVersionsRequest {
         let flexible = version >= 3;
         let error_code = r.i16()?;
         let n = r.count(flexible)?;
-        let mut keys = Vec::with_capacity(n);
+        // Not `with_capacity(n)`: a count is bounded by the bytes left, not by the memory an
+        // element takes.
+        let mut keys = Vec::new();
         for _ in 0..n {
             keys.push((r.i16()?, r.i16()?, r.i16()?));
             r.tags(flexible)?;
@@ -629,7 +656,7 @@ impl Call for ListTransactionsRequest {
             r.string(flex)?; // unknown state filter
         }
         let n = r.count(flex)?;
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::new();
         for _ in 0..n {
             let id = r.string(flex)?;
             let producer_id = r.i64()?;

@@ -29,6 +29,7 @@
 //! from happening in normal operation.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,9 @@ struct PendingTxn {
     transactional_id: String,
     producer_id: i64,
     epoch: i16,
+    /// When the transaction was opened (this run only; not stored).
+    #[serde(skip)]
+    opened: Option<Instant>,
 }
 
 /// The sink's checkpoint state (JSON): the transactions pre-committed and not known to be
@@ -208,6 +212,7 @@ struct Txn {
     id: String,
     prod: Prod,
     records: u64,
+    opened: Instant,
 }
 
 /// Configuration of one subtask's I/O thread.
@@ -222,6 +227,9 @@ struct Io {
     /// Checkpoint id of the next barrier (names the next transaction).
     next_checkpoint: u64,
     restored: Vec<PendingTxn>,
+    /// Set when the worker dropped its writer (the job failed or was cancelled; a restart
+    /// may already run): open nothing new, abort nothing, and stop.
+    abandoned: Arc<AtomicBool>,
 }
 
 /// Kafka sink of JSON records (job files) or any records with an encoder (Rust API).
@@ -302,6 +310,7 @@ impl KafkaSink {
         for (k, v) in &self.cfg.properties {
             base.set(k, v);
         }
+        let abandoned = Arc::new(AtomicBool::new(false));
         let io = Io {
             cfg: self.cfg.clone(),
             subtask: info.subtask,
@@ -311,6 +320,7 @@ impl KafkaSink {
             exactly_once,
             next_checkpoint: info.first_checkpoint(),
             restored,
+            abandoned: abandoned.clone(),
         };
         let topic = self.cfg.topic.clone();
         let io = Handoff::spawn(
@@ -328,6 +338,7 @@ impl KafkaSink {
         )?;
         Ok(KafkaWriter {
             io,
+            abandoned,
             closed: false,
             batch: Batch::default(),
             key,
@@ -346,6 +357,7 @@ pub type ValueEncoder<T> = Box<dyn Fn(&T, &mut Vec<u8>) -> Result<(), BoxError>>
 /// Worker side of one sink subtask.
 pub struct KafkaWriter<T> {
     io: Handoff<Cmd>,
+    abandoned: Arc<AtomicBool>,
     closed: bool,
     batch: Batch,
     key: KeyEncoder<T>,
@@ -366,6 +378,14 @@ impl<T> KafkaWriter<T> {
     fn command(&mut self, cmd: Cmd) -> Result<(), BoxError> {
         self.seal()?;
         self.io.push(cmd)
+    }
+}
+
+impl<T> Drop for KafkaWriter<T> {
+    fn drop(&mut self) {
+        // After a clean end the thread is gone already; otherwise it must not open or abort
+        // transactions that a restarted job may be using.
+        self.abandoned.store(true, Ordering::SeqCst);
     }
 }
 
@@ -464,6 +484,11 @@ impl Io {
         let mut committer: Option<Committer> = self.exactly_once.then(Committer::spawn);
         let mut client = TxnClient::new(&self.cfg.brokers, Duration::from_secs(10));
         loop {
+            if self.abandoned.load(Ordering::SeqCst) {
+                // Pre-committed transactions of completed checkpoints still get committed by
+                // the committer (the restore commits them anyway); nothing else happens.
+                return Ok(());
+            }
             if let Some(c) = &committer {
                 c.drain(&mut pending)?;
             }
@@ -596,11 +621,17 @@ impl Io {
         let next = checkpoint + 1;
         let (cfg, next_id) = self.txn_config(next);
         let topic = self.cfg.topic.clone();
+        let abandoned = self.abandoned.clone();
         *spare = Some(Spare {
             checkpoint: next,
             handle: std::thread::Builder::new()
                 .name(format!("weir-kafka-init-{}", self.subtask))
-                .spawn(move || init_producer(&cfg, &next_id, &topic))
+                .spawn(move || {
+                    if abandoned.load(Ordering::SeqCst) {
+                        return Err("the sink was abandoned".to_string());
+                    }
+                    init_producer(&cfg, &next_id, &topic)
+                })
                 .map_err(|e| format!("cannot start a Kafka producer initialisation thread: {e}"))?,
         });
         Ok(Txn {
@@ -608,6 +639,7 @@ impl Io {
             id,
             prod,
             records: 0,
+            opened: Instant::now(),
         })
     }
 
@@ -660,9 +692,24 @@ impl Io {
                 transactional_id: t.id.clone(),
                 producer_id: d.producer_id,
                 epoch: d.epoch,
+                opened: Some(t.opened),
             });
             t.checkpoint = id;
             prepared.insert(id, t);
+        }
+        // Every transaction this checkpoint lists is committed only once it completed, up to
+        // a checkpoint timeout from now. One that could time out on the broker before then
+        // must not be in a checkpoint: failing makes the job restart from the previous one,
+        // which aborts it and writes its records again.
+        let limit = self.cfg.transaction_timeout;
+        if let Some((p, age)) = too_old(pending, self.cfg.checkpoint_timeout, limit) {
+            return Err(format!(
+                    "Kafka transaction `{}` has been open for {:.0} s; with up to a checkpoint timeout ({:.0} s) before checkpoint {id} completes it could time out on the broker (transaction timeout {:.0} s) and its output would be lost. Failing instead: the job restarts from its previous checkpoint and writes that output again. Checkpoints are failing or slow; raise `transaction_timeout` or look at why",
+                    p.transactional_id,
+                    age.as_secs_f64(),
+                    self.cfg.checkpoint_timeout.as_secs_f64(),
+                    limit.as_secs_f64()
+                ));
         }
         serde_json::to_vec(&SinkState {
             version: 1,
@@ -722,7 +769,7 @@ impl Io {
             .collect();
         drop(meta_prod);
         let open = client
-            .list_ongoing(&brokers)
+            .list_ongoing(&brokers, Instant::now() + CALL_TIMEOUT)
             .map_err(|e| format!("cannot list open Kafka transactions: {e}"))?;
         let keep: std::collections::HashSet<&str> = self
             .restored
@@ -736,6 +783,9 @@ impl Io {
             let mine = s == self.subtask || (self.subtask == 0 && s >= self.parallelism);
             if !mine || keep.contains(t.id.as_str()) {
                 continue;
+            }
+            if self.abandoned.load(Ordering::SeqCst) {
+                return Err("the job stopped during the Kafka sink's recovery".into());
             }
             let mut cfg = self.base.clone();
             cfg.set("transactional.id", &t.id);
@@ -911,6 +961,22 @@ pub fn check_transaction_timeout(
     Ok(())
 }
 
+/// The first pending transaction (with its age) that could reach `transaction_timeout` on
+/// the broker before a checkpoint completing within `checkpoint_timeout` commits it.
+fn too_old(
+    pending: &[PendingTxn],
+    checkpoint_timeout: Duration,
+    transaction_timeout: Duration,
+) -> Option<(&PendingTxn, Duration)> {
+    pending.iter().find_map(|p| {
+        let age = p.opened.map_or(Duration::ZERO, |o| o.elapsed());
+        (age + checkpoint_timeout + AGE_MARGIN >= transaction_timeout).then_some((p, age))
+    })
+}
+
+/// Slack in the age check of pre-committed transactions (clock reading, commit round trip).
+const AGE_MARGIN: Duration = Duration::from_secs(10);
+
 /// Time allowed for a job to come back up after a failure (restore, recovery).
 const RESTART_ALLOWANCE: Duration = Duration::from_secs(60);
 
@@ -938,6 +1004,7 @@ mod tests {
                 transactional_id: "weir-j-0-4".into(),
                 producer_id: 7,
                 epoch: 0,
+                opened: None,
             }],
         };
         let b = serde_json::to_vec(&s).unwrap();
@@ -945,6 +1012,30 @@ mod tests {
         assert!(decode_state(b"{").unwrap_err().contains("damaged"));
         let v2 = br#"{"version":2,"transaction_version":1,"transactions":[]}"#;
         assert!(decode_state(v2).unwrap_err().contains("version 2"));
+    }
+
+    #[test]
+    fn pre_committed_transactions_that_could_time_out_are_refused() {
+        let s = Duration::from_secs;
+        let txn = |age: u64| PendingTxn {
+            checkpoint: 1,
+            transactional_id: format!("t-{age}"),
+            producer_id: 1,
+            epoch: 0,
+            opened: Instant::now().checked_sub(s(age)),
+        };
+        let pending = vec![txn(5), txn(400)];
+        // 400 s old + 600 s checkpoint timeout + margin >= 900 s: refused.
+        let (p, age) = too_old(&pending, s(600), s(900)).unwrap();
+        assert_eq!(p.transactional_id, "t-400");
+        assert!(age >= s(400));
+        assert!(too_old(&pending, s(600), s(1100)).is_none());
+        // Restored entries have no opening time: never refused here.
+        let restored = vec![PendingTxn {
+            opened: None,
+            ..txn(0)
+        }];
+        assert!(too_old(&restored, s(600), s(700)).is_none());
     }
 
     #[test]

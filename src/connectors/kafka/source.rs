@@ -437,20 +437,39 @@ struct IoLoop {
 }
 
 impl IoLoop {
-    fn run(mut self, tx: &Sender<Msg>, cmds: &Receiver<Cmd>, waker: &weir_runtime::Waker) {
-        let send = |m: Msg| -> bool {
-            let mut m = m;
-            loop {
-                match tx.send_timeout(m, Duration::from_millis(100)) {
-                    Ok(()) => {
-                        waker.wake();
-                        return true;
+    /// Sends `m` to the worker, carrying out group commits while the channel is full; false
+    /// when the worker is gone (then the commits it asked for are done first).
+    fn send(
+        &self,
+        tx: &Sender<Msg>,
+        cmds: &Receiver<Cmd>,
+        waker: &weir_runtime::Waker,
+        mut m: Msg,
+    ) -> bool {
+        loop {
+            match tx.send_timeout(m, Duration::from_millis(100)) {
+                Ok(()) => {
+                    waker.wake();
+                    return true;
+                }
+                Err(SendTimeoutError::Timeout(back)) => {
+                    m = back;
+                    while let Ok(Cmd::Commit(offsets)) = cmds.try_recv() {
+                        self.commit(&offsets);
                     }
-                    Err(SendTimeoutError::Timeout(back)) => m = back,
-                    Err(SendTimeoutError::Disconnected(_)) => return false,
+                }
+                Err(SendTimeoutError::Disconnected(_)) => {
+                    while let Ok(Cmd::Commit(offsets)) = cmds.try_recv() {
+                        self.commit(&offsets);
+                    }
+                    return false;
                 }
             }
-        };
+        }
+    }
+
+    fn run(mut self, tx: &Sender<Msg>, cmds: &Receiver<Cmd>, waker: &weir_runtime::Waker) {
+        let send = |io: &Self, m: Msg| io.send(tx, cmds, waker, m);
         let mut index: HashMap<(Arc<str>, i32), u32> = self
             .parts
             .iter()
@@ -459,7 +478,7 @@ impl IoLoop {
             .collect();
         let bounded = self.bounded;
         let mut finished = bounded && self.parts.iter().all(|p| p.done);
-        if finished && !send(Msg::Done) {
+        if finished && !send(&self, Msg::Done) {
             return;
         }
         let mut chunk = Chunk::default();
@@ -554,10 +573,10 @@ impl IoLoop {
                     }
                 }
                 Some(Err(e)) if is_fatal(&e) => {
-                    let _ = send(Msg::Failed(format!(
-                        "Kafka consumer of subtask {}: {e}",
-                        self.subtask
-                    )));
+                    let _ = send(
+                        &self,
+                        Msg::Failed(format!("Kafka consumer of subtask {}: {e}", self.subtask)),
+                    );
                     return;
                 }
                 Some(Err(e)) => {
@@ -579,7 +598,7 @@ impl IoLoop {
                     || !done_parts.is_empty()
                     || chunk.recs.len() >= CHUNK_RECORDS
                     || chunk_started.elapsed() >= Duration::from_millis(5))
-                && !send(Msg::Chunk(std::mem::take(&mut chunk)))
+                && !send(&self, Msg::Chunk(std::mem::take(&mut chunk)))
             {
                 return;
             }
@@ -594,7 +613,7 @@ impl IoLoop {
                 let mut tpl = TopicPartitionList::new();
                 let _ = tpl.add_partition(&part.topic, part.partition);
                 let _ = self.consumer.incremental_unassign(&tpl);
-                if !send(Msg::PartitionDone { part: i, position }) {
+                if !send(&self, Msg::PartitionDone { part: i, position }) {
                     return;
                 }
             }
@@ -604,23 +623,20 @@ impl IoLoop {
                     "every Kafka partition of the subtask reached its end"
                 );
                 finished = true;
-                if !send(Msg::Done) {
+                if !send(&self, Msg::Done) {
                     return;
                 }
             }
             if next_discovery.is_some_and(|t| Instant::now() >= t) {
                 next_discovery = self.discovery.map(|d| Instant::now() + d);
-                match self.discover(&mut index) {
-                    Ok(new) => {
-                        for m in new {
-                            if !send(m) {
-                                return;
-                            }
-                        }
+                let (new, r) = self.discover(&mut index);
+                for m in new {
+                    if !self.send(tx, cmds, waker, m) {
+                        return;
                     }
-                    Err(e) => {
-                        tracing::warn!(subtask = self.subtask, error = %e, "Kafka partition discovery failed (will retry)")
-                    }
+                }
+                if let Err(e) = r {
+                    tracing::warn!(subtask = self.subtask, error = %e, "Kafka partition discovery failed (will retry)")
                 }
             }
         }
@@ -643,9 +659,23 @@ impl IoLoop {
         }
     }
 
-    /// New partitions of the topics owned by this subtask, assigned from their start.
-    fn discover(&mut self, index: &mut HashMap<(Arc<str>, i32), u32>) -> Result<Vec<Msg>, String> {
+    /// New partitions of the topics owned by this subtask, assigned from their start: the
+    /// `Assigned` messages of every partition assigned, also when a later step failed (the
+    /// worker must learn of each partition the consumer reads, in order).
+    fn discover(
+        &mut self,
+        index: &mut HashMap<(Arc<str>, i32), u32>,
+    ) -> (Vec<Msg>, Result<(), String>) {
         let mut out = Vec::new();
+        let r = self.discover_into(index, &mut out);
+        (out, r)
+    }
+
+    fn discover_into(
+        &mut self,
+        index: &mut HashMap<(Arc<str>, i32), u32>,
+        out: &mut Vec<Msg>,
+    ) -> Result<(), String> {
         for topic in self.topics.clone() {
             for p in partitions_of(&self.consumer, &topic, &self.brokers)? {
                 let key: (Arc<str>, i32) = (Arc::from(topic.as_str()), p);
@@ -674,7 +704,7 @@ impl IoLoop {
                 });
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
