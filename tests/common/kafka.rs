@@ -150,6 +150,14 @@ pub fn sum_input(n: u64) -> (Vec<Value>, HashMap<u64, (String, u64)>) {
 /// Every record of `topic` a consumer with `isolation` (`read_committed` or
 /// `read_uncommitted`) sees, read to the end of every partition.
 pub fn read_all(brokers: &str, topic: &str, isolation: &str) -> Vec<Value> {
+    read_raw(brokers, topic, isolation)
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice(&v).unwrap())
+        .collect()
+}
+
+/// Like [`read_all`], with each record's key, value bytes undecoded.
+pub fn read_raw(brokers: &str, topic: &str, isolation: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "weir-tests-reader")
@@ -176,8 +184,10 @@ pub fn read_all(brokers: &str, topic: &str, isolation: &str) -> Vec<Value> {
         match c.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 eof.remove(&m.partition());
-                let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                out.push(v);
+                out.push((
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 eof.insert(p);
