@@ -332,6 +332,7 @@ impl<T: Clone + Send + 'static> DataStream<T> {
                 info: info.clone(),
                 watermark: NO_TIMESTAMP,
                 out,
+                closed: false,
             }))
         })
     }

@@ -289,7 +289,8 @@ pub trait ProcessFunction<I, O>: Clone + Send + Sync + 'static {
     }
     /// Handles one record.
     fn process(&mut self, value: I, ctx: &mut Context<'_, O>) -> Result<(), BoxError>;
-    /// Called once at end of input; may emit final records.
+    /// Called once at end of input (when the final watermark arrives, before the job's final
+    /// checkpoint, so that what it emits is committed with it); may emit final records.
     fn close(&mut self, _ctx: &mut Context<'_, O>) -> Result<(), BoxError> {
         Ok(())
     }
@@ -326,6 +327,34 @@ pub(crate) struct ProcessOp<P, O> {
     pub(crate) info: TaskInfo,
     pub(crate) watermark: Timestamp,
     pub(crate) out: Out<O>,
+    /// `close` ran (at the final watermark).
+    pub(crate) closed: bool,
+}
+
+impl<P, O> ProcessOp<P, O> {
+    /// Runs the function's `close` once and sends what it emitted on.
+    fn close<I>(&mut self) -> Result<(), JobError>
+    where
+        P: ProcessFunction<I, O>,
+    {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let mut out = Vec::new();
+        let mut ctx = Context {
+            timestamp: self.watermark,
+            watermark: self.watermark,
+            out: &mut out,
+        };
+        self.f
+            .close(&mut ctx)
+            .map_err(|e| JobError::from_user(&self.info, e))?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.out.batch(out)
+    }
 }
 
 impl<I, O, P: ProcessFunction<I, O>> Collector<I> for ProcessOp<P, O> {
@@ -347,6 +376,13 @@ impl<I, O, P: ProcessFunction<I, O>> Collector<I> for ProcessOp<P, O> {
         self.out.batch(out)
     }
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
+        if wm == crate::MAX_WATERMARK {
+            // End of input: every source is exhausted (or stopped). `close` runs now, not at
+            // `finish`, so that what it emits is before the final checkpoint's barrier and is
+            // committed with it (at `finish` the final checkpoint has already completed).
+            // Its records carry the last watermark, so they are not late downstream.
+            self.close()?;
+        }
         self.watermark = wm;
         self.out.watermark(wm)
     }
@@ -354,18 +390,8 @@ impl<I, O, P: ProcessFunction<I, O>> Collector<I> for ProcessOp<P, O> {
         self.out.barrier(b)
     }
     fn finish(&mut self) -> Result<(), JobError> {
-        let mut out = Vec::new();
-        let mut ctx = Context {
-            timestamp: self.watermark,
-            watermark: self.watermark,
-            out: &mut out,
-        };
-        self.f
-            .close(&mut ctx)
-            .map_err(|e| JobError::from_user(&self.info, e))?;
-        if !out.is_empty() {
-            self.out.batch(out)?;
-        }
+        // A final `MAX_WATERMARK` always precedes `finish`; this is a safety net.
+        self.close()?;
         self.out.finish()
     }
 }
