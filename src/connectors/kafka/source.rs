@@ -882,23 +882,30 @@ impl<T> SourceReader<T> for KafkaReader<T> {
 
     fn watermark(&mut self) -> Option<Timestamp> {
         let now = Instant::now();
+        let of = |p: &Part| {
+            p.max_ts
+                .map(|m| m.saturating_sub(self.watermark_delay).saturating_sub(1))
+        };
+        let idle = |p: &Part| {
+            self.idle_timeout
+                .is_some_and(|t| now.duration_since(p.last_seen) >= t)
+        };
+        // The minimum over active partitions; an active one without a record yet holds the
+        // watermark back.
         let mut min: Option<i64> = None;
-        for p in &self.parts {
-            if p.done
-                || self
-                    .idle_timeout
-                    .is_some_and(|t| now.duration_since(p.last_seen) >= t)
-            {
-                continue;
-            }
-            // An active partition without a record yet holds the watermark back.
-            let wm = p
-                .max_ts?
-                .saturating_sub(self.watermark_delay)
-                .saturating_sub(1);
+        let mut any_active = false;
+        for p in self.parts.iter().filter(|p| !p.done && !idle(p)) {
+            any_active = true;
+            let wm = of(p)?;
             min = Some(min.map_or(wm, |m| m.min(wm)));
         }
-        min
+        if any_active {
+            return min;
+        }
+        // Every partition is idle (or finished): the minimum over those that have had records.
+        // Without this, a partition whose records all came before the others went idle, and
+        // that went idle itself before the source was polled again, would never count.
+        self.parts.iter().filter(|p| !p.done).filter_map(of).min()
     }
 
     fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), BoxError> {
@@ -922,6 +929,64 @@ impl<T> SourceReader<T> for KafkaReader<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn part(max_ts: Option<i64>, quiet_for: Duration) -> Part {
+        Part {
+            topic: Arc::from("t"),
+            partition: 0,
+            next: 0,
+            end: None,
+            done: false,
+            max_ts,
+            last_seen: Instant::now().checked_sub(quiet_for).unwrap(),
+        }
+    }
+
+    fn reader(parts: Vec<Part>, idle: Option<Duration>) -> KafkaReader<()> {
+        let (_tx, rx) = crossbeam_channel::bounded(1);
+        let (cmd_tx, _cmds) = crossbeam_channel::bounded(1);
+        let (_exit, exited) = crossbeam_channel::bounded(1);
+        KafkaReader {
+            parts,
+            rx,
+            cmd_tx,
+            exited,
+            current: None,
+            exhausted: false,
+            snapshots: VecDeque::new(),
+            decode: Box::new(|_| Ok(None)),
+            watermark_delay: 0,
+            idle_timeout: idle,
+            _t: std::marker::PhantomData,
+        }
+    }
+
+    #[test]
+    fn watermarks_skip_idle_partitions_without_forgetting_the_ones_that_went_quiet() {
+        let ms = Duration::from_millis;
+        let idle = Some(ms(300));
+        // Without idleness, a partition without records holds the watermark back.
+        let mut r = reader(vec![part(Some(5000), ms(0)), part(None, ms(1000))], None);
+        assert_eq!(r.watermark(), None);
+        // With it, the empty partition stops counting once idle.
+        let mut r = reader(vec![part(Some(5000), ms(0)), part(None, ms(1000))], idle);
+        assert_eq!(r.watermark(), Some(4999));
+        // ... also when the partition with records went idle too before the next poll.
+        let mut r = reader(vec![part(Some(5000), ms(1000)), part(None, ms(1000))], idle);
+        assert_eq!(r.watermark(), Some(4999));
+        // An idle partition behind does not hold an active one back.
+        let mut r = reader(
+            vec![part(Some(1000), ms(1000)), part(Some(9000), ms(0))],
+            idle,
+        );
+        assert_eq!(r.watermark(), Some(8999));
+        // All idle: the minimum of what they had (never ahead of any of them).
+        let mut r = reader(
+            vec![part(Some(1000), ms(1000)), part(Some(9000), ms(1000))],
+            idle,
+        );
+        assert_eq!(r.watermark(), Some(999));
+    }
 
     #[test]
     fn partitions_spread_over_subtasks_and_stay_put_when_added() {
