@@ -18,7 +18,7 @@ use std::path::Path;
 mod common;
 
 use common::median;
-use common::shared::kafka::{broker, create_topic, produce, sum_input, unique};
+use common::shared::kafka::{broker, create_topic, produce, sum_input, sum_job_toml, unique};
 use weir::StreamEnv;
 
 /// Runs the job once; returns input records per second.
@@ -27,33 +27,7 @@ fn run(dir: &Path, input: &str, semantics: &str, interval: &str) -> f64 {
     let output = unique("bench-out");
     create_topic(&b, &output, 4);
     let name = unique("bench");
-    let text = format!(
-        r#"
-name = "{name}"
-parallelism = 2
-[source]
-type = "kafka"
-brokers = "{b}"
-topic = "{input}"
-stop_at = "latest"
-[[transform]]
-type = "key_by"
-field = "key"
-[[transform]]
-type = "sum"
-field = "value"
-[sink]
-type = "kafka"
-brokers = "{b}"
-topic = "{output}"
-key_field = "key"
-semantics = "{semantics}"
-[checkpoint]
-interval = "{interval}"
-storage = "checkpoints"
-local_dir = "local"
-"#
-    );
+    let text = sum_job_toml(&name, "", input, &output, semantics, interval, "");
     let job = weir::job::parse_job(&text, &dir.join("job.toml"), &[]).expect("bench job");
     let env = StreamEnv::new(weir::plan::runtime_config(&job, None));
     weir::plan::build(&job, &env, false).expect("build the bench job");

@@ -22,41 +22,17 @@ fn kafka_sum_job(
     semantics: &str,
     extra: &str,
 ) -> PathBuf {
-    let b = broker();
     let job = dir.join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            r#"
-name = "{name}"
-parallelism = 2
-batch_size = 256
-[source]
-type = "kafka"
-brokers = "{b}"
-topic = "{input}"
-stop_at = "latest"
-[[transform]]
-type = "key_by"
-field = "key"
-[[transform]]
-type = "sum"
-field = "value"
-[sink]
-type = "kafka"
-brokers = "{b}"
-topic = "{output}"
-key_field = "key"
-semantics = "{semantics}"
-[checkpoint]
-interval = "150ms"
-storage = "checkpoints"
-local_dir = "local"
-{extra}
-"#
-        ),
-    )
-    .unwrap();
+    let text = sum_job_toml(
+        name,
+        "batch_size = 256",
+        input,
+        output,
+        semantics,
+        "150ms",
+        extra,
+    );
+    std::fs::write(&job, text).unwrap();
     job
 }
 

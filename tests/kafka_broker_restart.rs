@@ -21,40 +21,16 @@ fn broker_restart_during_an_exactly_once_job() {
     let (recs, all) = sum_input(600_000);
     produce(&b, &input, &recs, |_| None, |_| None);
     let job = d.path().join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            r#"
-name = "broker-restart"
-parallelism = 2
-[source]
-type = "kafka"
-brokers = "{b}"
-topic = "{input}"
-stop_at = "latest"
-[[transform]]
-type = "key_by"
-field = "key"
-[[transform]]
-type = "sum"
-field = "value"
-[sink]
-type = "kafka"
-brokers = "{b}"
-topic = "{output}"
-key_field = "key"
-[checkpoint]
-interval = "200ms"
-storage = "checkpoints"
-local_dir = "local"
-tolerable_failures = 100
-[restart]
-attempts = 20
-delay = "2s"
-"#
-        ),
-    )
-    .unwrap();
+    let text = sum_job_toml(
+        "broker-restart",
+        "",
+        &input,
+        &output,
+        "exactly-once",
+        "200ms",
+        "tolerable_failures = 100\n[restart]\nattempts = 20\ndelay = \"2s\"",
+    );
+    std::fs::write(&job, text).unwrap();
     let mut child = weir()
         .arg("run")
         .arg(&job)

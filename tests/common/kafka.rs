@@ -198,3 +198,48 @@ pub fn read_raw(brokers: &str, topic: &str, isolation: &str) -> Vec<(Option<Vec<
     }
     out
 }
+
+/// Job-file text of the Kafka sum job: Kafka `input` (bounded) -> key_by key -> running sum
+/// of value -> Kafka `output` keyed by `key`, with `semantics` and checkpoints every
+/// `interval` into `checkpoints/` (local copies in `local/`). `top` goes among the top-level
+/// keys; `checkpoint_extra` at the end, so it may add `[checkpoint]` keys and then tables.
+pub fn sum_job_toml(
+    name: &str,
+    top: &str,
+    input: &str,
+    output: &str,
+    semantics: &str,
+    interval: &str,
+    checkpoint_extra: &str,
+) -> String {
+    let b = broker();
+    format!(
+        r#"
+name = "{name}"
+parallelism = 2
+{top}
+[source]
+type = "kafka"
+brokers = "{b}"
+topic = "{input}"
+stop_at = "latest"
+[[transform]]
+type = "key_by"
+field = "key"
+[[transform]]
+type = "sum"
+field = "value"
+[sink]
+type = "kafka"
+brokers = "{b}"
+topic = "{output}"
+key_field = "key"
+semantics = "{semantics}"
+[checkpoint]
+interval = "{interval}"
+storage = "checkpoints"
+local_dir = "local"
+{checkpoint_extra}
+"#
+    )
+}
