@@ -10,6 +10,9 @@ use common::*;
 use weir_storage::hdfs::HdfsStore;
 use weir_storage::{CheckpointStore, StorageError};
 
+/// Bound of a metadata write in these tests.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[test]
 fn hdfs_store_round_trip() {
     let url = hdfs();
@@ -39,10 +42,10 @@ fn hdfs_store_round_trip() {
     assert!(s.get_file(1, "worker-9.snap", &back).is_err());
 
     // The metadata is published once: a second write is refused by the NameNode.
-    s.put_metadata(1, b"meta").unwrap();
+    s.put_metadata(1, b"meta", WITHIN).unwrap();
     assert_eq!(s.get_metadata(1).unwrap().as_deref(), Some(&b"meta"[..]));
     assert!(matches!(
-        s.put_metadata(1, b"again").unwrap_err(),
+        s.put_metadata(1, b"again", WITHIN).unwrap_err(),
         StorageError::AlreadyComplete { id: 1, .. }
     ));
     assert_eq!(s.get_metadata(1).unwrap().as_deref(), Some(&b"meta"[..]));

@@ -567,10 +567,15 @@ fn idle_partitions_do_not_hold_back_the_watermark() {
             .aggregate("count", Count)
             .collect();
         let h = env.start(&unique("idle-job")).unwrap();
+        // The windows can fire only once the source has read the records; on a loaded
+        // machine that can take a while.
+        wait_for("the records read", Duration::from_secs(60), || {
+            h.metrics().source_records() >= 41
+        });
         let mut fired = Vec::new();
         // Long enough for the windows to fire on a loaded machine when they can; the loop
         // ends as soon as all four did.
-        let deadline = Instant::now() + Duration::from_secs(if idle.is_some() { 20 } else { 4 });
+        let deadline = Instant::now() + Duration::from_secs(if idle.is_some() { 20 } else { 3 });
         while Instant::now() < deadline && fired.len() < 4 {
             fired.extend(out.take());
             std::thread::sleep(Duration::from_millis(100));

@@ -12,6 +12,9 @@ use serde_json::Value;
 use weir_storage::s3::{S3Options, S3Store};
 use weir_storage::{CheckpointStore, StorageError};
 
+/// Bound of a metadata write in these tests.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn options(m: &Minio) -> S3Options {
     // Credentials and endpoint from the job file's options, not the environment.
     let var = |k: &str| m.env.iter().find(|(n, _)| n == k).unwrap().1.clone();
@@ -57,10 +60,10 @@ fn s3_store_round_trip() {
     assert!(e.to_string().contains("worker-9.snap"), "{e}");
 
     // The metadata is written once: a second write is refused by the server (If-None-Match).
-    s.put_metadata(1, b"meta").unwrap();
+    s.put_metadata(1, b"meta", WITHIN).unwrap();
     assert_eq!(s.get_metadata(1).unwrap().as_deref(), Some(&b"meta"[..]));
     assert!(matches!(
-        s.put_metadata(1, b"again").unwrap_err(),
+        s.put_metadata(1, b"again", WITHIN).unwrap_err(),
         StorageError::AlreadyComplete { id: 1, .. }
     ));
     assert_eq!(s.get_metadata(1).unwrap().as_deref(), Some(&b"meta"[..]));

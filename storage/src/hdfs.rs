@@ -12,6 +12,7 @@
 //! - An aborted checkpoint stops its uploads and removes their temp files.
 
 use std::path::Path;
+use std::time::Duration;
 
 use hdfs_native::{Client, ClientBuilder, HdfsError, WriteOptions};
 
@@ -30,14 +31,14 @@ pub struct HdfsStore {
 }
 
 /// How long cleaning up after a failed or aborted upload may take.
-const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Attempts per file upload, the first included.
 const MAX_ATTEMPTS: u64 = 5;
 
 /// Exponential backoff with jitter: a random delay between half and all of 200 ms x 2^(n-1)
 /// (capped at 12.8 s) before attempt `n + 1`.
-fn backoff(attempt: u64) -> std::time::Duration {
+fn backoff(attempt: u64) -> Duration {
     let cap = 200u64 << (attempt - 1).min(6);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -45,11 +46,18 @@ fn backoff(attempt: u64) -> std::time::Duration {
         .unwrap_or(0);
     // A cheap mix of the clock; good enough to spread retries.
     let r = nanos.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
-    std::time::Duration::from_millis(cap / 2 + r % (cap / 2 + 1))
+    Duration::from_millis(cap / 2 + r % (cap / 2 + 1))
 }
 
+/// What to check when the NameNode does not answer.
+const NAMENODE_HINT: &str = "is the NameNode up and out of safe mode?";
+
+/// How long a request of the retention or of a restore (list, read or delete metadata) may
+/// take: the client keeps retrying a NameNode it cannot reach, and a job must not hang on it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long checking the store before a job starts may take.
-const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Bytes read from the local file and written per call.
 const CHUNK: usize = 8 << 20;
@@ -224,20 +232,13 @@ impl CheckpointStore for HdfsStore {
                 .map_err(remote("delete in", &root))?;
             Ok(())
         };
-        self.rt.block_on(async {
-            tokio::time::timeout(PROBE_TIMEOUT, probe)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StorageError::Remote {
-                        op: "reach",
-                        location: root.clone(),
-                        message: format!(
-                            "no answer within {} s (is the NameNode up? check the host and port of checkpoint.storage)",
-                            PROBE_TIMEOUT.as_secs()
-                        ),
-                    })
-                })
-        })
+        self.rt.block_on(crate::store::bounded(
+            PROBE_TIMEOUT,
+            "reach",
+            &root,
+            "is the NameNode up? check the host and port of checkpoint.storage",
+            probe,
+        ))
     }
 
     fn put_file(&self, id: u64, name: &str, local: &Path) -> Result<PutStats, StorageError> {
@@ -295,10 +296,11 @@ impl CheckpointStore for HdfsStore {
         self.aborts.abort(id);
     }
 
-    fn put_metadata(&self, id: u64, bytes: &[u8]) -> Result<(), StorageError> {
+    fn put_metadata(&self, id: u64, bytes: &[u8], within: Duration) -> Result<(), StorageError> {
         let tmp = self.temp(id, METADATA_FILE);
         let dst = self.path(id, METADATA_FILE);
-        self.rt.block_on(async {
+        let url = self.url(&dst);
+        let write = async {
             let mut w = self
                 .client
                 .create(
@@ -326,33 +328,48 @@ impl CheckpointStore for HdfsStore {
                     }
                 }
             }
-        })
+        };
+        // The client retries a NameNode it cannot reach for minutes: the checkpoint's
+        // timeout bounds the wait (dropping the future stops the requests).
+        self.rt.block_on(crate::store::bounded(
+            within,
+            "write checkpoint metadata",
+            &url,
+            NAMENODE_HINT,
+            write,
+        ))
     }
 
     fn get_metadata(&self, id: u64) -> Result<Option<Vec<u8>>, StorageError> {
         let path = self.path(id, METADATA_FILE);
         let url = self.url(&path);
-        self.rt.block_on(async {
-            let reader = match self.client.read(&path).await {
-                Ok(r) => r,
-                Err(e) if not_found(&e) => return Ok(None),
-                Err(e) => return Err(remote("read checkpoint metadata", &url)(e)),
-            };
-            let len = reader.file_length() as u64;
-            if len > MAX_METADATA_BYTES {
-                return Err(StorageError::TooLarge {
-                    what: "checkpoint metadata",
-                    path: url.into(),
-                    len,
-                    limit: MAX_METADATA_BYTES,
-                });
-            }
-            let bytes = reader
-                .read_range(0, len as usize)
-                .await
-                .map_err(remote("read checkpoint metadata", &url))?;
-            Ok(Some(bytes.to_vec()))
-        })
+        self.rt.block_on(crate::store::bounded(
+            REQUEST_TIMEOUT,
+            "read checkpoint metadata",
+            &url,
+            NAMENODE_HINT,
+            async {
+                let reader = match self.client.read(&path).await {
+                    Ok(r) => r,
+                    Err(e) if not_found(&e) => return Ok(None),
+                    Err(e) => return Err(remote("read checkpoint metadata", &url)(e)),
+                };
+                let len = reader.file_length() as u64;
+                if len > MAX_METADATA_BYTES {
+                    return Err(StorageError::TooLarge {
+                        what: "checkpoint metadata",
+                        path: url.clone().into(),
+                        len,
+                        limit: MAX_METADATA_BYTES,
+                    });
+                }
+                let bytes = reader
+                    .read_range(0, len as usize)
+                    .await
+                    .map_err(remote("read checkpoint metadata", &url))?;
+                Ok(Some(bytes.to_vec()))
+            },
+        ))
     }
 
     fn get_file(&self, id: u64, name: &str, dest: &Path) -> Result<(), StorageError> {
@@ -390,65 +407,79 @@ impl CheckpointStore for HdfsStore {
     }
 
     fn list(&self) -> Result<Vec<u64>, StorageError> {
-        self.rt.block_on(async {
-            let entries = match self.client.list_status(&self.root, false).await {
-                Ok(e) => e,
-                Err(e) if not_found(&e) => return Ok(Vec::new()),
-                Err(e) => return Err(remote("list checkpoints in", &self.url(&self.root))(e)),
-            };
-            let mut ids: Vec<u64> = entries
-                .iter()
-                .filter(|s| s.isdir)
-                .filter_map(|s| {
-                    s.path
-                        .rsplit('/')
-                        .next()?
-                        .strip_prefix("chk-")
-                        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))?
-                        .parse()
-                        .ok()
-                })
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            Ok(ids)
-        })
+        self.rt.block_on(crate::store::bounded(
+            REQUEST_TIMEOUT,
+            "list checkpoints in",
+            &self.url(&self.root),
+            NAMENODE_HINT,
+            async {
+                let entries = match self.client.list_status(&self.root, false).await {
+                    Ok(e) => e,
+                    Err(e) if not_found(&e) => return Ok(Vec::new()),
+                    Err(e) => return Err(remote("list checkpoints in", &self.url(&self.root))(e)),
+                };
+                let mut ids: Vec<u64> = entries
+                    .iter()
+                    .filter(|s| s.isdir)
+                    .filter_map(|s| {
+                        s.path
+                            .rsplit('/')
+                            .next()?
+                            .strip_prefix("chk-")
+                            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))?
+                            .parse()
+                            .ok()
+                    })
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                Ok(ids)
+            },
+        ))
     }
 
     fn delete(&self, id: u64, keep: &[&str]) -> Result<(), StorageError> {
         let dir = self.dir(id);
-        self.rt.block_on(async {
-            let meta = self.path(id, METADATA_FILE);
-            match self.client.delete(&meta, false).await {
-                Ok(_) => {}
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(remote("delete checkpoint metadata", &self.url(&meta))(e)),
-            }
-            if keep.is_empty() {
-                return match self.client.delete(&dir, true).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if not_found(&e) => Ok(()),
-                    Err(e) => Err(remote("delete checkpoint directory", &self.url(&dir))(e)),
-                };
-            }
-            let entries = match self.client.list_status(&dir, false).await {
-                Ok(e) => e,
-                Err(e) if not_found(&e) => return Ok(()),
-                Err(e) => return Err(remote("list", &self.url(&dir))(e)),
-            };
-            for s in entries {
-                let name = s.path.rsplit('/').next().unwrap_or_default();
-                if keep.contains(&name) {
-                    continue;
-                }
-                match self.client.delete(&s.path, true).await {
+        self.rt.block_on(crate::store::bounded(
+            REQUEST_TIMEOUT,
+            "delete checkpoint",
+            &self.url(&dir),
+            NAMENODE_HINT,
+            async {
+                let meta = self.path(id, METADATA_FILE);
+                match self.client.delete(&meta, false).await {
                     Ok(_) => {}
                     Err(e) if not_found(&e) => {}
-                    Err(e) => return Err(remote("delete", &self.url(&s.path))(e)),
+                    Err(e) => {
+                        return Err(remote("delete checkpoint metadata", &self.url(&meta))(e))
+                    }
                 }
-            }
-            Ok(())
-        })
+                if keep.is_empty() {
+                    return match self.client.delete(&dir, true).await {
+                        Ok(_) => Ok(()),
+                        Err(e) if not_found(&e) => Ok(()),
+                        Err(e) => Err(remote("delete checkpoint directory", &self.url(&dir))(e)),
+                    };
+                }
+                let entries = match self.client.list_status(&dir, false).await {
+                    Ok(e) => e,
+                    Err(e) if not_found(&e) => return Ok(()),
+                    Err(e) => return Err(remote("list", &self.url(&dir))(e)),
+                };
+                for s in entries {
+                    let name = s.path.rsplit('/').next().unwrap_or_default();
+                    if keep.contains(&name) {
+                        continue;
+                    }
+                    match self.client.delete(&s.path, true).await {
+                        Ok(_) => {}
+                        Err(e) if not_found(&e) => {}
+                        Err(e) => return Err(remote("delete", &self.url(&s.path))(e)),
+                    }
+                }
+                Ok(())
+            },
+        ))
     }
 }
 

@@ -559,26 +559,36 @@ impl CheckpointStore for S3Store {
         self.aborts.abort(id);
     }
 
-    fn put_metadata(&self, id: u64, bytes: &[u8]) -> Result<(), StorageError> {
+    fn put_metadata(&self, id: u64, bytes: &[u8], within: Duration) -> Result<(), StorageError> {
         let key = self.key(id, METADATA_FILE);
         let url = self.url(&key);
-        let sent = self.rt.block_on(
-            self.client
+        let put = async {
+            let sent = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&key)
                 .if_none_match("*")
                 .body(ByteStream::from(bytes.to_vec()))
-                .send(),
-        );
-        match sent {
-            Ok(_) => Ok(()),
-            Err(e) if status(&e) == Some(412) => Err(StorageError::AlreadyComplete {
-                id,
-                path: url.into(),
-            }),
-            Err(e) => Err(remote("write checkpoint metadata", url)(e)),
-        }
+                .send()
+                .await;
+            match sent {
+                Ok(_) => Ok(()),
+                Err(e) if status(&e) == Some(412) => Err(StorageError::AlreadyComplete {
+                    id,
+                    path: url.clone().into(),
+                }),
+                Err(e) => Err(remote("write checkpoint metadata", url.clone())(e)),
+            }
+        };
+        // The SDK's retries could outlast the checkpoint: its timeout bounds the whole write.
+        self.rt.block_on(crate::store::bounded(
+            within,
+            "write checkpoint metadata",
+            &url,
+            "is the endpoint reachable?",
+            put,
+        ))
     }
 
     fn get_metadata(&self, id: u64) -> Result<Option<Vec<u8>>, StorageError> {

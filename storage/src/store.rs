@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::durable::{commit_rename, fsync_dir};
 use crate::error::{io_err, StorageError};
@@ -34,8 +35,10 @@ pub trait CheckpointStore: Send + Sync {
     /// upload cost (bytes sent, requests made).
     fn put_file(&self, id: u64, name: &str, local: &Path) -> Result<PutStats, StorageError>;
     /// Writes the metadata of `id` last and atomically; Err if it already exists (a checkpoint
-    /// is never claimed twice).
-    fn put_metadata(&self, id: u64, bytes: &[u8]) -> Result<(), StorageError>;
+    /// is never claimed twice). A remote store gives up after `within` (the time left to the
+    /// checkpoint's timeout) with [`StorageError::Remote`]; whether the metadata landed is then
+    /// unknown, and either outcome is consistent: every file it lists was durable before.
+    fn put_metadata(&self, id: u64, bytes: &[u8], within: Duration) -> Result<(), StorageError>;
     /// The bytes of the metadata of `id`, `None` if it has none (incomplete or absent).
     fn get_metadata(&self, id: u64) -> Result<Option<Vec<u8>>, StorageError>;
     /// Copies file `name` of checkpoint `id` to `dest` (temp + rename).
@@ -47,6 +50,24 @@ pub trait CheckpointStore: Send + Sync {
     /// checkpoints still reference); the directory goes when nothing is kept. Deleting a
     /// checkpoint or file that does not exist is not an error.
     fn delete(&self, id: u64, keep: &[&str]) -> Result<(), StorageError>;
+}
+
+/// Runs a remote store's request `fut`, giving up after `limit` with [`StorageError::Remote`]
+/// naming `op`, `location` and `hint` (what to check). Dropping the future stops the request.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    op: &'static str,
+    location: &str,
+    hint: &str,
+    fut: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(StorageError::Remote {
+            op,
+            location: location.to_string(),
+            message: format!("no answer within {:.1} s ({hint})", limit.as_secs_f64()),
+        })
+    })
 }
 
 /// Checkpoints aborted while their uploads may still run: remote stores race each upload
@@ -338,7 +359,8 @@ impl CheckpointStore for FsStore {
         Ok(PutStats { bytes, requests: 1 })
     }
 
-    fn put_metadata(&self, id: u64, bytes: &[u8]) -> Result<(), StorageError> {
+    /// Local writes cannot be interrupted: `within` is not enforced.
+    fn put_metadata(&self, id: u64, bytes: &[u8], _within: Duration) -> Result<(), StorageError> {
         let dir = self.ensure_dir(id)?;
         let path = dir.join(METADATA_FILE);
         if path.exists() {

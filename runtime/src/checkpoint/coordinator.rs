@@ -321,9 +321,14 @@ fn execute(
             let encoded_len = weir_storage::encode_metadata(&meta).len() as u64;
             stats.bytes_uploaded += encoded_len;
             meta.stats.bytes_uploaded = stats.bytes_uploaded;
+            // Bounded by the checkpoint's timeout (at least a second to try): a store that
+            // does not answer must not stop this thread timing out and triggering others.
+            let within = (triggered_at + s.cfg.timeout)
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
             if let Err(e) = s
                 .store
-                .put_metadata(id, &weir_storage::encode_metadata(&meta))
+                .put_metadata(id, &weir_storage::encode_metadata(&meta), within)
             {
                 return d.on_complete_failed(
                     Instant::now(),

@@ -3,6 +3,9 @@ use std::sync::Arc;
 
 use crate::*;
 
+/// Bound of a metadata write in these tests.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn store(root: &Path) -> FsStore {
     FsStore::new(root, "job").unwrap()
 }
@@ -38,7 +41,7 @@ fn put_get_list_delete() {
     assert_eq!(s.get_metadata(7).unwrap(), None, "incomplete");
     assert_eq!(s.list().unwrap(), [7, 10]);
 
-    s.put_metadata(7, b"meta").unwrap();
+    s.put_metadata(7, b"meta", WITHIN).unwrap();
     assert_eq!(s.get_metadata(7).unwrap().as_deref(), Some(&b"meta"[..]));
     assert_eq!(
         entries(&chk7),
@@ -95,8 +98,8 @@ fn put_file_replaces_an_earlier_attempt() {
 fn metadata_is_written_once() {
     let d = tempfile::tempdir().unwrap();
     let s = store(d.path());
-    s.put_metadata(3, b"first").unwrap();
-    let e = s.put_metadata(3, b"second").unwrap_err();
+    s.put_metadata(3, b"first", WITHIN).unwrap();
+    let e = s.put_metadata(3, b"second", WITHIN).unwrap_err();
     assert!(
         matches!(e, StorageError::AlreadyComplete { id: 3, .. }),
         "{e}"
@@ -117,7 +120,7 @@ fn concurrent_metadata_writers_exactly_one_wins() {
         let handles: Vec<_> = (0..4u8)
             .map(|t| {
                 let s = Arc::clone(&s);
-                std::thread::spawn(move || s.put_metadata(id, &vec![t; 200_000]).is_ok())
+                std::thread::spawn(move || s.put_metadata(id, &vec![t; 200_000], WITHIN).is_ok())
             })
             .collect();
         let wins = handles
@@ -173,7 +176,7 @@ fn delete_removes_metadata_and_files() {
     let local = d.path().join("l");
     std::fs::write(&local, b"x").unwrap();
     s.put_file(5, "w", &local).unwrap();
-    s.put_metadata(5, b"m").unwrap();
+    s.put_metadata(5, b"m", WITHIN).unwrap();
     std::fs::write(s.checkpoint_dir(5).join(".w.inprogress"), b"leftover").unwrap();
     s.delete(5, &[]).unwrap();
     assert_eq!(s.get_metadata(5).unwrap(), None);
@@ -189,7 +192,7 @@ fn delete_keeping_referenced_files_retires_the_checkpoint() {
     std::fs::write(&local, b"x").unwrap();
     s.put_file(5, "worker-0.snap", &local).unwrap();
     s.put_file(5, "worker-1.snap", &local).unwrap();
-    s.put_metadata(5, b"m").unwrap();
+    s.put_metadata(5, b"m", WITHIN).unwrap();
     std::fs::write(s.checkpoint_dir(5).join(".w.inprogress"), b"leftover").unwrap();
     // A later checkpoint still references worker-1.snap: metadata and the rest go.
     s.delete(5, &["worker-1.snap"]).unwrap();
@@ -242,7 +245,7 @@ fn open_store_accepts_file_uris_and_paths() {
         s.location(3),
         format!("file://{}/j/chk-3", d.path().display())
     );
-    s.put_metadata(3, b"m").unwrap();
+    s.put_metadata(3, b"m", WITHIN).unwrap();
     assert!(d.path().join("j/chk-3/_metadata").exists());
 
     let short = open_store(&format!("file:{}", d.path().display()), "j").unwrap();
