@@ -541,21 +541,27 @@ fn idle_partitions_do_not_hold_back_the_watermark() {
     use weir::connectors::kafka::{KafkaSource, KafkaSourceConfig};
     use weir::{Count, RuntimeConfig, StreamEnv, WindowAssigner};
     let b = broker();
-    let topic = unique("idle");
-    create_topic(&b, &topic, 2);
-    // Event times 1000..=5000 ms, all in partition 0; partition 1 stays empty.
+    // Event times 1000..=5000 ms, all in partition 0; partition 1 (if any) stays empty.
     let recs: Vec<serde_json::Value> = (0..=40)
         .map(|i| serde_json::json!({"key": "a", "ts": 1000 + i * 100}))
         .collect();
-    produce(&b, &topic, &recs, |_| Some(0), |r| r["ts"].as_i64());
-    let windows_while_running = |idle: Option<Duration>| -> usize {
+    let topic_of = |partitions: i32| {
+        let topic = unique("idle");
+        create_topic(&b, &topic, partitions);
+        produce(&b, &topic, &recs, |_| Some(0), |r| r["ts"].as_i64());
+        topic
+    };
+    let two = topic_of(2);
+    let one = topic_of(1);
+    let windows_while_running = |topic: &str, parallelism: usize, idle: Option<Duration>| {
         let cfg = RuntimeConfig {
-            parallelism: 1,
-            workers: 1,
+            parallelism,
+            workers: parallelism,
+            pin_workers: false,
             ..RuntimeConfig::default()
         };
         let env = StreamEnv::new(cfg);
-        let mut sc = KafkaSourceConfig::new(&b, &topic);
+        let mut sc = KafkaSourceConfig::new(&b, topic);
         sc.idle_timeout = idle;
         let src = KafkaSource::new(sc);
         let out = env
@@ -575,7 +581,8 @@ fn idle_partitions_do_not_hold_back_the_watermark() {
         let mut fired = Vec::new();
         // Long enough for the windows to fire on a loaded machine when they can; the loop
         // ends as soon as all four did.
-        let deadline = Instant::now() + Duration::from_secs(if idle.is_some() { 20 } else { 3 });
+        let can_fire = idle.is_some() || parallelism > 1;
+        let deadline = Instant::now() + Duration::from_secs(if can_fire { 20 } else { 3 });
         while Instant::now() < deadline && fired.len() < 4 {
             fired.extend(out.take());
             std::thread::sleep(Duration::from_millis(100));
@@ -590,9 +597,20 @@ fn idle_partitions_do_not_hold_back_the_watermark() {
         while_running.min(4)
     };
     // Without idleness the empty partition holds the watermark: nothing fires while running.
-    assert_eq!(windows_while_running(None), 0);
+    assert_eq!(windows_while_running(&two, 1, None), 0);
     // With it, windows [1000,2000) .. [4000,5000) fire while the job runs.
-    assert_eq!(windows_while_running(Some(Duration::from_millis(300))), 4);
+    assert_eq!(
+        windows_while_running(&two, 1, Some(Duration::from_millis(300))),
+        4
+    );
+    // Two subtasks, one partition each: the one whose partition is empty goes idle as a
+    // whole, and the window operator downstream no longer waits for it.
+    assert_eq!(
+        windows_while_running(&two, 2, Some(Duration::from_millis(300))),
+        4
+    );
+    // A subtask that reads no partition at all is idle from the start, idle_timeout or not.
+    assert_eq!(windows_while_running(&one, 2, None), 4);
 }
 
 #[test]

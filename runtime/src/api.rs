@@ -178,6 +178,7 @@ impl StreamEnv {
                 batch_size,
                 state: SourceState::Running,
                 watermark: None,
+                idle: false,
             });
             Ok(d)
         };

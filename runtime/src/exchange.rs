@@ -8,8 +8,9 @@
 //! follows the job's DAG, whose sinks always make progress).
 //!
 //! The receiving side ([`InputGate`]) merges all channels into one chain head: data in arrival
-//! order per channel, the watermark as the minimum over channels, end of input when every
-//! channel ended.
+//! order per channel, the watermark as the minimum over active channels (an idle one, whose
+//! sources have nothing to emit, does not hold it back), idle when every open channel is, end
+//! of input when every channel ended.
 //!
 //! Invariants: messages on one channel are delivered in order; a watermark is only sent after
 //! every record that preceded it and before any record that followed it; end of input is the
@@ -32,6 +33,8 @@ use crate::{Timestamp, MAX_WATERMARK, NO_TIMESTAMP};
 pub(crate) enum Message<T> {
     Data(Batch<T>),
     Watermark(Timestamp),
+    /// Watermark status of the sending subtask: idle (`true`) or active again.
+    Idle(bool),
     /// Checkpoint barrier `n`: everything before it belongs to checkpoint `n`.
     Barrier(u64),
     End,
@@ -251,6 +254,18 @@ impl<T: Clone> Collector<T> for ExchangeOutput<T> {
         Ok(())
     }
 
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        // In stream order on every channel, after what was buffered before it.
+        let shared = &*self.0;
+        let mut st = shared.state.borrow_mut();
+        for t in 0..st.buffers.len() {
+            st.seal(t);
+            st.pending[t].push_back(Message::Idle(idle));
+        }
+        shared.send_pending(&mut st)?;
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<(), JobError> {
         let shared = &*self.0;
         let mut st = shared.state.borrow_mut();
@@ -312,6 +327,8 @@ pub(crate) enum Poll {
 struct GateChannel<T> {
     rx: Receiver<Message<T>>,
     watermark: Timestamp,
+    /// Its sender is idle: left out of the watermark minimum until it is active again.
+    idle: bool,
     ended: bool,
     /// Id of the last barrier this channel delivered.
     barrier: u64,
@@ -322,6 +339,8 @@ pub(crate) struct InputGate<T> {
     channels: Vec<GateChannel<T>>,
     head: Out<T>,
     watermark: Timestamp,
+    /// The idle status last forwarded to the chain: every open channel is idle.
+    idle: bool,
     open: usize,
     next: usize,
     info: TaskInfo,
@@ -351,12 +370,14 @@ impl<T> InputGate<T> {
                 .map(|rx| GateChannel {
                     rx,
                     watermark: NO_TIMESTAMP,
+                    idle: false,
                     ended: false,
                     barrier: start,
                 })
                 .collect(),
             head,
             watermark: NO_TIMESTAMP,
+            idle: false,
             open,
             next: 0,
             info,
@@ -404,19 +425,44 @@ impl<T> InputGate<T> {
         Ok(())
     }
 
+    /// Forwards the minimum watermark over the open, active channels when it advanced (the
+    /// final one when every channel ended; none while every open channel is idle). A channel
+    /// that comes back from idleness behind the forwarded watermark holds it until it caught
+    /// up: the output never goes back, and its records are not made late by others meanwhile.
     fn advance_watermark(&mut self) -> Result<(), JobError> {
-        let min = self
-            .channels
-            .iter()
-            .filter(|c| !c.ended)
-            .map(|c| c.watermark)
-            .min()
-            .unwrap_or(MAX_WATERMARK);
-        if min > self.watermark {
+        let min = if self.open == 0 {
+            Some(MAX_WATERMARK)
+        } else {
+            self.channels
+                .iter()
+                .filter(|c| !c.ended && !c.idle)
+                .map(|c| c.watermark)
+                .min()
+        };
+        if let Some(min) = min.filter(|&m| m > self.watermark) {
             self.watermark = min;
             self.head.watermark(min)?;
         }
         Ok(())
+    }
+
+    /// After a channel went idle, came back or ended: forwards the gate's status (idle when
+    /// every open channel is) and the watermark, in the order downstream needs. Going active
+    /// comes before the watermark that the active channels now give; going idle comes after
+    /// the watermark the remaining active channels gave last.
+    fn refresh(&mut self) -> Result<(), JobError> {
+        let idle = self.open > 0 && self.channels.iter().all(|c| c.ended || c.idle);
+        if idle == self.idle {
+            return self.advance_watermark();
+        }
+        self.idle = idle;
+        if idle {
+            self.advance_watermark()?;
+            self.head.idle(true)
+        } else {
+            self.head.idle(false)?;
+            self.advance_watermark()
+        }
     }
 }
 
@@ -464,6 +510,14 @@ impl<T> Driver for InputGate<T> {
                         self.advance_watermark()?;
                     }
                 }
+                Ok(Message::Idle(idle)) => {
+                    empty_in_a_row = 0;
+                    handled += 1;
+                    if ch.idle != idle {
+                        ch.idle = idle;
+                        self.refresh()?;
+                    }
+                }
                 Ok(Message::Barrier(id)) => {
                     empty_in_a_row = 0;
                     handled += 1;
@@ -485,7 +539,7 @@ impl<T> Driver for InputGate<T> {
                     ch.ended = true;
                     self.open -= 1;
                     self.forward_barriers(cp)?;
-                    self.advance_watermark()?;
+                    self.refresh()?;
                     if self.open == 0 {
                         self.head.finish()?;
                         self.finished = true;
@@ -515,5 +569,167 @@ impl<T> Driver for InputGate<T> {
             any = true;
         }
         any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum Ev {
+        Watermark(Timestamp),
+        Idle(bool),
+        Finish,
+    }
+
+    /// The head of the gate's chain: records what reaches it.
+    struct Record(Rc<RefCell<Vec<Ev>>>);
+
+    impl Collector<u32> for Record {
+        fn batch(&mut self, _batch: Batch<u32>) -> Result<(), JobError> {
+            Ok(())
+        }
+        fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
+            self.0.borrow_mut().push(Ev::Watermark(wm));
+            Ok(())
+        }
+        fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+            self.0.borrow_mut().push(Ev::Idle(idle));
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), JobError> {
+            self.0.borrow_mut().push(Ev::Finish);
+            Ok(())
+        }
+        fn barrier(&mut self, _b: &mut Barrier<'_>) -> Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    fn info() -> TaskInfo {
+        TaskInfo {
+            job: "test".into(),
+            operator: "gate".into(),
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            waker: crate::source::Waker::pair().0,
+            metrics: Arc::new(crate::metrics::NodeMetrics::new(
+                "gate".into(),
+                false,
+                false,
+            )),
+            stop: Default::default(),
+            node: 0,
+            restore: None,
+            checkpointing: false,
+            first_checkpoint: 1,
+            incremental: None,
+        }
+    }
+
+    /// What each step sends on one channel: a watermark step (added to the channel's last),
+    /// a status flip, or the channel's end.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Advance(usize, i64),
+        Flip(usize),
+        End(usize),
+    }
+
+    fn steps() -> impl Strategy<Value = (usize, Vec<Step>)> {
+        (1usize..5).prop_flat_map(|n| {
+            let step = prop_oneof![
+                4 => (0..n, 1i64..50).prop_map(|(c, d)| Step::Advance(c, d)),
+                2 => (0..n).prop_map(Step::Flip),
+                1 => (0..n).prop_map(Step::End),
+            ];
+            (Just(n), prop::collection::vec(step, 0..60))
+        })
+    }
+
+    proptest! {
+        /// Step by step, the gate forwards what a model says: the watermark is the running
+        /// maximum of the minimum over open, active channels (the final one once every channel
+        /// ended), the status is idle exactly when every open channel is, and no watermark is
+        /// forwarded while the gate is idle.
+        #[test]
+        fn gate_follows_the_watermark_status_model((n, script) in steps()) {
+            let events = Rc::new(RefCell::new(Vec::new()));
+            let (txs, rxs): (Vec<_>, Vec<_>) =
+                (0..n).map(|_| crossbeam_channel::bounded::<Message<u32>>(4)).unzip();
+            let mut gate = InputGate::new(
+                rxs,
+                Box::new(Record(events.clone())),
+                info(),
+                CheckpointMode::ExactlyOnce,
+            );
+            let mut cp = WorkerCheckpoints::disabled(0);
+            // Model.
+            let mut wm = vec![NO_TIMESTAMP; n];
+            let mut idle = vec![false; n];
+            let mut ended = vec![false; n];
+            let mut out_wm = NO_TIMESTAMP;
+            for step in script {
+                let msg = match step {
+                    Step::Advance(c, d) if !ended[c] => {
+                        wm[c] = if wm[c] == NO_TIMESTAMP { d } else { wm[c] + d };
+                        Message::Watermark(wm[c])
+                    }
+                    Step::Flip(c) if !ended[c] => {
+                        idle[c] = !idle[c];
+                        Message::Idle(idle[c])
+                    }
+                    Step::End(c) if !ended[c] => {
+                        ended[c] = true;
+                        Message::End
+                    }
+                    _ => continue,
+                };
+                let c = match step {
+                    Step::Advance(c, _) | Step::Flip(c) | Step::End(c) => c,
+                };
+                txs[c].send(msg).unwrap();
+                while gate.poll(&[], &mut cp).unwrap() == Poll::Progress {}
+                let open: Vec<usize> = (0..n).filter(|&i| !ended[i]).collect();
+                if open.is_empty() {
+                    out_wm = MAX_WATERMARK;
+                } else if let Some(m) = open.iter().filter(|&&i| !idle[i]).map(|&i| wm[i]).min() {
+                    out_wm = out_wm.max(m);
+                }
+                let model_idle = !open.is_empty() && open.iter().all(|&i| idle[i]);
+                let ev = events.borrow();
+                let last_wm = ev.iter().rev().find_map(|e| match e {
+                    Ev::Watermark(w) => Some(*w),
+                    _ => None,
+                }).unwrap_or(NO_TIMESTAMP);
+                let last_idle = ev.iter().rev().find_map(|e| match e {
+                    Ev::Idle(i) => Some(*i),
+                    _ => None,
+                }).unwrap_or(false);
+                prop_assert_eq!(last_wm, out_wm, "{:?}", ev);
+                prop_assert_eq!(last_idle, model_idle, "{:?}", ev);
+                prop_assert_eq!(ev.last() == Some(&Ev::Finish), open.is_empty());
+            }
+            // Over the whole run: watermarks strictly increase, statuses alternate starting
+            // from active, and none is forwarded while idle.
+            let ev = events.borrow();
+            let (mut last, mut is_idle) = (NO_TIMESTAMP, false);
+            for e in ev.iter() {
+                match e {
+                    Ev::Watermark(w) => {
+                        prop_assert!(*w > last && !is_idle, "{:?}", ev);
+                        last = *w;
+                    }
+                    Ev::Idle(i) => {
+                        prop_assert!(*i != is_idle, "{:?}", ev);
+                        is_idle = *i;
+                    }
+                    Ev::Finish => prop_assert!(!is_idle, "{:?}", ev),
+                }
+            }
+        }
     }
 }

@@ -200,6 +200,8 @@ pub(crate) struct SourceDriver<T> {
     pub(crate) state: SourceState,
     /// The last watermark the reader reported and the driver forwarded.
     pub(crate) watermark: Option<Timestamp>,
+    /// The reader reported itself idle and the driver forwarded that.
+    pub(crate) idle: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +214,19 @@ pub(crate) enum SourceState {
 }
 
 impl<T> SourceDriver<T> {
+    /// Forwards a change of the reader's watermark status.
+    fn set_idle(&mut self, idle: bool) -> Result<(), JobError> {
+        if idle != self.idle {
+            self.idle = idle;
+            tracing::debug!(source = %self.info.operator, subtask = self.info.subtask, idle, "source watermark status changed");
+            self.out.idle(idle)?;
+        }
+        Ok(())
+    }
+
     fn exhausted(&mut self, cp: &mut WorkerCheckpoints) -> Result<Poll, JobError> {
+        // The final watermark counts downstream only from an active input.
+        self.set_idle(false)?;
         self.out.watermark(MAX_WATERMARK)?;
         if self.info.checkpointing {
             self.state = SourceState::WaitingFinal;
@@ -251,6 +265,8 @@ impl<T> Driver for SourceDriver<T> {
         let produced = !buf.is_empty();
         if produced {
             debug_assert!(buf.len() <= self.batch_size);
+            // Active again before its first record.
+            self.set_idle(false)?;
             self.info
                 .metrics
                 .records_in
@@ -262,9 +278,14 @@ impl<T> Driver for SourceDriver<T> {
             // by `exhausted`.
             let wm = wm.min(MAX_WATERMARK - 1);
             if self.watermark.is_none_or(|last| wm > last) {
+                // A watermark counts downstream only from an active input.
+                self.set_idle(false)?;
                 self.watermark = Some(wm);
                 self.out.watermark(wm)?;
             }
+        }
+        if !produced && status != SourcePoll::Exhausted && self.reader.idle() {
+            self.set_idle(true)?;
         }
         match status {
             SourcePoll::Exhausted => self.exhausted(cp),

@@ -140,6 +140,9 @@ where
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
         self.out.watermark(wm)
     }
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.out.idle(idle)
+    }
     fn finish(&mut self) -> Result<(), JobError> {
         tracing::debug!(operator = %self.info.operator, subtask = self.info.subtask, keys = self.state.len(), "keyed operator finished");
         self.out.finish()
@@ -481,6 +484,9 @@ where
         self.out.watermark(wm)
     }
 
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.out.idle(idle)
+    }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
     }

@@ -44,6 +44,12 @@ pub(crate) trait Collector<T> {
     /// The event-time clock of this input advanced to `wm`: no record with a smaller timestamp
     /// follows. Called with strictly increasing values.
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError>;
+    /// Watermark status (Flink's `WatermarkStatus`): `true` when this input went idle (its
+    /// sources have had nothing to emit for a while, or read nothing at all), `false` when it
+    /// becomes active again, before its next record or watermark. Operators forward it; an
+    /// input gate leaves idle channels out of its watermark minimum and is idle itself when
+    /// every open channel is. Alternates, starting active.
+    fn idle(&mut self, idle: bool) -> Result<(), JobError>;
     /// End of input. Called once, after a final `watermark(MAX_WATERMARK)`.
     fn finish(&mut self) -> Result<(), JobError>;
     /// Checkpoint barrier: snapshot state at this point of the stream, then forward it.
@@ -69,6 +75,9 @@ impl<T> Collector<T> for Counted<T> {
         self.metrics.watermark.store(wm, Ordering::Relaxed);
         self.inner.watermark(wm)
     }
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.inner.idle(idle)
+    }
     fn finish(&mut self) -> Result<(), JobError> {
         self.inner.finish()
     }
@@ -93,6 +102,9 @@ impl<T: Clone> Collector<T> for Tee<T> {
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
         self.outs.iter_mut().try_for_each(|o| o.watermark(wm))
     }
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.outs.iter_mut().try_for_each(|o| o.idle(idle))
+    }
     fn finish(&mut self) -> Result<(), JobError> {
         self.outs.iter_mut().try_for_each(|o| o.finish())
     }
@@ -114,6 +126,9 @@ impl<T> Collector<T> for Discard {
     fn watermark(&mut self, _wm: Timestamp) -> Result<(), JobError> {
         Ok(())
     }
+    fn idle(&mut self, _idle: bool) -> Result<(), JobError> {
+        Ok(())
+    }
     fn finish(&mut self) -> Result<(), JobError> {
         Ok(())
     }
@@ -132,6 +147,9 @@ impl<I, O, F: Fn(I) -> O> Collector<I> for MapOp<F, O> {
     }
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
         self.out.watermark(wm)
+    }
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.out.idle(idle)
     }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
@@ -157,6 +175,9 @@ impl<T, F: Fn(&T) -> bool> Collector<T> for FilterOp<F, T> {
     }
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
         self.out.watermark(wm)
+    }
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.out.idle(idle)
     }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
@@ -189,6 +210,9 @@ where
     }
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
         self.out.watermark(wm)
+    }
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.out.idle(idle)
     }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
@@ -226,6 +250,9 @@ where
     }
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
         self.out.watermark(wm)
+    }
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.out.idle(idle)
     }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
@@ -272,6 +299,9 @@ impl<T, F: Fn(&T) -> Timestamp> Collector<T> for TimestampOp<F, T> {
             return self.out.watermark(wm);
         }
         Ok(())
+    }
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.out.idle(idle)
     }
     fn finish(&mut self) -> Result<(), JobError> {
         self.out.finish()
@@ -389,6 +419,9 @@ impl<I, O, P: ProcessFunction<I, O>> Collector<I> for ProcessOp<P, O> {
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
         self.out.barrier(b)
     }
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.out.idle(idle)
+    }
     fn finish(&mut self) -> Result<(), JobError> {
         // A final `MAX_WATERMARK` always precedes `finish`; this is a safety net.
         self.close()?;
@@ -411,6 +444,9 @@ impl<T> Collector<T> for SinkOp<T> {
             .map_err(|e| JobError::from_user(&self.info, e))
     }
     fn watermark(&mut self, _wm: Timestamp) -> Result<(), JobError> {
+        Ok(())
+    }
+    fn idle(&mut self, _idle: bool) -> Result<(), JobError> {
         Ok(())
     }
     fn finish(&mut self) -> Result<(), JobError> {

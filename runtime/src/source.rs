@@ -136,6 +136,16 @@ pub trait SourceReader<T> {
     fn watermark(&mut self) -> Option<Timestamp> {
         None
     }
+    /// True while the source has nothing to emit and should not hold back event time
+    /// downstream (e.g. a Kafka source whose partitions have all been idle for `idle_timeout`,
+    /// or that reads no partition at all). Asked after every poll that returned no records;
+    /// the source is active again as soon as it returns records or a new watermark. Operators
+    /// downstream leave an idle input out of their watermark; records that arrive after it woke
+    /// up may be late if the others moved event time past them meanwhile (as in Flink).
+    /// Default `false`.
+    fn idle(&self) -> bool {
+        false
+    }
     /// Checkpoint `checkpoint` completed (its metadata is durable): e.g. commit the positions
     /// it recorded to an external system for monitoring. Must not block.
     fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), BoxError> {

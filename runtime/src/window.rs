@@ -375,6 +375,9 @@ where
         self.out.watermark(wm)
     }
 
+    fn idle(&mut self, idle: bool) -> Result<(), JobError> {
+        self.out.idle(idle)
+    }
     fn finish(&mut self) -> Result<(), JobError> {
         let late = self.info.metrics.late_records.load(Ordering::Relaxed);
         if late > 0 && self.info.subtask == 0 {

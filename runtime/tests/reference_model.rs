@@ -300,3 +300,71 @@ fn forward_edges_between_different_parallelisms_spread_and_merge() {
     assert_eq!(values, (0..10_000).collect::<Vec<_>>());
     assert!(per_subtask.iter().all(|&n| n > 1000), "{per_subtask:?}");
 }
+
+/// Subtask 0 emits 41 records with event times 1000..=5000 ms and then waits (not ended);
+/// subtask 1 never emits and says whether it is idle.
+struct SometimesIdle {
+    subtask: usize,
+    next: i64,
+    idle: bool,
+}
+
+impl weir_runtime::SourceReader<u32> for SometimesIdle {
+    fn poll(
+        &mut self,
+        out: &mut Vec<(i64, u32)>,
+        _max: usize,
+    ) -> Result<weir_runtime::SourcePoll, weir_runtime::BoxError> {
+        if self.subtask == 0 && self.next <= 5000 {
+            out.push((self.next, 7));
+            self.next += 100;
+            return Ok(weir_runtime::SourcePoll::Ready);
+        }
+        Ok(weir_runtime::SourcePoll::Idle(Some(
+            std::time::Instant::now() + Duration::from_millis(50),
+        )))
+    }
+    fn watermark(&mut self) -> Option<i64> {
+        (self.subtask == 0 && self.next > 1000).then_some(self.next - 101)
+    }
+    fn idle(&self) -> bool {
+        self.subtask == 1 && self.idle
+    }
+}
+
+/// A source subtask with nothing to emit holds event time back for the whole job, through
+/// an exchange, unless it says it is idle (Flink's watermark status): then windows fire while
+/// the job runs. Both runs count every record once by the end.
+#[test]
+fn an_idle_source_subtask_does_not_hold_back_windows() {
+    let windows_while_running = |idle: bool| -> usize {
+        let env = env(2, 8);
+        let out = env
+            .source("sometimes-idle", move |info| {
+                Ok::<_, weir_runtime::BoxError>(SometimesIdle {
+                    subtask: info.subtask,
+                    next: 1000,
+                    idle,
+                })
+            })
+            .key_by(|k: &u32| *k)
+            .window(WindowAssigner::tumbling(Duration::from_secs(1)))
+            .count()
+            .collect();
+        let handle = env.start("idle").unwrap();
+        let mut fired = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(if idle { 30 } else { 2 });
+        while std::time::Instant::now() < deadline && fired.len() < 4 {
+            fired.extend(out.take());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let while_running = fired.len();
+        handle.stop();
+        handle.join().unwrap();
+        fired.extend(out.take());
+        assert_eq!(fired.iter().map(|w| w.value).sum::<u64>(), 41);
+        while_running
+    };
+    assert_eq!(windows_while_running(false), 0);
+    assert_eq!(windows_while_running(true), 4);
+}

@@ -908,6 +908,19 @@ impl<T> SourceReader<T> for KafkaReader<T> {
         self.parts.iter().filter(|p| !p.done).filter_map(of).min()
     }
 
+    /// Idle when it reads no partition (more subtasks than partitions: it would hold event
+    /// time back forever) or, with `idle_timeout`, when every partition it reads has been idle
+    /// that long.
+    fn idle(&self) -> bool {
+        let now = Instant::now();
+        let mut open = self.parts.iter().filter(|p| !p.done).peekable();
+        if open.peek().is_none() {
+            return true;
+        }
+        self.idle_timeout
+            .is_some_and(|t| open.all(|p| now.duration_since(p.last_seen) >= t))
+    }
+
     fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), BoxError> {
         while self
             .snapshots
@@ -986,6 +999,22 @@ mod tests {
             idle,
         );
         assert_eq!(r.watermark(), Some(999));
+    }
+
+    #[test]
+    fn idle_when_it_reads_nothing_or_every_partition_is_quiet() {
+        let ms = Duration::from_millis;
+        assert!(reader(vec![], None).idle());
+        assert!(reader(vec![], Some(ms(300))).idle());
+        // Without idle_timeout a partition never counts as idle.
+        assert!(!reader(vec![part(None, ms(1000))], None).idle());
+        let idle = Some(ms(300));
+        assert!(!reader(vec![part(Some(5), ms(0)), part(None, ms(1000))], idle).idle());
+        assert!(reader(vec![part(Some(5), ms(1000)), part(None, ms(1000))], idle).idle());
+        // Finished partitions (bounded mode) do not keep it active.
+        let mut done = part(Some(5), ms(0));
+        done.done = true;
+        assert!(reader(vec![done, part(None, ms(1000))], idle).idle());
     }
 
     #[test]
