@@ -1004,11 +1004,22 @@ fn kafka_properties(t: &Tbl, reserved: &[&str]) -> Res<Vec<(String, String)>> {
         "properties = { \"fetch.min.bytes\" = \"1\" }",
         "a librdkafka property value",
     )?;
-    for (k, _) in &props {
+    for (k, v) in &props {
         if reserved.contains(&k.as_str()) {
             return fail(
                 join_key(&key, k),
                 "is set by Weir (offsets, transactions and delivery depend on it); remove it",
+            );
+        }
+        // librdkafka is built without TLS and SASL, and the sink's own transaction requests
+        // speak plaintext: refuse here rather than fail obscurely at the first connection.
+        let insecure = k == "security.protocol" && v.eq_ignore_ascii_case("plaintext");
+        if !insecure
+            && (k == "security.protocol" || k.starts_with("ssl.") || k.starts_with("sasl."))
+        {
+            return fail(
+                join_key(&key, k),
+                "is not supported: Weir's Kafka connectors speak plaintext only for now (no TLS or SASL); remove it, or set security.protocol = \"plaintext\"",
             );
         }
     }
@@ -2716,6 +2727,32 @@ storage = "/var/lib/weir/ck"
             err(&MIN.replace("\"t\"", &format!("\"{long}\"")).replace("generator", &long)),
             format!("jobs/job.toml: source.type: unknown source type \"{}\"... (100 characters); expected one of: file, generator, kafka", "x".repeat(60))
         );
+    }
+
+    #[test]
+    fn kafka_properties_are_checked() {
+        let src = MIN.replace(
+            "type = \"generator\"",
+            "type = \"kafka\"\nbrokers = \"b:9092\"\ntopic = \"t\"",
+        );
+        let with_props = |p: &str| format!("{src}[source.properties]\n{p}\n");
+        assert!(parse(&with_props("\"fetch.min.bytes\" = \"1\"")).is_ok());
+        assert!(parse(&with_props("\"security.protocol\" = \"PLAINTEXT\"")).is_ok());
+        assert_eq!(
+            err(&with_props("\"enable.auto.commit\" = \"true\"")),
+            "jobs/job.toml: source.properties.\"enable.auto.commit\": is set by Weir (offsets, transactions and delivery depend on it); remove it"
+        );
+        for p in [
+            "\"security.protocol\" = \"SASL_SSL\"",
+            "\"sasl.mechanism\" = \"PLAIN\"",
+            "\"ssl.ca.location\" = \"/ca.pem\"",
+        ] {
+            let e = err(&with_props(p));
+            assert!(
+                e.contains("is not supported: Weir's Kafka connectors speak plaintext only"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

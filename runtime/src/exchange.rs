@@ -448,8 +448,10 @@ impl<T> InputGate<T> {
 
     /// After a channel went idle, came back or ended: forwards the gate's status (idle when
     /// every open channel is) and the watermark, in the order downstream needs. Going active
-    /// comes before the watermark that the active channels now give; going idle comes after
-    /// the watermark the remaining active channels gave last.
+    /// comes before the watermark that the active channels now give. Going idle first
+    /// flushes the largest watermark of any open channel (as Flink's valve does): no channel
+    /// advances any more, and without it the watermarks that channels sent before they went
+    /// idle would never count (two sources that both went quiet would stall every window).
     fn refresh(&mut self) -> Result<(), JobError> {
         let idle = self.open > 0 && self.channels.iter().all(|c| c.ended || c.idle);
         if idle == self.idle {
@@ -457,7 +459,17 @@ impl<T> InputGate<T> {
         }
         self.idle = idle;
         if idle {
-            self.advance_watermark()?;
+            let max = self
+                .channels
+                .iter()
+                .filter(|c| !c.ended)
+                .map(|c| c.watermark)
+                .max()
+                .unwrap_or(NO_TIMESTAMP);
+            if max > self.watermark {
+                self.watermark = max;
+                self.head.watermark(max)?;
+            }
             self.head.idle(true)
         } else {
             self.head.idle(false)?;
@@ -652,9 +664,10 @@ mod tests {
 
     proptest! {
         /// Step by step, the gate forwards what a model says: the watermark is the running
-        /// maximum of the minimum over open, active channels (the final one once every channel
-        /// ended), the status is idle exactly when every open channel is, and no watermark is
-        /// forwarded while the gate is idle.
+        /// maximum of the minimum over open, active channels (the largest of all open channels
+        /// when the last active one goes idle; the final one once every channel ended), the
+        /// status is idle exactly when every open channel is, and no watermark is forwarded
+        /// while the gate is idle.
         #[test]
         fn gate_follows_the_watermark_status_model((n, script) in steps()) {
             let events = Rc::new(RefCell::new(Vec::new()));
@@ -672,6 +685,7 @@ mod tests {
             let mut idle = vec![false; n];
             let mut ended = vec![false; n];
             let mut out_wm = NO_TIMESTAMP;
+            let mut was_idle = false;
             for step in script {
                 let msg = match step {
                     Step::Advance(c, d) if !ended[c] => {
@@ -694,12 +708,16 @@ mod tests {
                 txs[c].send(msg).unwrap();
                 while gate.poll(&[], &mut cp).unwrap() == Poll::Progress {}
                 let open: Vec<usize> = (0..n).filter(|&i| !ended[i]).collect();
+                let model_idle = !open.is_empty() && open.iter().all(|&i| idle[i]);
                 if open.is_empty() {
                     out_wm = MAX_WATERMARK;
                 } else if let Some(m) = open.iter().filter(|&&i| !idle[i]).map(|&i| wm[i]).min() {
                     out_wm = out_wm.max(m);
+                } else if !was_idle {
+                    // Every open channel just went idle: the largest of them is flushed.
+                    out_wm = out_wm.max(open.iter().map(|&i| wm[i]).max().unwrap());
                 }
-                let model_idle = !open.is_empty() && open.iter().all(|&i| idle[i]);
+                was_idle = model_idle;
                 let ev = events.borrow();
                 let last_wm = ev.iter().rev().find_map(|e| match e {
                     Ev::Watermark(w) => Some(*w),
