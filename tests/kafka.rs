@@ -395,68 +395,38 @@ fn source_start_positions() {
     let ts = |r: &serde_json::Value| r["ts"].as_i64();
     produce(&b, &topic, &recs(0..100, 1_000_000), |_| None, ts);
     let group = unique("g");
-    let run_ok = |job: &Path| {
-        let o = run(job, &[]);
+    // Runs a bounded job named `name` with the source keys `keys`; returns the ids it wrote.
+    let read = |name: &str, keys: &str| -> Vec<u64> {
+        let job = copy_job(
+            d.path(),
+            name,
+            &topic,
+            &format!("{keys}\nstop_at = \"latest\""),
+        );
+        let o = run(&job, &[]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ids(&d.path().join(format!("{name}-out")))
     };
-    // earliest, bounded: everything so far; its checkpoints commit offsets to the group.
-    let job = copy_job(
-        d.path(),
-        "earliest",
-        &topic,
-        &format!("start = \"earliest\"\nstop_at = \"latest\"\ngroup = \"{group}\""),
-    );
-    run_ok(&job);
-    assert_eq!(
-        ids(&d.path().join("earliest-out")),
-        (0..100).collect::<Vec<_>>()
-    );
+    // earliest: everything so far; its checkpoints commit offsets to the group.
+    let earliest = format!("start = \"earliest\"\ngroup = \"{group}\"");
+    assert_eq!(read("earliest", &earliest), (0..100).collect::<Vec<_>>());
     produce(&b, &topic, &recs(100..200, 2_000_000 - 100), |_| None, ts);
     // committed: where the group left off.
-    let job = copy_job(
-        d.path(),
-        "committed",
-        &topic,
-        &format!("start = \"committed\"\nstop_at = \"latest\"\ngroup = \"{group}\""),
-    );
-    run_ok(&job);
+    let committed = format!("start = \"committed\"\ngroup = \"{group}\"");
     assert_eq!(
-        ids(&d.path().join("committed-out")),
+        read("committed", &committed),
         (100..200).collect::<Vec<_>>()
     );
-    // a timestamp (RFC 3339 and milliseconds): the first record at or after it.
+    // a timestamp (milliseconds and RFC 3339): the first record at or after it.
     // Record id >= 100 has timestamp 2_000_000 + (id - 100).
-    let job = copy_job(
-        d.path(),
-        "timestamp",
-        &topic,
-        "start = 2000050\nstop_at = \"latest\"",
-    );
-    run_ok(&job);
+    let from_150 = (150..200).collect::<Vec<_>>();
+    assert_eq!(read("timestamp", "start = 2000050"), from_150);
     assert_eq!(
-        ids(&d.path().join("timestamp-out")),
-        (150..200).collect::<Vec<_>>()
+        read("rfc3339", "start = 1970-01-01T00:33:20.050Z"),
+        from_150
     );
-    let job = copy_job(
-        d.path(),
-        "rfc3339",
-        &topic,
-        "start = 1970-01-01T00:33:20.050Z\nstop_at = \"latest\"",
-    );
-    run_ok(&job);
-    assert_eq!(
-        ids(&d.path().join("rfc3339-out")),
-        (150..200).collect::<Vec<_>>()
-    );
-    // latest, bounded: nothing.
-    let job = copy_job(
-        d.path(),
-        "latest",
-        &topic,
-        "start = \"latest\"\nstop_at = \"latest\"",
-    );
-    run_ok(&job);
-    assert!(ids(&d.path().join("latest-out")).is_empty());
+    // latest: nothing.
+    assert!(read("latest", "start = \"latest\"").is_empty());
 }
 
 /// Sends SIGTERM (a graceful stop: final checkpoint, output committed).
