@@ -465,14 +465,14 @@ fn latest_start_and_new_partitions_are_picked_up() {
         &topic,
         "start = \"latest\"\npartition_discovery = \"500ms\"",
     );
-    let mut child = weir()
-        .current_dir(d.path())
-        .arg("run")
-        .arg(&job)
-        .args(["--quiet"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Spawned::new(
+        weir()
+            .current_dir(d.path())
+            .arg("run")
+            .arg(&job)
+            .args(["--quiet"])
+            .stderr(Stdio::piped()),
+    );
     // Wait until both subtasks hold their start positions (their first checkpoint).
     wait_for("the first checkpoint", Duration::from_secs(30), || {
         d.path().join("checkpoints/grow/chk-1/_metadata").exists()

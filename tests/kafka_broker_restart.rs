@@ -31,13 +31,13 @@ fn broker_restart_during_an_exactly_once_job() {
         "tolerable_failures = 100\n[restart]\nattempts = 20\ndelay = \"2s\"",
     );
     std::fs::write(&job, text).unwrap();
-    let mut child = weir()
-        .arg("run")
-        .arg(&job)
-        .arg("--quiet")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Spawned::new(
+        weir()
+            .arg("run")
+            .arg(&job)
+            .arg("--quiet")
+            .stderr(std::process::Stdio::piped()),
+    );
     // Restart the broker as soon as the job is under way (its first checkpoint completed).
     let first = d.path().join("checkpoints/broker-restart/chk-1/_metadata");
     let deadline = Instant::now() + Duration::from_secs(60);

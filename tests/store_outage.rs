@@ -41,9 +41,9 @@ fn ids(log: &str, what: &str) -> Vec<u64> {
 
 /// A running `weir run` with info logs; its stderr is collected while it runs.
 struct Running {
-    child: std::process::Child,
+    child: Spawned,
     log: std::sync::Arc<std::sync::Mutex<String>>,
-    reader: std::thread::JoinHandle<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
     started: Instant,
 }
 
@@ -59,7 +59,7 @@ impl Running {
         if restore {
             cmd.args(["--restore", "latest"]);
         }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = Spawned::new(&mut cmd);
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -73,7 +73,7 @@ impl Running {
         Running {
             child,
             log,
-            reader,
+            reader: Some(reader),
             started: Instant::now(),
         }
     }
@@ -104,7 +104,9 @@ impl Running {
             .unwrap();
         assert!(ok.success());
         let status = self.child.wait().unwrap();
-        self.reader.join().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
         let log = self.log.lock().unwrap().clone();
         (status.success(), log)
     }

@@ -14,6 +14,42 @@ pub fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
 }
 
+/// A spawned `weir` that is killed if the test panics before it waited for it (a job left
+/// running would load the machine for every later test and benchmark).
+pub struct Spawned(Option<std::process::Child>);
+
+impl Spawned {
+    pub fn new(cmd: &mut Command) -> Spawned {
+        Spawned(Some(cmd.spawn().expect("spawn weir")))
+    }
+    /// Waits for the exit and collects the output (the guard's job is done).
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0.take().unwrap().wait_with_output()
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// xorshift: the test's own deterministic randomness.
 pub struct Rng(pub u64);
 impl Rng {
