@@ -12,6 +12,7 @@
 
 pub mod connectors;
 pub mod expr;
+pub mod http;
 pub mod inspect;
 pub mod job;
 pub mod plan;

@@ -38,6 +38,11 @@ enum Command {
         /// No progress line on stderr.
         #[arg(long, short)]
         quiet: bool,
+        /// Serve the monitoring API (`/api/v1/...`, `/metrics`) on ADDR (default
+        /// 127.0.0.1:8081; port 0 picks a free one). Set WEIR_HTTP_TOKEN to require
+        /// `Authorization: Bearer <token>`, which any address beyond loopback should.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8081")]
+        http: Option<String>,
     },
     /// Look at a job's checkpoints.
     Checkpoints {
@@ -92,7 +97,8 @@ fn main() -> ExitCode {
             set,
             restore,
             quiet,
-        } => run(&job, parallelism, &set, restore, quiet),
+            http,
+        } => run(&job, parallelism, &set, restore, quiet, http.as_deref()),
         Command::Checkpoints {
             command: CheckpointsCommand::List { job, set, json },
         } => weir::inspect::list(&job, &set, json),
@@ -125,6 +131,7 @@ fn run(
     set: &[String],
     restore: Option<String>,
     quiet: bool,
+    http: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let job = match weir::job::load_job_file(path, set) {
         Ok(j) => j,
@@ -168,6 +175,42 @@ fn run(
         return Ok(ExitCode::from(2));
     }
     let checkpointing = job.checkpoint.is_some();
+    let live = weir::http::Live::new(
+        &job.name,
+        serde_json::json!({
+            "job_file": job.path.display().to_string(),
+            "toml": std::fs::read_to_string(&job.path).unwrap_or_default(),
+            "set": set,
+            "workers": config.workers,
+            "parallelism": config.parallelism,
+            "max_parallelism": config.max_parallelism,
+            "checkpointing": checkpointing,
+            "restore": restore.as_ref().map(|r| format!("{r:?}")),
+        }),
+    );
+    let _server = match http {
+        None => None,
+        Some(addr) => {
+            let token = std::env::var("WEIR_HTTP_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            let server = match weir::http::serve(addr, token.clone(), live.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("weir: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if !server.addr().ip().is_loopback() && token.is_none() {
+                eprintln!(
+                    "weir: warning: the HTTP API on {} is open to anyone who can reach it; set WEIR_HTTP_TOKEN to require a bearer token",
+                    server.addr()
+                );
+            }
+            eprintln!("weir: HTTP API on http://{}/api/v1/job", server.addr());
+            Some(server)
+        }
+    };
     let mut exit = ExitCode::SUCCESS;
     let result = weir::supervisor::run_with_restarts(
         &job.restart,
@@ -181,6 +224,7 @@ fn run(
                 env.restore_from(r.clone());
             }
             let handle = env.start(&job.name)?;
+            live.started(handle.monitor());
             if !quiet {
                 let from = match handle.restored_from() {
                     Some(id) => format!(", restored from checkpoint {id}"),
@@ -198,6 +242,7 @@ fn run(
         },
         |handle| supervise(&job, handle, &signals, quiet),
         |e, attempt, delay| {
+            live.restarting();
             eprintln!("\nweir: job `{}` failed: {e}", job.name);
             eprintln!(
                 "weir: restarting from the latest checkpoint in {delay:?} (attempt {attempt} of {})",
@@ -206,6 +251,11 @@ fn run(
         },
         || signals.load(Ordering::SeqCst) > 0,
     );
+    live.ended(match &result {
+        Ok(_) => weir::http::JobStatus::Finished,
+        Err(JobError::Cancelled) => weir::http::JobStatus::Cancelled,
+        Err(e) => weir::http::JobStatus::Failed(e.to_string()),
+    });
     match result {
         Ok(_) => {}
         Err(JobError::Cancelled) => {

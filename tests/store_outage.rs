@@ -157,29 +157,12 @@ fn outage(storage: &str, env: &[(String, String)], script: &str, secs: u64) {
     let job = d.path().join("job.toml");
     std::fs::write(
         &job,
-        format!(
-            r#"
-name = "outage"
-parallelism = 2
-[source]
-type = "generator"
-keys = 5000
-rate = 200000
-[[transform]]
-type = "key_by"
-field = "key"
-[[transform]]
-type = "sum"
-field = "value"
-[sink]
-type = "blackhole"
-[checkpoint]
-interval = "200ms"
-timeout = "3s"
-tolerable_failures = 1000
-storage = "{storage}"
-local_dir = "local"
-"#
+        generator_sum_job(
+            "outage",
+            5000,
+            200_000,
+            storage,
+            "timeout = \"3s\"\ntolerable_failures = 1000",
         ),
     )
     .unwrap();

@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::{
-    self as cp, CheckpointConfig, CompletedCheckpoint, OnCancel, RestoreFrom, RestoreSet,
-    ToCoordinator, ToWorker, WorkerCheckpoints,
+    self as cp, CheckpointConfig, CompletedCheckpoint, FailedCheckpoint, OnCancel, RestoreFrom,
+    RestoreSet, ToCoordinator, ToWorker, WorkerCheckpoints,
 };
 use crate::config::RuntimeConfig;
 use crate::error::JobError;
@@ -427,7 +427,7 @@ pub(crate) fn start(
         }
     }
     drop(events_tx);
-    let history = Arc::new(Mutex::new(Vec::new()));
+    let history = Arc::new(Mutex::new(cp::History::default()));
     let mut coordinator = None;
     if let Some(c) = ckpt {
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(1);
@@ -690,11 +690,56 @@ struct Coordinator {
     local_dir: std::path::PathBuf,
 }
 
+/// A cheap, cloneable view of a job for monitoring (an HTTP API, metrics): its counters and
+/// checkpoint history, readable from any thread while it runs and after it ended.
+#[derive(Clone)]
+pub struct JobMonitor {
+    job: String,
+    metrics: JobMetrics,
+    history: Arc<Mutex<cp::History>>,
+    restored_id: Option<u64>,
+    started: Instant,
+}
+
+impl JobMonitor {
+    /// Name of the job.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+    /// Live counters.
+    pub fn metrics(&self) -> &JobMetrics {
+        &self.metrics
+    }
+    /// Completed checkpoints of this run, oldest first (the newest 10 000).
+    pub fn checkpoints(&self) -> Vec<CompletedCheckpoint> {
+        let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        h.completed.iter().cloned().collect()
+    }
+    /// Failed checkpoints of this run, oldest first (the newest 10 000).
+    pub fn failed_checkpoints(&self) -> Vec<FailedCheckpoint> {
+        let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        h.failed.iter().cloned().collect()
+    }
+    /// Checkpoints completed and failed in this run, all of them counted.
+    pub fn checkpoint_counts(&self) -> (u64, u64) {
+        let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        (h.completed_total, h.failed_total)
+    }
+    /// The checkpoint this run was restored from, if any.
+    pub fn restored_from(&self) -> Option<u64> {
+        self.restored_id
+    }
+    /// Time since this run started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
 /// A running job.
 pub struct JobHandle {
     coordinator: Option<Coordinator>,
     helpers: Vec<JoinHandle<()>>,
-    history: Arc<Mutex<Vec<CompletedCheckpoint>>>,
+    history: Arc<Mutex<cp::History>>,
     restored_id: Option<u64>,
     user_cancel: AtomicBool,
     threads: Vec<JoinHandle<()>>,
@@ -731,12 +776,20 @@ impl JobHandle {
         self.threads.iter().all(|t| t.is_finished())
     }
 
-    /// Completed checkpoints of this run so far, oldest first.
+    /// Completed checkpoints of this run so far, oldest first (the newest 10 000).
     pub fn checkpoints(&self) -> Vec<CompletedCheckpoint> {
-        self.history
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.monitor().checkpoints()
+    }
+
+    /// A view of this job for monitoring from other threads, valid after it ended too.
+    pub fn monitor(&self) -> JobMonitor {
+        JobMonitor {
+            job: self.job.clone(),
+            metrics: self.metrics.clone(),
+            history: self.history.clone(),
+            restored_id: self.restored_id,
+            started: self.started,
+        }
     }
 
     /// The checkpoint this run was restored from, if any.

@@ -25,11 +25,11 @@ mod worker;
 
 pub use api::{CollectHandle, DataStream, KeyedStream, StreamEnv, WindowedStream};
 pub use checkpoint::{
-    CheckpointConfig, CheckpointMode, CompletedCheckpoint, OnCancel, RestoreFrom,
+    CheckpointConfig, CheckpointMode, CompletedCheckpoint, FailedCheckpoint, OnCancel, RestoreFrom,
 };
 pub use config::{RuntimeConfig, DEFAULT_MAX_PARALLELISM};
 pub use error::{BoxError, ConfigError, JobError};
-pub use execute::{JobHandle, JobSummary};
+pub use execute::{JobHandle, JobMonitor, JobSummary};
 pub use keyed::{key_group_for, stable_hash, KeyedContext, KeyedProcessFunction, OpenContext};
 pub use metrics::{JobMetrics, NodeMetrics};
 pub use operator::{Context, ProcessFunction};

@@ -457,6 +457,18 @@ fn slow_checkpoints_time_out_and_later_ones_succeed() {
         h.checkpoints().is_empty(),
         "every checkpoint so far is slower than its timeout"
     );
+    // The monitoring view lists them as failed, with the reason.
+    let monitor = h.monitor();
+    let failed = monitor.failed_checkpoints();
+    assert!(!failed.is_empty());
+    assert!(
+        failed[0].reason.contains("after the timeout of 150ms"),
+        "{failed:?}"
+    );
+    assert!(failed.windows(2).all(|w| w[0].id < w[1].id), "{failed:?}");
+    let (completed, failures) = monitor.checkpoint_counts();
+    assert_eq!(completed, 0);
+    assert!(failures >= failed.len() as u64);
     if h.is_finished() {
         panic!("job ended: {:?}", h.join().map(|_| ()));
     }

@@ -50,6 +50,41 @@ impl Drop for Spawned {
     }
 }
 
+/// A job file: a generator of `rate` records/s per subtask over `keys` keys -> key_by ->
+/// running sum -> blackhole, parallelism 2, checkpoints every 200 ms to `storage` (local
+/// copies in `local`), with `checkpoint_extra` lines added to its `[checkpoint]` table.
+pub fn generator_sum_job(
+    name: &str,
+    keys: u64,
+    rate: u64,
+    storage: &str,
+    checkpoint_extra: &str,
+) -> String {
+    format!(
+        r#"
+name = "{name}"
+parallelism = 2
+[source]
+type = "generator"
+keys = {keys}
+rate = {rate}
+[[transform]]
+type = "key_by"
+field = "key"
+[[transform]]
+type = "sum"
+field = "value"
+[sink]
+type = "blackhole"
+[checkpoint]
+interval = "200ms"
+storage = "{storage}"
+local_dir = "local"
+{checkpoint_extra}
+"#
+    )
+}
+
 /// xorshift: the test's own deterministic randomness.
 pub struct Rng(pub u64);
 impl Rng {

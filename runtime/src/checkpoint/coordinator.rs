@@ -50,6 +50,47 @@ pub struct CompletedCheckpoint {
     pub location: String,
 }
 
+/// A checkpoint that failed (timed out, declined by a worker, or its metadata not written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedCheckpoint {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Wall-clock time it was given up, ms since the Unix epoch.
+    pub failed_at_ms: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// The checkpoints of a run, newest kept: bounded, so a job that runs for months does not
+/// grow it without end (the totals count everything).
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    pub(crate) completed: VecDeque<CompletedCheckpoint>,
+    pub(crate) failed: VecDeque<FailedCheckpoint>,
+    pub(crate) completed_total: u64,
+    pub(crate) failed_total: u64,
+}
+
+/// Completed and failed checkpoints kept in [`History`] (the oldest go first).
+pub(crate) const HISTORY_KEPT: usize = 10_000;
+
+impl History {
+    fn completed(&mut self, c: CompletedCheckpoint) {
+        if self.completed.len() == HISTORY_KEPT {
+            self.completed.pop_front();
+        }
+        self.completed.push_back(c);
+        self.completed_total += 1;
+    }
+    fn failed(&mut self, f: FailedCheckpoint) {
+        if self.failed.len() == HISTORY_KEPT {
+            self.failed.pop_front();
+        }
+        self.failed.push_back(f);
+        self.failed_total += 1;
+    }
+}
+
 pub(crate) struct CoordinatorSetup {
     pub(crate) cfg: CheckpointConfig,
     pub(crate) job: Arc<str>,
@@ -60,7 +101,7 @@ pub(crate) struct CoordinatorSetup {
     pub(crate) shutdown: Receiver<()>,
     pub(crate) failure: Arc<Mutex<Option<JobError>>>,
     pub(crate) cancel: Arc<AtomicBool>,
-    pub(crate) history: Arc<Mutex<Vec<CompletedCheckpoint>>>,
+    pub(crate) history: Arc<Mutex<History>>,
     pub(crate) operators: Vec<OperatorEntry>,
     pub(crate) max_parallelism: u32,
     pub(crate) first_id: u64,
@@ -222,6 +263,14 @@ fn execute(
         }
         Action::Abort { id, reason } => {
             tracing::warn!(checkpoint = id, %reason, "checkpoint aborted");
+            s.history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .failed(FailedCheckpoint {
+                    id,
+                    failed_at_ms: wall_ms(Instant::now()),
+                    reason: reason.to_string(),
+                });
             // Uploads still running for it stop and clean up.
             s.store.abort(id);
             Vec::new()
@@ -360,7 +409,7 @@ fn execute(
             s.history
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(stats);
+                .completed(stats);
             broadcast(s, ToWorker::Complete(id));
             // Full queue: a pass is pending anyway (it reads the metadata it misses).
             let _ = retention.try_send(meta);

@@ -17,7 +17,8 @@ mod restore;
 mod snapshots;
 
 pub use config::{CheckpointConfig, CheckpointMode, OnCancel};
-pub use coordinator::CompletedCheckpoint;
+pub(crate) use coordinator::History;
+pub use coordinator::{CompletedCheckpoint, FailedCheckpoint};
 pub use restore::RestoreFrom;
 
 pub(crate) use coordinator::{delete_all, run as run_coordinator, CoordinatorSetup};

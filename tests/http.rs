@@ -1,0 +1,225 @@
+//! The monitoring API of `weir run --http` against a running job: JSON under `/api/v1`,
+//! Prometheus text under `/metrics`, errors for unknown paths and methods, and the bearer
+//! token.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A running `weir run --http 127.0.0.1:0` and the address it reported.
+struct Job {
+    child: Spawned,
+    addr: String,
+}
+
+fn start(dir: &std::path::Path, token: Option<&str>) -> Job {
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        generator_sum_job("http", 1000, 50_000, "checkpoints", ""),
+    )
+    .unwrap();
+    let mut cmd = weir();
+    cmd.current_dir(dir)
+        .args(["run", "job.toml", "--quiet", "--http", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(t) = token {
+        cmd.env("WEIR_HTTP_TOKEN", t);
+    }
+    let mut child = Spawned::new(&mut cmd);
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the job printed where its HTTP API listens");
+        if let Some(rest) = line.strip_prefix("weir: HTTP API on http://") {
+            break rest.trim_end_matches("/api/v1/job").to_string();
+        }
+    };
+    Job { child, addr }
+}
+
+/// A GET (or `method`) request; returns the status code and the body.
+fn request(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let code = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {raw}"));
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
+}
+
+fn get_json(addr: &str, path: &str) -> Value {
+    let (code, body) = request(addr, "GET", path, "");
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
+}
+
+fn stop(job: Job) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &job.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let o = job.child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn rest_and_metrics_of_a_running_job() {
+    let d = tempfile::tempdir().unwrap();
+    let job = start(d.path(), None);
+    let a = job.addr.clone();
+    // Wait for a few checkpoints and two counter samples.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cps = loop {
+        let c = get_json(&a, "/api/v1/checkpoints");
+        if c["completed_total"].as_u64().unwrap() >= 3 {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no checkpoints: {c}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let completed = cps["completed"].as_array().unwrap();
+    assert!(completed.len() >= 3);
+    let ids: Vec<u64> = completed
+        .iter()
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    for c in completed {
+        assert_eq!(c["status"], "completed");
+        for key in ["duration_ms", "sync_ms", "async_ms", "alignment_ms"] {
+            assert!(c[key].as_f64().unwrap() >= 0.0, "{key}: {c}");
+        }
+        assert!(c["bytes"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["files"].as_u64().unwrap() >= 2, "{c}");
+        assert!(
+            c["triggered_at_ms"].as_u64().unwrap() > 1_700_000_000_000,
+            "{c}"
+        );
+        assert!(c["location"].as_str().unwrap().contains("chk-"), "{c}");
+    }
+    assert_eq!(cps["failed_total"], 0);
+    assert!(cps["restored_from"].is_null());
+
+    std::thread::sleep(Duration::from_millis(2500));
+    let j = get_json(&a, "/api/v1/job");
+    assert_eq!(j["name"], "http");
+    assert_eq!(j["status"], "running");
+    assert_eq!(j["restarts"], 0);
+    assert!(j["records_in"].as_u64().unwrap() > 0, "{j}");
+    // 50 000 records/s per subtask, two subtasks.
+    let rate = j["records_in_per_second"].as_f64().unwrap();
+    assert!(rate > 10_000.0 && rate < 1_000_000.0, "{j}");
+
+    let ops = get_json(&a, "/api/v1/operators");
+    let ops = ops.as_array().unwrap();
+    let kinds: Vec<&str> = ops.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"source"), "{ops:?}");
+    assert_eq!(kinds.last(), Some(&"sink"), "{ops:?}");
+    assert!(
+        ops.iter().all(|o| o["records_in"].as_u64().unwrap() > 0),
+        "{ops:?}"
+    );
+
+    let config = get_json(&a, "/api/v1/config");
+    assert_eq!(config["parallelism"], 2);
+    assert!(config["toml"].as_str().unwrap().contains("[checkpoint]"));
+
+    let (code, metrics) = request(&a, "GET", "/metrics", "");
+    assert_eq!(code, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(value("weir_checkpoints_completed_total") >= 3.0);
+    assert_eq!(value("weir_checkpoints_failed_total"), 0.0);
+    assert_eq!(value("weir_job_up"), 1.0);
+    assert!(value("weir_last_checkpoint_bytes") > 0.0);
+    assert!(value("weir_operator_records_in_total") > 0.0);
+    // Every sample line is `name{labels} number`, and every metric has HELP and TYPE.
+    for l in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let (series, v) = l.rsplit_once(' ').unwrap();
+        assert!(series.contains('{') && series.ends_with('}'), "{l}");
+        assert!(v.parse::<f64>().is_ok(), "{l}");
+        let name = series.split('{').next().unwrap();
+        assert!(metrics.contains(&format!("# TYPE {name} ")), "{name}");
+    }
+
+    let (code, body) = request(&a, "GET", "/api/v1/nope", "");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("/api/v1/checkpoints"), "{body}");
+    let (code, _) = request(&a, "POST", "/api/v1/job", "");
+    assert_eq!(code, 405);
+    stop(job);
+}
+
+#[test]
+fn a_token_is_required_when_set() {
+    let d = tempfile::tempdir().unwrap();
+    let job = start(d.path(), Some("s3cret"));
+    let a = job.addr.clone();
+    let (code, body) = request(&a, "GET", "/api/v1/job", "");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("bearer token"), "{body}");
+    let (code, _) = request(&a, "GET", "/metrics", "Authorization: Bearer wrong\r\n");
+    assert_eq!(code, 401);
+    let (code, body) = request(&a, "GET", "/api/v1/job", "Authorization: Bearer s3cret\r\n");
+    assert_eq!(code, 200, "{body}");
+    stop(job);
+}
+
+#[test]
+fn an_address_that_cannot_be_bound_is_refused_before_the_start() {
+    let d = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    std::fs::write(
+        d.path().join("job.toml"),
+        "name = \"t\"\n[source]\ntype = \"generator\"\ncount = 10\n[sink]\ntype = \"blackhole\"\n",
+    )
+    .unwrap();
+    let o = weir()
+        .current_dir(d.path())
+        .args(["run", "job.toml", "--quiet", "--http", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("--http {addr}: cannot listen there")),
+        "{err}"
+    );
+}
