@@ -5,6 +5,7 @@
 # rdkafka-sys) and, for the Kafka, S3 and HDFS tests, Go, Java 17 with Maven, and curl: they
 # start a real Apache Kafka broker, a MinIO and an HDFS MiniDFSCluster on loopback through
 # scripts/services/ (built the first time, a few minutes, then cached in ~/.cache/weir-services).
+# The dashboard test needs Debian's chromium, installed here with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,16 @@ echo "== test services (Kafka, MinIO and HDFS; built the first time)"
 scripts/services/kafka.sh start >/dev/null
 scripts/services/minio.sh start >/dev/null
 scripts/services/hdfs.sh start >/dev/null
+
+if [ ! -x /usr/bin/chromium ]; then
+    # The dashboard test loads the page in headless Chromium (Debian's package).
+    echo "== installing Debian's chromium (for the dashboard test)"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -q chromium >/dev/null 2>&1 ||
+        { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

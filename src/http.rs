@@ -5,6 +5,7 @@
 //!
 //! | path | what |
 //! |---|---|
+//! | `/` | the dashboard (`src/dashboard.html`: job graph, throughput, checkpoint tab) |
 //! | `/api/v1/job` | name, status, attempt, uptime, restore, record totals and rates |
 //! | `/api/v1/operators` | per operator: records in, rate, late records, watermark |
 //! | `/api/v1/checkpoints` | counts, the latest restore, completed (every stat) and failed ones |
@@ -491,12 +492,21 @@ fn answer(req: tiny_http::Request, token: Option<&str>, live: &Live) {
 
 const JSON: &str = "application/json";
 
+/// The dashboard: one self-contained page (no CDN) that polls the JSON API.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 fn route(
     req: &tiny_http::Request,
     token: Option<&str>,
     live: &Live,
 ) -> (u16, &'static str, String) {
     let error = |code: u16, msg: &str| (code, JSON, json!({ "error": msg }).to_string());
+    let path = req.url().split('?').next().unwrap_or("");
+    // The page holds no data (what it shows comes from the API, with the token given as
+    // `/?token=...`), so a browser can open it without sending a header.
+    if path == "/" && *req.method() == tiny_http::Method::Get {
+        return (200, "text/html; charset=utf-8", DASHBOARD.to_string());
+    }
     if let Some(t) = token {
         let given = req
             .headers()
@@ -513,7 +523,6 @@ fn route(
     if *req.method() != tiny_http::Method::Get {
         return error(405, "read-only API: only GET");
     }
-    let path = req.url().split('?').next().unwrap_or("");
     let body = match path {
         "/api/v1/job" => live.job(),
         "/api/v1/operators" => live.operators(),
@@ -523,7 +532,7 @@ fn route(
         _ => {
             return error(
                 404,
-                &format!("no such path `{path}`; try /api/v1/job, /api/v1/operators, /api/v1/checkpoints, /api/v1/config or /metrics"),
+                &format!("no such path `{path}`; try / (the dashboard), /api/v1/job, /api/v1/operators, /api/v1/checkpoints, /api/v1/config or /metrics"),
             )
         }
     };

@@ -223,3 +223,95 @@ fn an_address_that_cannot_be_bound_is_refused_before_the_start() {
         "{err}"
     );
 }
+
+/// The dashboard, loaded in headless Chromium (Debian's package, installed by
+/// scripts/test.sh), renders the checkpoint table with the job's real checkpoints; a
+/// screenshot is kept in `target/test-artifacts/dashboard.png`.
+#[test]
+fn the_dashboard_renders_real_checkpoints_in_chromium() {
+    let chromium = std::path::Path::new("/usr/bin/chromium");
+    assert!(
+        chromium.exists(),
+        "/usr/bin/chromium is missing: scripts/test.sh installs Debian's chromium package (apt-get install chromium)"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let job = start(d.path(), Some("t0ken"));
+    let a = job.addr.clone();
+    let auth = "Authorization: Bearer t0ken\r\n";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ids: Vec<u64> = loop {
+        let (_, body) = request(&a, "GET", "/api/v1/checkpoints", auth);
+        let c: Value = serde_json::from_str(&body).unwrap();
+        if c["completed_total"].as_u64().unwrap() >= 3 {
+            break c["completed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_u64().unwrap())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "no checkpoints: {c}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (code, page) = request(&a, "GET", "/", "");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>Weir</title>") && !page.contains("http://cdn"));
+    let chrome = |extra: &[&str]| {
+        let profile = tempfile::tempdir().unwrap();
+        let mut c = std::process::Command::new(chromium);
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,900",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(format!("http://{a}/?token=t0ken#checkpoints"));
+        let o = c.output().expect("run chromium");
+        assert!(
+            o.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let dom = chrome(&["--dump-dom"]);
+    // The checkpoint table's rows: one per checkpoint, with its id in the first cell.
+    let rows: Vec<&str> = dom.split("<tr class=\"completed\">").skip(1).collect();
+    assert!(
+        rows.len() >= ids.len(),
+        "{} rows for {ids:?}:\n{dom}",
+        rows.len()
+    );
+    for id in &ids {
+        assert!(
+            rows.iter()
+                .any(|r| r.starts_with(&format!("<td>{id}</td>"))),
+            "checkpoint {id} is not in the table:\n{dom}"
+        );
+    }
+    assert!(
+        dom.contains("<span id=\"status\" class=\"status running\">running</span>"),
+        "{dom}"
+    );
+    assert!(!dom.contains("HTTP 401"), "{dom}");
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    chrome(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    stop(job);
+}
