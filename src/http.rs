@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `/` | the dashboard (`src/dashboard.html`: job graph, throughput, checkpoint tab) |
 //! | `/api/v1/job` | name, status, attempt, uptime, restore, record totals and rates |
-//! | `/api/v1/operators` | per operator: records in, rate, late records, watermark |
+//! | `/api/v1/operators` | per operator: parallelism, chain, records in, rate, share of time backpressured, late records, watermark |
 //! | `/api/v1/checkpoints` | counts, the latest restore, completed (every stat) and failed ones |
 //! | `/api/v1/config` | the job file (path, text, `--set` overrides), workers, parallelism |
 //! | `/metrics` | the same figures for Prometheus |
@@ -71,6 +71,8 @@ struct Sample {
     at: Instant,
     /// `records_in` per operator, in graph order.
     records: Vec<u64>,
+    /// `backpressured_ns` per operator, in graph order.
+    backpressured: Vec<u64>,
 }
 
 /// Samples kept: five minutes at one per second.
@@ -114,11 +116,12 @@ impl Live {
     fn sample(&self) {
         let mut s = self.state.lock();
         let Some(run) = &s.run else { return };
-        let records = run
-            .metrics()
-            .nodes
+        use std::sync::atomic::Ordering::Relaxed;
+        let nodes = &run.metrics().nodes;
+        let records = nodes.iter().map(|n| n.records_in.load(Relaxed)).collect();
+        let backpressured = nodes
             .iter()
-            .map(|n| n.records_in.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|n| n.backpressured_ns.load(Relaxed))
             .collect();
         if s.samples.len() == SAMPLES {
             s.samples.pop_front();
@@ -126,25 +129,37 @@ impl Live {
         s.samples.push_back(Sample {
             at: Instant::now(),
             records,
+            backpressured,
         });
     }
 }
 
-/// Records per second of operator `i` over the last sample interval.
-fn rate(samples: &VecDeque<Sample>, i: usize) -> f64 {
+/// Increase per second of a counter (`pick` from a sample) over the last sample interval.
+fn per_second(samples: &VecDeque<Sample>, pick: impl Fn(&Sample) -> u64) -> f64 {
     let n = samples.len();
     if n < 2 {
         return 0.0;
     }
     let (a, b) = (&samples[n - 2], &samples[n - 1]);
     let dt = b.at.duration_since(a.at).as_secs_f64();
-    let d = b.records.get(i).copied().unwrap_or(0) as f64
-        - a.records.get(i).copied().unwrap_or(0) as f64;
+    let d = pick(b) as f64 - pick(a) as f64;
     if dt > 0.0 {
         d.max(0.0) / dt
     } else {
         0.0
     }
+}
+
+/// Records per second of operator `i` over the last sample interval.
+fn rate(samples: &VecDeque<Sample>, i: usize) -> f64 {
+    per_second(samples, |s| s.records.get(i).copied().unwrap_or(0))
+}
+
+/// Share of the last sample interval (0..1) that the instances of the chain headed by
+/// operator `head` (of `parallelism` instances) spent backpressured.
+fn backpressure(samples: &VecDeque<Sample>, head: usize, parallelism: usize) -> f64 {
+    let ns = per_second(samples, |s| s.backpressured.get(head).copied().unwrap_or(0));
+    (ns / 1e9 / parallelism.max(1) as f64).clamp(0.0, 1.0)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -195,9 +210,13 @@ impl Live {
             .map(|(i, n)| {
                 use std::sync::atomic::Ordering::Relaxed;
                 let wm = n.watermark.load(Relaxed);
+                let head = &run.metrics().nodes[n.chain_head];
                 json!({
                     "name": n.name,
                     "kind": if n.is_source { "source" } else if n.is_sink { "sink" } else { "operator" },
+                    "parallelism": n.parallelism,
+                    "chained_to": (n.chain_head != i).then(|| head.name.clone()),
+                    "backpressured_ratio": backpressure(&s.samples, n.chain_head, head.parallelism),
                     "records_in": n.records_in.load(Relaxed),
                     "records_in_per_second": rate(&s.samples, i),
                     "late_records": n.late_records.load(Relaxed),
@@ -314,6 +333,12 @@ impl Live {
             "gauge",
             "Rate of weir_operator_records_in_total over the last second.",
             op_rows("records_in_per_second"),
+        );
+        metric(
+            "weir_operator_backpressured_ratio",
+            "gauge",
+            "Share of the last second the operator's chain could not be fed because its output was full (0..1, averaged over instances).",
+            op_rows("backpressured_ratio"),
         );
         metric(
             "weir_operator_late_records_total",

@@ -150,6 +150,11 @@ fn rest_and_metrics_of_a_running_job() {
         ops.iter().all(|o| o["records_in"].as_u64().unwrap() > 0),
         "{ops:?}"
     );
+    for o in ops {
+        let bp = o["backpressured_ratio"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&bp), "{o}");
+        assert_eq!(o["parallelism"], 2, "{o}");
+    }
 
     let config = get_json(&a, "/api/v1/config");
     assert_eq!(config["parallelism"], 2);
@@ -169,6 +174,7 @@ fn rest_and_metrics_of_a_running_job() {
     assert_eq!(value("weir_job_up"), 1.0);
     assert!(value("weir_last_checkpoint_bytes") > 0.0);
     assert!(value("weir_operator_records_in_total") > 0.0);
+    assert!(value("weir_operator_backpressured_ratio") >= 0.0);
     // Every sample line is `name{labels} number`, and every metric has HELP and TYPE.
     for l in metrics.lines().filter(|l| !l.starts_with('#')) {
         let (series, v) = l.rsplit_once(' ').unwrap();

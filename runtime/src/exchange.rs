@@ -632,6 +632,8 @@ mod tests {
                 "gate".into(),
                 false,
                 false,
+                1,
+                0,
             )),
             stop: Default::default(),
             node: 0,

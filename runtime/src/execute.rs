@@ -268,14 +268,26 @@ pub(crate) fn start(
                 && parallelism[node.inputs[0].from] == parallelism[i]
         })
         .collect();
+    // Inputs come before their consumers in graph order.
+    let mut heads: Vec<usize> = Vec::with_capacity(n);
+    for (i, node) in graph.nodes.iter().enumerate() {
+        heads.push(if chained[i] {
+            heads[node.inputs[0].from]
+        } else {
+            i
+        });
+    }
     let metrics: Vec<Arc<NodeMetrics>> = graph
         .nodes
         .iter()
-        .map(|node| {
+        .enumerate()
+        .map(|(i, node)| {
             Arc::new(NodeMetrics::new(
                 node.name.clone(),
                 matches!(node.kind, Kind::Source(_)),
                 matches!(node.kind, Kind::Sink(_)),
+                parallelism[i],
+                heads[i],
             ))
         })
         .collect();
@@ -541,6 +553,8 @@ fn run_worker(
                 outlets,
                 input_done: false,
                 done: false,
+                metrics: plan.metrics[head].clone(),
+                blocked_since: None,
             });
         }
         worker.run()

@@ -19,10 +19,26 @@ pub struct NodeMetrics {
     pub late_records: AtomicU64,
     /// Latest watermark seen by any instance (ms; `i64::MIN` before the first).
     pub watermark: AtomicI64,
+    /// Parallel instances.
+    pub parallelism: usize,
+    /// Index (in [`JobMetrics::nodes`]) of the operator heading the chain this one runs in
+    /// (itself when it heads one): chained operators are fed, and held back, together.
+    pub chain_head: usize,
+    /// On a chain head: nanoseconds its instances could not be fed because their output was
+    /// full (backpressure from downstream), summed over instances. Divide by elapsed time
+    /// and `parallelism` for the share of time backpressured (Flink's
+    /// `backPressuredTimeMsPerSecond`). 0 on operators that do not head a chain.
+    pub backpressured_ns: AtomicU64,
 }
 
 impl NodeMetrics {
-    pub(crate) fn new(name: String, is_source: bool, is_sink: bool) -> Self {
+    pub(crate) fn new(
+        name: String,
+        is_source: bool,
+        is_sink: bool,
+        parallelism: usize,
+        chain_head: usize,
+    ) -> Self {
         NodeMetrics {
             name,
             is_source,
@@ -30,6 +46,9 @@ impl NodeMetrics {
             records_in: AtomicU64::new(0),
             late_records: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
+            parallelism,
+            chain_head,
+            backpressured_ns: AtomicU64::new(0),
         }
     }
 }

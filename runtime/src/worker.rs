@@ -26,6 +26,33 @@ pub(crate) struct Task {
     pub(crate) outlets: Vec<Rc<dyn Outlet>>,
     pub(crate) input_done: bool,
     pub(crate) done: bool,
+    /// The chain head's counters (backpressure is counted there).
+    pub(crate) metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Since when (or since the last count) its outputs have been blocked.
+    pub(crate) blocked_since: Option<Instant>,
+}
+
+impl Task {
+    /// Counts the time the task's outputs have been blocked, up to now: called every round
+    /// (at least every `MAX_PARK`), so a long stall shows while it lasts.
+    fn count_backpressure(&mut self, blocked: bool, now: Instant) {
+        match (blocked, self.blocked_since) {
+            (true, None) => self.blocked_since = Some(now),
+            (true, Some(t)) => {
+                self.metrics
+                    .backpressured_ns
+                    .fetch_add(now.duration_since(t).as_nanos() as u64, Ordering::Relaxed);
+                self.blocked_since = Some(now);
+            }
+            (false, Some(t)) => {
+                self.metrics
+                    .backpressured_ns
+                    .fetch_add(now.duration_since(t).as_nanos() as u64, Ordering::Relaxed);
+                self.blocked_since = None;
+            }
+            (false, None) => {}
+        }
+    }
 }
 
 pub(crate) struct Worker {
@@ -47,11 +74,14 @@ impl Worker {
             }
             let mut progress = self.handle_control()?;
             let mut wake_at: Option<Instant> = None;
+            let round = Instant::now();
             for task in self.tasks.iter_mut().filter(|t| !t.done) {
                 for o in &task.outlets {
                     progress |= o.try_flush()?;
                 }
-                if !task.input_done && !task.outlets.iter().any(|o| o.blocked()) {
+                let blocked = task.outlets.iter().any(|o| o.blocked());
+                task.count_backpressure(blocked && !task.input_done, round);
+                if !task.input_done && !blocked {
                     match task.driver.poll(&task.outlets, &mut self.cp)? {
                         Poll::Progress => progress = true,
                         Poll::Idle(at) => {

@@ -199,3 +199,37 @@ fn aligned_checkpoints_complete_under_backpressure() {
         completed.len()
     );
 }
+
+/// Backpressure is measured where it is felt: the source's chain, whose output channels the
+/// slow sink keeps full, is backpressured much of the time (about half of it on an idle
+/// machine; the rest it produces, or waits for its worker, busy in the sink); the chain ending
+/// in the sink never is (its output is the sink itself).
+#[test]
+fn backpressure_is_counted_on_the_chain_that_waits() {
+    let (env, _produced, _consumed) = skewed_two_way_job(2, 64, 2, None);
+    let handle = env.start("measured").unwrap();
+    let monitor = handle.monitor();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let elapsed = t0.elapsed().as_nanos() as f64;
+    let nodes = &monitor.metrics().nodes;
+    let share = |i: usize| {
+        let n = &nodes[i];
+        n.backpressured_ns.load(Ordering::Relaxed) as f64 / elapsed / n.parallelism as f64
+    };
+    let source = nodes.iter().position(|n| n.is_source).unwrap();
+    let sink = nodes.iter().position(|n| n.is_sink).unwrap();
+    assert_eq!(nodes[source].chain_head, source);
+    assert!(
+        share(source) > 0.25,
+        "source chain backpressured {:.2} of the time",
+        share(source)
+    );
+    assert!(
+        share(nodes[sink].chain_head) < 0.05,
+        "sink chain backpressured {:.2} of the time",
+        share(nodes[sink].chain_head)
+    );
+    handle.cancel();
+    let _ = handle.join();
+}
