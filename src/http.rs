@@ -9,6 +9,7 @@
 //! | `/api/v1/job` | name, status, attempt, uptime, restore, record totals and rates |
 //! | `/api/v1/operators` | per operator: parallelism, chain, records in, rate, share of time backpressured, late records, watermark |
 //! | `/api/v1/checkpoints` | counts, the latest restore, completed (every stat) and failed ones |
+//! | `/api/v1/throughput` | records in per second, all sources, each second of the last five minutes |
 //! | `/api/v1/config` | the job file (path, text, `--set` overrides), workers, parallelism |
 //! | `/metrics` | the same figures for Prometheus |
 //!
@@ -202,14 +203,16 @@ impl Live {
         let Some(run) = &s.run else {
             return json!([]);
         };
-        let ops: Vec<Value> = run
-            .metrics()
-            .nodes
+        let nodes = &run.metrics().nodes;
+        let ops: Vec<Value> = nodes
             .iter()
             .enumerate()
             .map(|(i, n)| {
                 use std::sync::atomic::Ordering::Relaxed;
                 let wm = n.watermark.load(Relaxed);
+                // What this operator's consumers received from it (a sink has none).
+                let consumers = nodes.iter().filter(|c| c.inputs.contains(&i));
+                let records_out: u64 = consumers.map(|c| c.records_in.load(Relaxed)).sum();
                 let head = &run.metrics().nodes[n.chain_head];
                 json!({
                     "name": n.name,
@@ -217,7 +220,9 @@ impl Live {
                     "parallelism": n.parallelism,
                     "chained_to": (n.chain_head != i).then(|| head.name.clone()),
                     "backpressured_ratio": backpressure(&s.samples, n.chain_head, head.parallelism),
+                    "inputs": n.inputs,
                     "records_in": n.records_in.load(Relaxed),
+                    "records_out": (!n.is_sink).then_some(records_out),
                     "records_in_per_second": rate(&s.samples, i),
                     "late_records": n.late_records.load(Relaxed),
                     "watermark_ms": (wm != i64::MIN).then_some(wm),
@@ -225,6 +230,41 @@ impl Live {
             })
             .collect();
         Value::Array(ops)
+    }
+
+    /// Records in per second, all sources, over the samples kept (the last five minutes).
+    fn throughput(&self) -> Value {
+        let s = self.state.lock();
+        let Some(run) = &s.run else {
+            return json!([]);
+        };
+        let sources: Vec<usize> = (0..run.metrics().nodes.len())
+            .filter(|&i| run.metrics().nodes[i].is_source)
+            .collect();
+        let now = Instant::now();
+        let wall = now_ms();
+        let total = |x: &Sample| {
+            sources
+                .iter()
+                .map(|&i| x.records.get(i).copied().unwrap_or(0))
+                .sum::<u64>()
+        };
+        let points: Vec<Value> = s
+            .samples
+            .iter()
+            .zip(s.samples.iter().skip(1))
+            .map(|(a, b)| {
+                let dt = b.at.duration_since(a.at).as_secs_f64();
+                let rate = if dt > 0.0 {
+                    total(b).saturating_sub(total(a)) as f64 / dt
+                } else {
+                    0.0
+                };
+                let ago = now.duration_since(b.at).as_millis() as u64;
+                json!({"at_ms": wall.saturating_sub(ago), "records_in_per_second": rate})
+            })
+            .collect();
+        Value::Array(points)
     }
 
     fn checkpoints(&self) -> Value {
@@ -553,11 +593,12 @@ fn route(
         "/api/v1/operators" => live.operators(),
         "/api/v1/checkpoints" => live.checkpoints(),
         "/api/v1/config" => live.config.clone(),
+        "/api/v1/throughput" => live.throughput(),
         "/metrics" => return (200, "text/plain; version=0.0.4", live.metrics()),
         _ => {
             return error(
                 404,
-                &format!("no such path `{path}`; try / (the dashboard), /api/v1/job, /api/v1/operators, /api/v1/checkpoints, /api/v1/config or /metrics"),
+                &format!("no such path `{path}`; try / (the dashboard), /api/v1/job, /api/v1/operators, /api/v1/checkpoints, /api/v1/throughput, /api/v1/config or /metrics"),
             )
         }
     };

@@ -150,6 +150,20 @@ fn rest_and_metrics_of_a_running_job() {
         ops.iter().all(|o| o["records_in"].as_u64().unwrap() > 0),
         "{ops:?}"
     );
+    // The graph's edges, and what each operator's consumers received from it.
+    assert_eq!(ops[0]["inputs"], serde_json::json!([]));
+    for (i, o) in ops.iter().enumerate().skip(1) {
+        assert_eq!(o["inputs"], serde_json::json!([i - 1]), "{o}");
+    }
+    assert!(ops[0]["records_out"].as_u64().unwrap() > 0);
+    assert!(ops.last().unwrap()["records_out"].is_null());
+    let tput = get_json(&a, "/api/v1/throughput");
+    let tput = tput.as_array().unwrap();
+    assert!(!tput.is_empty());
+    assert!(tput
+        .iter()
+        .all(|p| p["records_in_per_second"].as_f64().unwrap() >= 0.0
+            && p["at_ms"].as_u64().unwrap() > 1_700_000_000_000));
     for o in ops {
         let bp = o["backpressured_ratio"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&bp), "{o}");
@@ -264,23 +278,31 @@ fn the_dashboard_renders_real_checkpoints_in_chromium() {
     assert!(page.contains("<title>Weir</title>") && !page.contains("http://cdn"));
     let chrome = |extra: &[&str]| {
         let profile = tempfile::tempdir().unwrap();
-        let mut c = std::process::Command::new(chromium);
-        c.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1280,900",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(extra)
-        .arg(format!("http://{a}/?token=t0ken#checkpoints"));
+        // Bounded: a browser that hangs fails the test instead of stalling the suite.
+        let mut c = std::process::Command::new("timeout");
+        c.arg("120")
+            .arg(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1280,900",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(format!("http://{a}/?token=t0ken#checkpoints"));
         let o = c.output().expect("run chromium");
+        assert_ne!(
+            o.status.code(),
+            Some(124),
+            "chromium did not finish within 120 s"
+        );
         assert!(
             o.status.success(),
             "chromium failed: {}",

@@ -633,6 +633,7 @@ mod tests {
                 false,
                 false,
                 1,
+                Vec::new(),
                 0,
             )),
             stop: Default::default(),

@@ -287,6 +287,7 @@ pub(crate) fn start(
                 matches!(node.kind, Kind::Source(_)),
                 matches!(node.kind, Kind::Sink(_)),
                 parallelism[i],
+                node.inputs.iter().map(|e| e.from).collect(),
                 heads[i],
             ))
         })

@@ -21,6 +21,9 @@ pub struct NodeMetrics {
     pub watermark: AtomicI64,
     /// Parallel instances.
     pub parallelism: usize,
+    /// Indexes (in [`JobMetrics::nodes`]) of the operators feeding this one: the job graph's
+    /// edges.
+    pub inputs: Vec<usize>,
     /// Index (in [`JobMetrics::nodes`]) of the operator heading the chain this one runs in
     /// (itself when it heads one): chained operators are fed, and held back, together.
     pub chain_head: usize,
@@ -37,6 +40,7 @@ impl NodeMetrics {
         is_source: bool,
         is_sink: bool,
         parallelism: usize,
+        inputs: Vec<usize>,
         chain_head: usize,
     ) -> Self {
         NodeMetrics {
@@ -47,6 +51,7 @@ impl NodeMetrics {
             late_records: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
             parallelism,
+            inputs,
             chain_head,
             backpressured_ns: AtomicU64::new(0),
         }
