@@ -462,7 +462,7 @@ impl Live {
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("--http {addr}: cannot listen there: {message}")]
+    #[error("--http {addr}: cannot listen there: {message}; expected a free local host:port, e.g. 127.0.0.1:8081 (port 0 picks one)")]
     Bind { addr: String, message: String },
 }
 

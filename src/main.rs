@@ -310,15 +310,17 @@ fn supervise(
             let dt = last.0.elapsed().as_secs_f64().max(1e-9);
             let rate = rin.saturating_sub(last.1) as f64 / dt;
             last = (Instant::now(), rin);
-            let cps = handle.checkpoints();
-            let cp = cps.last().map_or(String::new(), |c| {
-                format!(
-                    "  chk {} ({} ms, {})",
-                    c.id,
-                    c.duration.as_millis(),
-                    human(c.bytes as f64)
-                )
-            });
+            let cp = handle
+                .monitor()
+                .last_checkpoint()
+                .map_or(String::new(), |c| {
+                    format!(
+                        "  chk {} ({} ms, {})",
+                        c.id,
+                        c.duration.as_millis(),
+                        human(c.bytes as f64)
+                    )
+                });
             eprint!(
                 "\rweir: {:>8} in ({:>8}/s)  {:>8} out  {:6.1}s{cp} ",
                 human(rin as f64),

@@ -730,6 +730,11 @@ impl JobMonitor {
         let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
         h.completed.iter().cloned().collect()
     }
+    /// The newest completed checkpoint of this run (without copying the history).
+    pub fn last_checkpoint(&self) -> Option<CompletedCheckpoint> {
+        let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        h.completed.back().cloned()
+    }
     /// Failed checkpoints of this run, oldest first (the newest 10 000).
     pub fn failed_checkpoints(&self) -> Vec<FailedCheckpoint> {
         let h = self.history.lock().unwrap_or_else(|e| e.into_inner());

@@ -109,9 +109,9 @@ impl Worker {
             if self.tasks.iter().all(|t| t.done) {
                 return Ok(());
             }
-            let now = Instant::now();
-            if !progress || now.duration_since(last_flush) >= self.buffer_timeout {
-                last_flush = now;
+            // The round's clock reading: one per round on this hot loop.
+            if !progress || round.duration_since(last_flush) >= self.buffer_timeout {
+                last_flush = round;
                 for task in self.tasks.iter().filter(|t| !t.done) {
                     for o in &task.outlets {
                         progress |= o.flush_buffers()?;
