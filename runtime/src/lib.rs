@@ -9,6 +9,7 @@
 //! The public surface is this facade; every module is private. See `ARCHITECTURE.md`.
 
 mod api;
+mod buffers;
 mod checkpoint;
 mod config;
 mod error;

@@ -207,6 +207,10 @@ fn write_one(setup: &WriterSetup, job: SnapshotJob) -> Result<Ack, String> {
     };
     let info =
         weir_storage::write_snapshot_mmap(&path, &header, &sections).map_err(|e| e.to_string())?;
+    // The next checkpoint encodes into the same buffers (see `crate::buffers`).
+    for (_, b) in encoded {
+        crate::buffers::give(b);
+    }
     let uploaded = setup
         .store
         .put_file(job.id, &name, &path)

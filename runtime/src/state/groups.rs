@@ -72,10 +72,15 @@ struct Capture<K> {
 /// entry stamped with the current epoch knows the key is already in the dirty set, so the
 /// common case - a key written many times between two checkpoints - costs one comparison on
 /// the entry it changes anyway, not a probe of another hash set.
+///
+/// The stamp comes first (`repr(C)`): the hash table stores `(key, entry)` pairs, so it sits
+/// right after the key, on the cache line the lookup has just loaded, instead of behind a
+/// large value on a line of its own (that second miss cost ~4% of a keyed job's time).
 #[derive(Clone)]
+#[repr(C)]
 struct Entry<V> {
-    value: V,
     epoch: u64,
+    value: V,
 }
 
 impl<V> Entry<V> {
@@ -524,8 +529,9 @@ fn encode<K: StateData + Hash + Eq, V: StateData>(
 ) -> Result<Vec<u8>, String> {
     // `(u32, Vec<Group>)`: postcard writes both the number and the vector's length as
     // varints, then the elements one after the other.
-    let mut out = postcard::to_stdvec(&(first, captured.len() as u64)).map_err(encode_err)?;
-    let mut part = Vec::new();
+    let mut out = postcard::to_extend(&(first, captured.len() as u64), crate::buffers::take())
+        .map_err(encode_err)?;
+    let mut part = crate::buffers::take();
     for c in captured {
         part.clear();
         let kind = match &c.part {
@@ -559,6 +565,7 @@ fn encode<K: StateData + Hash + Eq, V: StateData>(
         )
         .map_err(encode_err)?;
     }
+    crate::buffers::give(part);
     Ok(out)
 }
 
@@ -656,7 +663,16 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         let mut refs = BTreeSet::new();
         let mut captured = Vec::with_capacity(self.groups.len());
         for (i, g) in self.groups.iter_mut().enumerate() {
-            let dirty = std::mem::take(&mut g.dirty);
+            // The next epoch's set starts at this one's size: keys change at a steady rate, and
+            // growing a set from empty rehashes it several times.
+            let room = g.dirty.keys.len();
+            let dirty = std::mem::replace(
+                &mut g.dirty,
+                Dirty {
+                    keys: FxHashSet::with_capacity_and_hasher(room, Default::default()),
+                    overflow: false,
+                },
+            );
             let keys = (!dirty.overflow).then(|| Arc::new(dirty.keys));
             let (chain, part) = if full[i] {
                 let map = g.freeze();
@@ -922,6 +938,25 @@ mod tests {
             max_chain,
             max_concurrent,
         }))
+    }
+
+    /// The stamp a write checks sits on the key's cache line: within 16 bytes of the key in
+    /// the `(key, entry)` pairs the table stores, whatever the value's size.
+    #[test]
+    fn the_stamp_sits_next_to_the_key() {
+        fn gap<K, V>() -> isize {
+            let key = std::mem::offset_of!((K, Entry<V>), 0) as isize;
+            let entry = std::mem::offset_of!((K, Entry<V>), 1) as isize;
+            entry + std::mem::offset_of!(Entry<V>, epoch) as isize - key
+        }
+        for g in [
+            gap::<u64, Option<(u64, u64, [u8; 24], [u8; 24])>>(),
+            gap::<u64, u64>(),
+            gap::<u32, [u8; 200]>(),
+            gap::<String, Vec<u64>>(),
+        ] {
+            assert!(g.abs() <= 24, "stamp {g} bytes from the key");
+        }
     }
 
     /// While a checkpoint holds a group, writes go to the overlay: reads see them at once, the
