@@ -455,6 +455,8 @@ enum Part<K, V> {
     /// The map at the barrier and the keys to write from it (from several captures, so
     /// possibly repeated).
     Delta(Arc<FxHashMap<K, Entry<V>>>, Vec<Arc<FxHashSet<K>>>),
+    /// A delta already encoded (the map released).
+    Encoded,
 }
 
 /// A key group as captured at a barrier, encoded later.
@@ -521,51 +523,87 @@ fn encode_err(e: postcard::Error) -> String {
     format!("cannot encode keyed state: {e}")
 }
 
-/// Encodes captured groups, releasing each one's map as soon as it is written (a worker that
-/// writes to that group afterwards folds its overlay back right away).
+/// A delta part: the listed keys with their values in `map` (`None`: removed), each key once.
+struct DeltaOut<'a, K, V> {
+    map: &'a FxHashMap<K, Entry<V>>,
+    keys: &'a [Arc<FxHashSet<K>>],
+}
+
+impl<K: Serialize + Hash + Eq, V: Serialize> Serialize for DeltaOut<'_, K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let map = self.map;
+        let value = |k| with_value(map, k);
+        if let [only] = self.keys {
+            // One set (the usual case): its keys are distinct, stream them.
+            return s.collect_seq(only.iter().map(value));
+        }
+        let mut seen = FxHashSet::default();
+        let unique: Vec<&K> = self
+            .keys
+            .iter()
+            .flat_map(|set| set.iter())
+            .filter(|k| seen.insert(*k))
+            .collect();
+        s.collect_seq(unique.into_iter().map(value))
+    }
+}
+
+fn with_value<'m, K: Hash + Eq, V>(
+    map: &'m FxHashMap<K, Entry<V>>,
+    k: &'m K,
+) -> (&'m K, Option<&'m V>) {
+    (k, map.get(k).map(|e| &e.value))
+}
+
+/// Encodes captured groups, releasing each one's map as soon as it is read (a worker that
+/// writes to that group afterwards folds its overlay back right away). Deltas, which read a
+/// few keys per group, are encoded first, so that no group waits behind the full copies
+/// (which read whole maps) to be released; the parts are then laid out in group order.
 fn encode<K: StateData + Hash + Eq, V: StateData>(
     first: u32,
-    captured: Vec<Captured<K, V>>,
+    mut captured: Vec<Captured<K, V>>,
 ) -> Result<Vec<u8>, String> {
+    let mut deltas = crate::buffers::take();
+    let mut delta_at = vec![0..0; captured.len()];
+    for (c, at) in captured.iter_mut().zip(&mut delta_at) {
+        if let Part::Delta(map, keys) = &c.part {
+            let start = deltas.len();
+            deltas = postcard::to_extend(&DeltaOut { map, keys }, deltas).map_err(encode_err)?;
+            *at = start..deltas.len();
+            c.part = Part::Encoded;
+        }
+    }
     // `(u32, Vec<Group>)`: postcard writes both the number and the vector's length as
     // varints, then the elements one after the other.
     let mut out = postcard::to_extend(&(first, captured.len() as u64), crate::buffers::take())
         .map_err(encode_err)?;
-    let mut part = crate::buffers::take();
-    for c in captured {
-        part.clear();
-        let kind = match &c.part {
-            Part::Unchanged => UNCHANGED,
+    let mut full = crate::buffers::take();
+    for (c, at) in captured.into_iter().zip(delta_at) {
+        let (kind, part) = match c.part {
+            Part::Unchanged => (UNCHANGED, &[][..]),
             Part::Full(map) => {
-                part = postcard::to_extend(&Values(map), part).map_err(encode_err)?;
-                FULL
+                full.clear();
+                full = postcard::to_extend(&Values(&map), full).map_err(encode_err)?;
+                drop(map);
+                (FULL, &full[..])
             }
-            Part::Delta(map, keys) => {
-                let mut seen = FxHashSet::default();
-                let mut delta: Vec<(&K, Option<&V>)> = Vec::new();
-                for k in keys.iter().flat_map(|s| s.iter()) {
-                    if keys.len() == 1 || seen.insert(k) {
-                        delta.push((k, map.get(k).map(|e| &e.value)));
-                    }
-                }
-                part = postcard::to_extend(&delta, part).map_err(encode_err)?;
-                DELTA
-            }
+            Part::Encoded => (DELTA, &deltas[at]),
+            Part::Delta(..) => unreachable!("deltas are encoded above"),
         };
-        drop(c.part);
         out = postcard::to_extend(
             &GroupOut {
                 ids: &c.chain.ids,
                 base_len: c.chain.base_len,
                 delta_entries: c.chain.delta_entries,
                 kind,
-                part: Blob(&part),
+                part: Blob(part),
             },
             out,
         )
         .map_err(encode_err)?;
     }
-    crate::buffers::give(part);
+    crate::buffers::give(full);
+    crate::buffers::give(deltas);
     Ok(out)
 }
 
