@@ -15,6 +15,7 @@ pub mod expr;
 pub mod http;
 pub mod inspect;
 pub mod job;
+pub mod nexmark;
 pub mod plan;
 pub mod supervisor;
 

@@ -49,6 +49,85 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointsCommand,
     },
+    /// The Nexmark benchmark: generate its events, run its queries.
+    Nexmark {
+        #[command(subcommand)]
+        command: NexmarkCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NexmarkCommand {
+    /// Write generated events as JSON lines (the reference's schema).
+    Generate {
+        /// Number of events.
+        #[arg(long)]
+        events: u64,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        generator: GeneratorArgs,
+    },
+    /// Run one query over generated events and report its throughput.
+    Run {
+        /// The query: q0, q1, q2, q3, q4, q5, q7, q8, q9, q11, q12, q18, q19, q20, q21, q22.
+        #[arg(long)]
+        query: String,
+        /// Number of events.
+        #[arg(long)]
+        events: u64,
+        /// Checkpoint every DURATION (e.g. 1s); no checkpoints without it.
+        #[arg(long, value_name = "DURATION", value_parser = weir::job::parse_duration)]
+        checkpoint_interval: Option<Duration>,
+        /// Directory for checkpoint storage and local copies (default: a fresh temporary
+        /// directory, removed afterwards).
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Write the query's rows to FILE as JSON lines (else they are dropped).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Print one JSON object with the measurements instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Worker threads (default: the number of cores).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        workers: Option<u32>,
+        /// Parallelism of every operator (default: the number of workers).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=32768))]
+        parallelism: Option<u32>,
+        #[command(flatten)]
+        generator: GeneratorArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct GeneratorArgs {
+    /// Events per second of event time (the reference's `first-event.rate`).
+    #[arg(long, default_value_t = 10_000_000.0, value_parser = positive_rate)]
+    event_rate: f64,
+    /// Mixed into every event's random seed (0: the reference's seeds).
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+}
+
+impl GeneratorArgs {
+    fn config(&self) -> weir::nexmark::GeneratorConfig {
+        weir::nexmark::GeneratorConfig {
+            event_rate: self.event_rate,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a positive number of events per second"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -105,6 +184,47 @@ fn main() -> ExitCode {
         Command::Checkpoints {
             command: CheckpointsCommand::Inspect { path, json },
         } => weir::inspect::inspect(&path, json),
+        Command::Nexmark {
+            command:
+                NexmarkCommand::Generate {
+                    events,
+                    output,
+                    generator,
+                },
+        } => nexmark_generate(events, output.as_deref(), &generator),
+        Command::Nexmark {
+            command:
+                NexmarkCommand::Run {
+                    query,
+                    events,
+                    checkpoint_interval,
+                    checkpoint_dir,
+                    output,
+                    json,
+                    workers,
+                    parallelism,
+                    generator,
+                },
+        } => {
+            let workers = workers.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |w| w as usize,
+            );
+            nexmark_run(
+                weir::nexmark::RunOptions {
+                    query,
+                    events,
+                    generator: generator.config(),
+                    workers,
+                    parallelism: parallelism.map_or(workers, |p| p as usize),
+                    checkpoint_interval,
+                    checkpoint_dir: PathBuf::new(),
+                    output,
+                },
+                checkpoint_dir,
+                json,
+            )
+        }
     };
     match result {
         Ok(code) => code,
@@ -112,6 +232,87 @@ fn main() -> ExitCode {
             eprintln!("weir: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn nexmark_generate(
+    events: u64,
+    output: Option<&Path>,
+    generator: &GeneratorArgs,
+) -> anyhow::Result<ExitCode> {
+    let g = weir::nexmark::NexmarkGenerator::new(generator.config());
+    let out: Box<dyn Write> = match output {
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    for k in 0..events {
+        let line = g.event(k).to_json_line();
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn nexmark_run(
+    mut opts: weir::nexmark::RunOptions,
+    checkpoint_dir: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if !weir::nexmark::queries::QUERIES.contains(&opts.query.as_str()) {
+        eprintln!(
+            "weir: unknown Nexmark query `{}`; expected one of {}",
+            opts.query,
+            weir::nexmark::queries::QUERIES.join(", ")
+        );
+        return Ok(ExitCode::from(2));
+    }
+    // A temporary directory is removed when dropped; a given one is kept.
+    let _temp;
+    opts.checkpoint_dir = match checkpoint_dir {
+        Some(d) => d,
+        None => {
+            let t = std::env::temp_dir().join(format!("weir-nexmark-{}", std::process::id()));
+            _temp = RemoveOnDrop(t.clone());
+            t
+        }
+    };
+    let r = weir::nexmark::run(&opts)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let ckpt = match (r.checkpoint_interval_ms, r.checkpoint_duration_p50_ms) {
+            (None, _) => "checkpoints off".to_string(),
+            (Some(i), Some(p50)) => format!(
+                "{} checkpoints every {i} ms, duration p50 {p50:.0} ms, p99 {:.0} ms",
+                r.checkpoints,
+                r.checkpoint_duration_p99_ms.unwrap_or(p50)
+            ),
+            (Some(i), None) => format!("checkpoints every {i} ms, none completed"),
+        };
+        println!(
+            "{}: {} events in {:.2} s ({}/s), {:.2} CPU s: {} events per CPU second; {} rows out; {ckpt}",
+            r.query,
+            r.events,
+            r.wall_seconds,
+            human(r.events_per_second),
+            r.cpu_seconds,
+            human(r.events_per_cpu_second),
+            r.rows_out,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        // Best effort: a leftover temporary directory is harmless.
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

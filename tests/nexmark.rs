@@ -1,0 +1,193 @@
+//! Every Nexmark query on Weir (2 workers, parallelism 2) against the plain sequential
+//! reference of `weir::nexmark::reference`, on inputs small enough for the reference's
+//! nested loops. The generator runs at 1000 events per second of event time, so that the
+//! inputs span many 10 s windows and sessions, auctions stay open for seconds and collect
+//! bids (at the benchmark's 10M events/s they last a few milliseconds).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+use weir::nexmark::model::Event;
+use weir::nexmark::queries::{self, Q19, Q4, Q9};
+use weir::nexmark::{reference, GeneratorConfig, NexmarkGenerator};
+use weir::{DataStream, RuntimeConfig, StreamEnv};
+
+const EVENTS: u64 = 30_000;
+
+fn config() -> GeneratorConfig {
+    GeneratorConfig {
+        event_rate: 1000.0,
+        ..GeneratorConfig::default()
+    }
+}
+
+fn events() -> Vec<Event> {
+    let g = NexmarkGenerator::new(config());
+    (0..EVENTS).map(|k| g.event(k)).collect()
+}
+
+/// Runs `query` on the generated events and returns every row it emitted.
+fn run<T: Clone + Send + 'static>(query: fn(&DataStream<Event>) -> DataStream<T>) -> Vec<T> {
+    let env = StreamEnv::new(RuntimeConfig {
+        workers: 2,
+        parallelism: 2,
+        ..Default::default()
+    });
+    let events = weir::nexmark::source(&env, NexmarkGenerator::new(config()), EVENTS);
+    let rows = query(&queries::with_event_time(&events)).collect();
+    env.execute("nexmark-test").expect("job runs");
+    rows.take()
+}
+
+fn counts<T: Hash + Eq>(rows: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
+    let mut m = HashMap::new();
+    for r in rows {
+        *m.entry(r).or_default() += 1;
+    }
+    m
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+#[test]
+fn stateless_queries_match_the_reference() {
+    let ev = events();
+    assert_eq!(sorted(run(queries::q0)), reference::q0(&ev));
+    assert_eq!(sorted(run(queries::q1)), reference::q1(&ev));
+    let q2 = sorted(run(queries::q2));
+    assert!(!q2.is_empty());
+    assert_eq!(q2, reference::q2(&ev));
+    let q21 = sorted(run(queries::q21));
+    assert!(q21.iter().any(|r| r.channel_id == "1") && q21.iter().any(|r| r.channel_id.len() > 3));
+    assert_eq!(q21, reference::q21(&ev));
+    assert_eq!(sorted(run(queries::q22)), reference::q22(&ev));
+}
+
+#[test]
+fn q3_joins_sellers_and_auctions() {
+    let rows = sorted(run(queries::q3));
+    assert!(rows.len() > 10, "{} rows", rows.len());
+    assert_eq!(rows, reference::q3(&events()));
+}
+
+#[test]
+fn q4_averages_the_winning_prices_per_category() {
+    let mut last: BTreeMap<i64, Q4> = BTreeMap::new();
+    for r in run(queries::q4) {
+        last.insert(r.category, r);
+    }
+    let want = reference::q4(&events());
+    assert_eq!(want.len(), 5, "every category has auctions with bids");
+    assert_eq!(last.into_values().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn q5_finds_the_hot_items_of_each_sliding_window() {
+    let rows = sorted(run(queries::q5));
+    assert!(rows.len() > 20);
+    assert_eq!(rows, reference::q5(&events()));
+}
+
+#[test]
+fn q7_finds_the_highest_bids_of_each_window() {
+    let rows = sorted(run(queries::q7));
+    assert!(rows.len() >= 3);
+    assert_eq!(rows, reference::q7(&events()));
+}
+
+#[test]
+fn q8_finds_new_users_who_sold_in_the_same_window() {
+    let rows = sorted(run(queries::q8));
+    assert!(!rows.is_empty());
+    assert_eq!(rows, reference::q8(&events()));
+}
+
+#[test]
+fn q9_finds_each_auctions_winning_bid() {
+    let mut last: BTreeMap<i64, Q9> = BTreeMap::new();
+    for r in run(queries::q9) {
+        assert!(r.bid.auction == r.auction.id);
+        last.insert(r.auction.id, r);
+    }
+    let got: Vec<_> = last
+        .values()
+        .map(|r| (r.auction.id, r.bid.price, r.bid.date_time))
+        .collect();
+    let want = reference::q9(&events());
+    assert!(want.len() > 100, "{} auctions with bids", want.len());
+    assert_eq!(got, want);
+}
+
+#[test]
+fn q11_counts_bids_per_session() {
+    let rows = sorted(run(queries::q11));
+    let want = reference::q11(&events());
+    assert!(want.iter().any(|s| s.bid_count > 1) && want.len() > 100);
+    assert_eq!(rows, want);
+}
+
+#[test]
+fn q12_counts_every_bid_once() {
+    let mut got: BTreeMap<i64, u64> = BTreeMap::new();
+    for r in run(queries::q12) {
+        assert_eq!(r.endtime - r.starttime, 10_000);
+        *got.entry(r.bidder).or_default() += r.bid_count;
+    }
+    assert_eq!(got, reference::q12_bids_per_bidder(&events()));
+}
+
+#[test]
+fn q18_keeps_the_last_bid_per_bidder_and_auction() {
+    let mut last = BTreeMap::new();
+    for b in run(queries::q18) {
+        last.insert((b.bidder, b.auction), b.date_time);
+    }
+    let got: Vec<_> = last.into_iter().map(|((b, a), t)| (b, a, t)).collect();
+    assert_eq!(got, reference::q18(&events()));
+}
+
+#[test]
+fn q19_keeps_the_ten_highest_bids_per_auction() {
+    let mut table: BTreeMap<(i64, u32), Q19> = BTreeMap::new();
+    for r in run(queries::q19) {
+        table.insert((r.bid.auction, r.rank_number), r);
+    }
+    let got: Vec<_> = table
+        .values()
+        .map(|r| (r.bid.auction, r.rank_number, r.bid.price))
+        .collect();
+    let want = reference::q19(&events());
+    assert!(want.iter().any(|r| r.1 == 10));
+    assert_eq!(got, want);
+}
+
+#[test]
+fn q20_joins_bids_with_category_10_auctions() {
+    let got = counts(run(queries::q20).into_iter().map(|r| {
+        assert_eq!(r.auction.category, 10);
+        assert_eq!(r.bid.auction, r.auction.id);
+        (r.bid, r.auction.id)
+    }));
+    let want = counts(reference::q20(&events()));
+    assert!(want.len() > 100);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn generated_events_are_the_same_for_any_parallelism() {
+    let env = StreamEnv::new(RuntimeConfig {
+        workers: 2,
+        parallelism: 3,
+        ..Default::default()
+    });
+    let rows = weir::nexmark::source(&env, NexmarkGenerator::new(config()), 5000).collect();
+    env.execute("nexmark-gen").unwrap();
+    let mut got = rows.take();
+    got.sort_by_key(|e| (e.date_time(), e.to_json_line()));
+    let mut want: Vec<Event> = events().into_iter().take(5000).collect();
+    want.sort_by_key(|e| (e.date_time(), e.to_json_line()));
+    assert_eq!(got, want);
+}
