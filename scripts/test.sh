@@ -50,6 +50,7 @@ WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench checkpoint
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench upload
 WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick cargo bench --bench kafka
+WEIR_BENCH_QUICK=1 WEIR_BENCH_OUT=target/bench-results/quick/nexmark cargo bench --bench nexmark
 echo "== example job"
 cargo run --release --quiet -- run examples/sums.toml --quiet
 test -s out/sums/part-0-0.jsonl

@@ -90,6 +90,9 @@ enum NexmarkCommand {
         /// Print one JSON object with the measurements instead of text.
         #[arg(long)]
         json: bool,
+        /// Resume from the newest checkpoint under --checkpoint-dir (after a crash).
+        #[arg(long, requires_all = ["checkpoint_dir", "checkpoint_interval"])]
+        restore_latest: bool,
         /// Worker threads (default: the number of cores).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
         workers: Option<u32>,
@@ -201,6 +204,7 @@ fn main() -> ExitCode {
                     checkpoint_dir,
                     output,
                     json,
+                    restore_latest,
                     workers,
                     parallelism,
                     generator,
@@ -220,6 +224,7 @@ fn main() -> ExitCode {
                     checkpoint_interval,
                     checkpoint_dir: PathBuf::new(),
                     output,
+                    restore: restore_latest,
                 },
                 checkpoint_dir,
                 json,
@@ -280,7 +285,14 @@ fn nexmark_run(
             t
         }
     };
-    let r = weir::nexmark::run(&opts)?;
+    let r = match weir::nexmark::run(&opts) {
+        Ok(r) => r,
+        Err(weir::nexmark::RunError::Query(e)) => {
+            eprintln!("weir: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

@@ -191,3 +191,114 @@ fn generated_events_are_the_same_for_any_parallelism() {
     want.sort_by_key(|e| (e.date_time(), e.to_json_line()));
     assert_eq!(got, want);
 }
+
+fn weir() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+#[test]
+fn generate_writes_the_events_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let out = weir()
+        .args([
+            "nexmark",
+            "generate",
+            "--events",
+            "2000",
+            "--event-rate",
+            "1000",
+        ])
+        .arg("--output")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2000);
+    // The same events as the library generates, in order.
+    let g = NexmarkGenerator::new(config());
+    for (k, line) in lines.iter().enumerate() {
+        let want: serde_json::Value =
+            serde_json::from_str(&g.event(k as u64).to_json_line()).unwrap();
+        assert_eq!(*line, want);
+    }
+    assert_eq!(lines[0]["event_type"], 1);
+    assert_eq!(lines[0]["auction"]["id"], 1001);
+    assert!(lines[0]["auction"]["expires"]
+        .as_str()
+        .unwrap()
+        .starts_with("2020-09-13 "));
+}
+
+#[test]
+fn run_reports_json_and_writes_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("q2.jsonl");
+    let out = weir()
+        .args(["nexmark", "run", "--query", "q2", "--events", "200000"])
+        .args(["--checkpoint-interval", "50ms", "--json", "--workers", "2"])
+        .arg("--output")
+        .arg(&rows)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "query",
+        "events",
+        "wall_seconds",
+        "cpu_seconds",
+        "events_per_cpu_second",
+        "checkpoints",
+        "checkpoint_duration_p50_ms",
+        "checkpoint_duration_p99_ms",
+    ] {
+        assert!(!r[key].is_null(), "{key} missing in {r}");
+    }
+    assert_eq!(r["query"], "q2");
+    assert_eq!(r["events"], 200_000);
+    assert!(r["checkpoints"].as_u64().unwrap() >= 1);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&rows)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, r["rows_out"].as_u64().unwrap());
+    assert!(!lines.is_empty());
+    assert!(lines
+        .iter()
+        .all(|l| l["auction"].as_i64().unwrap() % 123 == 0));
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_clear_message() {
+    let out = weir()
+        .args(["nexmark", "run", "--query", "q6", "--events", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown Nexmark query `q6`") && err.contains("q22"),
+        "{err}"
+    );
+    let out = weir()
+        .args(["nexmark", "generate", "--events", "10", "--event-rate", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a positive number"));
+}

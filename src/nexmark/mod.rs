@@ -127,6 +127,9 @@ pub struct RunOptions {
     pub checkpoint_dir: PathBuf,
     /// Rows as JSON lines to this file (else they are dropped).
     pub output: Option<PathBuf>,
+    /// Restore the newest checkpoint under `checkpoint_dir` (after a crash); the generator
+    /// resumes from its checkpointed position.
+    pub restore: bool,
 }
 
 /// What a run measured.
@@ -150,6 +153,10 @@ pub struct RunReport {
     /// Per completed checkpoint: seconds since the start and the size of the state it
     /// describes (bytes it wrote plus bytes of earlier files it references).
     pub state_bytes: Vec<(f64, u64)>,
+    /// The checkpoint restored, if any.
+    pub restored_from: Option<u64>,
+    /// With a restore: seconds from the start until the restored job read its first event.
+    pub restore_seconds: Option<f64>,
 }
 
 /// CPU time (user + system) this process used so far.
@@ -204,6 +211,13 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         c.local_dir = opts.checkpoint_dir.join("local");
         c.on_cancel = crate::OnCancel::Delete;
         env.enable_checkpointing(c);
+        if opts.restore {
+            env.restore_from(crate::RestoreFrom::Latest);
+        }
+    } else if opts.restore {
+        return Err(RunError::Query(
+            "restoring needs checkpoints: give a checkpoint interval".into(),
+        ));
     }
     let output = match &opts.output {
         None => Output::Blackhole,
@@ -223,6 +237,14 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let handle = env.start(&format!("nexmark-{}", opts.query))?;
+    let restored_from = handle.restored_from();
+    let mut restore_seconds = None;
+    if restored_from.is_some() {
+        while handle.metrics().source_records() == 0 && !handle.is_finished() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        restore_seconds = Some(t.elapsed().as_secs_f64());
+    }
     let monitor = handle.monitor();
     let summary = handle.join()?;
     let wall = t.elapsed().as_secs_f64();
@@ -255,5 +277,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
                 )
             })
             .collect(),
+        restored_from,
+        restore_seconds,
     })
 }
