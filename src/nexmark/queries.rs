@@ -991,7 +991,7 @@ pub struct Q21 {
     pub bidder: i64,
     pub price: i64,
     pub channel: Str,
-    pub channel_id: String,
+    pub channel_id: Str,
 }
 
 /// `REGEXP_EXTRACT(url, '(&|^)channel_id=([^&]*)', 2)`: the value of the first
@@ -1010,22 +1010,36 @@ pub fn channel_id_of(url: &str) -> Option<&str> {
     None
 }
 
+/// `part`, a slice of `s`, as a [`Str`]: borrowed from the same table when `s` is.
+fn sub(s: &Str, part: &str) -> Str {
+    match s {
+        Str::Borrowed(whole) => {
+            let at = part.as_ptr() as usize - whole.as_ptr() as usize;
+            Str::Borrowed(&whole[at..at + part.len()])
+        }
+        Str::Owned(_) => Str::Owned(part.to_string()),
+    }
+}
+
 pub fn q21(events: &DataStream<Event>) -> DataStream<Q21> {
+    const HOT: [(&str, &str); 4] = [
+        ("apple", "0"),
+        ("google", "1"),
+        ("facebook", "2"),
+        ("baidu", "3"),
+    ];
     bids(events).flat_map(|b| {
-        let hot = match b.channel.to_ascii_lowercase().as_str() {
-            "apple" => Some("0"),
-            "google" => Some("1"),
-            "facebook" => Some("2"),
-            "baidu" => Some("3"),
-            _ => None,
+        let hot = HOT.iter().find(|(c, _)| b.channel.eq_ignore_ascii_case(c));
+        let channel_id = match hot {
+            Some((_, id)) => Str::Borrowed(id),
+            None => sub(&b.url, channel_id_of(&b.url)?),
         };
-        let id = hot.or_else(|| channel_id_of(&b.url))?.to_string();
         Some(Q21 {
             auction: b.auction,
             bidder: b.bidder,
             price: b.price,
             channel: b.channel,
-            channel_id: id,
+            channel_id,
         })
     })
 }
@@ -1037,24 +1051,27 @@ pub struct Q22 {
     pub bidder: i64,
     pub price: i64,
     pub channel: Str,
-    pub dir1: Option<String>,
-    pub dir2: Option<String>,
-    pub dir3: Option<String>,
+    pub dir1: Option<Str>,
+    pub dir2: Option<Str>,
+    pub dir3: Option<Str>,
 }
 
 /// `SPLIT_INDEX(s, '/', i)`: the `i`-th piece of `s` split at every `/`.
-pub fn split_index(s: &str, i: usize) -> Option<String> {
-    s.split('/').nth(i).map(str::to_string)
+pub fn split_index(s: &str, i: usize) -> Option<&str> {
+    s.split('/').nth(i)
 }
 
 pub fn q22(events: &DataStream<Event>) -> DataStream<Q22> {
-    bids(events).map(|b| Q22 {
-        auction: b.auction,
-        bidder: b.bidder,
-        price: b.price,
-        dir1: split_index(&b.url, 3),
-        dir2: split_index(&b.url, 4),
-        dir3: split_index(&b.url, 5),
-        channel: b.channel,
+    bids(events).map(|b| {
+        let dir = |i| split_index(&b.url, i).map(|d| sub(&b.url, d));
+        Q22 {
+            auction: b.auction,
+            bidder: b.bidder,
+            price: b.price,
+            dir1: dir(3),
+            dir2: dir(4),
+            dir3: dir(5),
+            channel: b.channel,
+        }
     })
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::model::{Auction, Bid, Event, Person};
+use super::model::{Auction, Bid, Event, Person, Str};
 use super::queries::{
     channel_id_of, split_index, Milli, Q0, Q1, Q11, Q2, Q21, Q22, Q3, Q4, Q5, Q7, Q8,
 };
@@ -322,8 +322,8 @@ pub fn q21(events: &[Event]) -> Vec<Q21> {
             .iter()
             .position(|c| *c == lower);
         let id = match hot {
-            Some(i) => Some(i.to_string()),
-            None => channel_id_of(&b.url).map(str::to_string),
+            Some(i) => Some(Str::Owned(i.to_string())),
+            None => channel_id_of(&b.url).map(|id| Str::Owned(id.to_string())),
         };
         if let Some(channel_id) = id {
             rows.push(Q21 {
@@ -346,9 +346,9 @@ pub fn q22(events: &[Event]) -> Vec<Q22> {
                 bidder: b.bidder,
                 price: b.price,
                 channel: b.channel.clone(),
-                dir1: split_index(&b.url, 3),
-                dir2: split_index(&b.url, 4),
-                dir3: split_index(&b.url, 5),
+                dir1: split_index(&b.url, 3).map(|d| Str::Owned(d.to_string())),
+                dir2: split_index(&b.url, 4).map(|d| Str::Owned(d.to_string())),
+                dir3: split_index(&b.url, 5).map(|d| Str::Owned(d.to_string())),
             })
             .collect(),
     )
