@@ -192,6 +192,15 @@ fn generated_events_are_the_same_for_any_parallelism() {
     assert_eq!(got, want);
 }
 
+/// Every line of `path`, parsed as JSON.
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn weir() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
 }
@@ -218,11 +227,7 @@ fn generate_writes_the_events_as_json_lines() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&path);
     assert_eq!(lines.len(), 2000);
     // The same events as the library generates, in order.
     let g = NexmarkGenerator::new(config());
@@ -271,11 +276,7 @@ fn run_reports_json_and_writes_the_rows() {
     assert_eq!(r["query"], "q2");
     assert_eq!(r["events"], 200_000);
     assert!(r["checkpoints"].as_u64().unwrap() >= 1);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&rows)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&rows);
     assert_eq!(lines.len() as u64, r["rows_out"].as_u64().unwrap());
     assert!(!lines.is_empty());
     assert!(lines

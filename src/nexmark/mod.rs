@@ -233,9 +233,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     build(&opts.query, &events, &output).map_err(RunError::Query)?;
     let cpu = process_cpu_time();
     let t = Instant::now();
-    let started_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let started_ms = queries::wall_ms() as u64;
     let handle = env.start(&format!("nexmark-{}", opts.query))?;
     let restored_from = handle.restored_from();
     let mut restore_seconds = None;

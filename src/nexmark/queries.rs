@@ -63,8 +63,9 @@ pub fn q0(events: &DataStream<Event>) -> DataStream<Q0> {
     })
 }
 
-/// A `DECIMAL(23, 3)`: the value times 1000, written as decimal text (`"112.272"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+/// A `DECIMAL(23, 3)`: the value times 1000, written as decimal text (`"112.272"`; output
+/// only, so it is not read back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Milli(pub i64);
 
 impl Serialize for Milli {
@@ -76,7 +77,7 @@ impl Serialize for Milli {
 }
 
 /// q1, currency conversion: q0 with `price` in euros (`0.908 * price`, exact).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Q1 {
     pub auction: i64,
@@ -853,7 +854,8 @@ struct ProcTimeCount {
     window: Option<ValueState<(Timestamp, u64)>>,
 }
 
-fn wall_ms() -> Timestamp {
+/// Wall-clock time, ms since the Unix epoch.
+pub(crate) fn wall_ms() -> Timestamp {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Timestamp)
