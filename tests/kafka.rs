@@ -149,20 +149,44 @@ fn raw_bytes_through_the_rust_api() {
     assert_eq!(got, want);
 }
 
-/// Runs `job` (with `--restore latest`) killed with SIGKILL after a random time in
-/// `100..100 + max_ms` ms, `rounds` times. A run that ends before its kill must have succeeded;
-/// `on_finished` then checks its output and starts over (fresh output topic and checkpoints),
-/// so that later kills land mid-run again. Returns how many runs finished.
-fn kill_loop(
-    job: &Path,
-    rounds: usize,
-    max_ms: u64,
-    seed: u64,
-    mut on_finished: impl FnMut(),
-) -> usize {
+/// The largest id of a completed checkpoint (its `_metadata` written) of the job in `dir`
+/// (layout `<dir>/checkpoints/<job>/chk-<id>/_metadata`); 0 when there is none.
+fn last_completed(dir: &Path) -> u64 {
+    let Ok(jobs) = std::fs::read_dir(dir.join("checkpoints")) else {
+        return 0;
+    };
+    let mut last = 0;
+    for job in jobs.flatten() {
+        for chk in std::fs::read_dir(job.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = chk.file_name();
+            let id = name.to_str().and_then(|n| n.strip_prefix("chk-"));
+            if let Some(id) = id.and_then(|i| i.parse::<u64>().ok()) {
+                if chk.path().join("_metadata").exists() {
+                    last = last.max(id);
+                }
+            }
+        }
+    }
+    last
+}
+
+/// Runs `job` (with `--restore latest`) `rounds` times, each killed with SIGKILL at a point
+/// chosen by progress, not by wall time (a loaded CI machine runs at any speed): in a third
+/// of the rounds 50..350 ms after the start (during start-up or restore), otherwise 0..150 ms
+/// after the run completed 1 or 2 new checkpoints. A run that ends before its kill must have
+/// succeeded; `on_finished` then checks its output and starts over (fresh output topic and
+/// checkpoints), so that later kills land mid-run again. Returns how many runs finished.
+fn kill_loop(job: &Path, rounds: usize, seed: u64, mut on_finished: impl FnMut()) -> usize {
+    let dir = job.parent().unwrap();
     let mut rng = Rng(seed);
     let mut finished = 0;
     for i in 0..rounds {
+        let before = last_completed(dir);
+        let wait_for = rng.next() % 3;
         let mut child = weir()
             .arg("run")
             .arg(job)
@@ -171,7 +195,19 @@ fn kill_loop(
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100 + rng.next() % max_ms));
+        if wait_for == 0 {
+            std::thread::sleep(Duration::from_millis(50 + rng.next() % 300));
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while last_completed(dir) < before + wait_for && child.try_wait().unwrap().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {i}: no {wait_for} checkpoints after chk-{before} within 120 s"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rng.next() % 150));
+        }
         let _ = child.kill();
         let o = child.wait_with_output().unwrap();
         if o.status.success() {
@@ -235,7 +271,7 @@ fn exactly_once_survives_sigkills() {
     let d = tempfile::tempdir().unwrap();
     let (input, output, all) = topics("eos-kill", 4, 60_000);
     let job = kafka_sum_job(d.path(), "eos-kill", &input, &output, "exactly-once", "");
-    // A full run's length bounds where the kills land.
+    // One run without kills first.
     let t = Instant::now();
     let o = run(&job, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -245,7 +281,7 @@ fn exactly_once_survives_sigkills() {
     // Again from scratch into a fresh output topic, killed over and over.
     let output = std::cell::RefCell::new(start_over(d.path(), "eos-kill", &input, "exactly-once"));
     let n = kills();
-    let finished = kill_loop(&job, n, full.as_millis() as u64 * 7 / 10, 7, || {
+    let finished = kill_loop(&job, n, 7, || {
         check_exactly_once(
             &read_all(&broker(), &output.borrow(), "read_committed"),
             &all,
@@ -317,15 +353,13 @@ fn crash_after_checkpoint_completed_before_commit_loses_and_duplicates_nothing()
 fn at_least_once_sink_loses_nothing_under_sigkills() {
     let d = tempfile::tempdir().unwrap();
     let (input, _, all) = topics("alo-kill", 4, 40_000);
-    let t = Instant::now();
     let output = start_over(d.path(), "alo-kill", &input, "at-least-once");
     let job = d.path().join("job.toml");
     let o = run(&job, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let full = t.elapsed();
     check_at_least_once(&read_all(&broker(), &output, "read_uncommitted"), &all);
     let output = std::cell::RefCell::new(start_over(d.path(), "alo-kill", &input, "at-least-once"));
-    let finished = kill_loop(&job, 10, full.as_millis() as u64 * 7 / 10, 11, || {
+    let finished = kill_loop(&job, 10, 11, || {
         check_at_least_once(
             &read_all(&broker(), &output.borrow(), "read_uncommitted"),
             &all,
@@ -340,7 +374,11 @@ fn at_least_once_sink_loses_nothing_under_sigkills() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = read_all(&broker(), &output.borrow(), "read_uncommitted");
     check_at_least_once(&out, &all);
-    eprintln!("{} records written for {} inputs", out.len(), all.len());
+    eprintln!(
+        "{} records written for {} inputs; {finished} of 10 runs finished first",
+        out.len(),
+        all.len()
+    );
 }
 
 /// Writes `<dir>/<name>.toml`: Kafka `topic` -> file sink in `<dir>/<name>-out`, with the
