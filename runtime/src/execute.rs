@@ -126,6 +126,9 @@ fn validate(graph: &Graph, config: &RuntimeConfig) -> Result<Vec<usize>, JobErro
     Ok(par)
 }
 
+/// The directory under a job's local directory that holds spare snapshot files.
+const SPARE_DIR: &str = "spare";
+
 /// Everything a checkpointed job needs beside its workers.
 struct CheckpointSetup {
     cfg: CheckpointConfig,
@@ -335,6 +338,14 @@ pub(crate) fn start(
     // Workers without tasks are not started (e.g. more cores than subtasks).
     assignments.retain(|a| !a.is_empty());
     let workers = assignments.len();
+    // Retired local copies that later snapshots overwrite instead of new files (see
+    // `weir_storage::SpareFiles`): two per worker, so each write finds one in steady state.
+    let spare = ckpt.as_ref().map(|c| {
+        Arc::new(weir_storage::SpareFiles::new(
+            c.local_dir.join(SPARE_DIR),
+            2 * workers,
+        ))
+    });
     let mut per_worker: Vec<Endpoints> = (0..workers).map(|_| Endpoints::default()).collect();
     let chain_of = |mut node: NodeId| {
         while plan.chained[node] {
@@ -391,6 +402,7 @@ pub(crate) fn start(
                 let setup = cp::WriterSetup {
                     worker: w,
                     local_dir: c.local_dir.clone(),
+                    spare: spare.clone(),
                     store: c.store.clone(),
                     events: events_tx.clone(),
                 };
@@ -466,6 +478,7 @@ pub(crate) fn start(
             operators: c.operators.clone(),
             max_parallelism: plan.config.max_parallelism as u32,
             first_id: first_checkpoint,
+            spare: spare.clone(),
             sources,
             incremental,
             restored_files,

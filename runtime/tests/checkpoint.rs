@@ -550,3 +550,182 @@ fn records_emitted_at_the_end_of_input_are_committed() {
         "everything pre-committed was committed"
     );
 }
+
+/// Emits `(i % 97, i)` for ever, 20 records a millisecond, from its restored position.
+struct Ticking {
+    next: u64,
+    not_before: Instant,
+}
+
+impl SourceReader<(u64, u64)> for Ticking {
+    fn poll(
+        &mut self,
+        out: &mut Vec<(i64, (u64, u64))>,
+        _max: usize,
+    ) -> Result<SourcePoll, BoxError> {
+        if Instant::now() < self.not_before {
+            return Ok(SourcePoll::Idle(Some(self.not_before)));
+        }
+        self.not_before = Instant::now() + Duration::from_millis(1);
+        for _ in 0..20 {
+            out.push((NO_TIMESTAMP, (self.next % 97, self.next)));
+            self.next += 1;
+        }
+        Ok(SourcePoll::Ready)
+    }
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
+        Ok(self.next.to_le_bytes().to_vec())
+    }
+}
+
+/// Every snapshot file under a job's local directory: (inode, its name in the spare directory
+/// or `None` in a checkpoint's).
+#[cfg(unix)]
+fn local_files(job: &std::path::Path) -> Vec<(u64, Option<String>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(job).into_iter().flatten().flatten() {
+        let spare = d.file_name() == "spare";
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            if let Ok(m) = f.metadata() {
+                let name = spare.then(|| f.file_name().into_string().unwrap());
+                out.push((m.ino(), name));
+            }
+        }
+    }
+    out
+}
+
+/// What [`run_ticking`] saw: per inode, the places it was in, in order (true: spare); the
+/// names of spare files; the most spare files at once.
+struct Seen {
+    places: HashMap<u64, Vec<bool>>,
+    spare_names: std::collections::BTreeSet<String>,
+    most: usize,
+}
+
+impl Seen {
+    /// Files that went from the spare directory into a checkpoint.
+    fn reused(&self) -> usize {
+        self.places
+            .values()
+            .filter(|p| p.windows(2).any(|w| w == [true, false]))
+            .count()
+    }
+}
+
+/// Runs the ticking job for `run_for`, polling its local directory.
+#[cfg(unix)]
+fn run_ticking(dir: &std::path::Path, restore: bool, run_for: Duration) -> Seen {
+    let env = StreamEnv::new(RuntimeConfig {
+        workers: 2,
+        parallelism: 2,
+        pin_workers: false,
+        ..RuntimeConfig::default()
+    });
+    let mut cfg = CheckpointConfig::new(format!("file://{}", dir.join("store").display()));
+    cfg.interval = Duration::from_millis(30);
+    cfg.local_dir = dir.join("local");
+    cfg.retained = 2;
+    // Full checkpoints: each one's files retire as soon as two newer ones completed.
+    cfg.incremental = false;
+    env.enable_checkpointing(cfg);
+    if restore {
+        env.restore_from(RestoreFrom::Latest);
+    }
+    env.source("ticking", |info| {
+        let next = info
+            .restored_state()
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+        Ok(Ticking {
+            next,
+            not_before: Instant::now(),
+        })
+    })
+    .set_parallelism(1)
+    .key_by(|r: &(u64, u64)| r.0)
+    .sum(|r: &mut (u64, u64)| &mut r.1)
+    .sink("discard", |_| Ok(Discard));
+    let job = dir.join("local/spare-test");
+    let h = env.start("spare-test").unwrap();
+    let mut seen = Seen {
+        places: HashMap::new(),
+        spare_names: Default::default(),
+        most: 0,
+    };
+    let t = Instant::now();
+    while t.elapsed() < run_for {
+        let files = local_files(&job);
+        seen.most = seen
+            .most
+            .max(files.iter().filter(|f| f.1.is_some()).count());
+        for (ino, name) in files {
+            let spare = name.is_some();
+            seen.spare_names.extend(name);
+            let places = seen.places.entry(ino).or_default();
+            if places.last() != Some(&spare) {
+                places.push(spare);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.cancel();
+    let _ = h.join();
+    seen
+}
+
+struct Discard;
+
+impl SinkWriter<(u64, u64)> for Discard {
+    fn write(&mut self, batch: &mut Vec<(i64, (u64, u64))>) -> Result<(), BoxError> {
+        batch.clear();
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// Retention hands the local copies of retired checkpoints to the snapshot writers, which
+/// overwrite them instead of creating new files (at most two per worker wait), but never the
+/// files of the checkpoint a run was restored from (they stay mapped while it runs).
+#[cfg(unix)]
+#[test]
+fn retired_local_copies_are_reused_but_never_the_restored_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let first = run_ticking(d.path(), false, Duration::from_millis(1500));
+    assert!(
+        first.most <= 4,
+        "{} spare files at once (at most 2 per worker)",
+        first.most
+    );
+    assert!(first.reused() >= 4, "{} files reused", first.reused());
+    // The restored run (first checkpoint: one past the newest in the store) must not make
+    // spare files of the checkpoints of the first run, whose files it may have mapped. A
+    // spare file is named after the checkpoint it came from.
+    let job = d.path().join("local/spare-test");
+    let already: std::collections::BTreeSet<String> =
+        local_files(&job).into_iter().filter_map(|f| f.1).collect();
+    let store = format!("file://{}", d.path().join("store").display());
+    let newest = weir_storage::open_store(&store, "spare-test")
+        .unwrap()
+        .list()
+        .unwrap()
+        .into_iter()
+        .max()
+        .unwrap();
+    let second = run_ticking(d.path(), true, Duration::from_millis(1500));
+    assert!(second.most <= 4, "{} spare files at once", second.most);
+    for name in second.spare_names.difference(&already) {
+        let id: u64 = name
+            .strip_prefix("chk-")
+            .and_then(|n| n.split('-').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("spare file `{name}`"));
+        assert!(
+            id > newest,
+            "`{name}`: a file of the first run (checkpoints up to {newest}) became spare"
+        );
+    }
+    assert!(second.reused() >= 4, "{} files reused", second.reused());
+}

@@ -4,7 +4,8 @@
 //!   [`probe_writable`]). A file is durable once its bytes and its directory entry survive a
 //!   power loss: write, `fsync` the file, rename it into place, `fsync` the directory.
 //! - The snapshot file format ([`write_snapshot_mmap`], [`write_snapshot_buffered`],
-//!   [`Snapshot`]): one file per worker per checkpoint holding named sections of opaque bytes.
+//!   [`Snapshot`]): one file per worker per checkpoint holding named sections of opaque bytes;
+//!   [`SpareFiles`] keeps retired local copies to be overwritten by later snapshots.
 //! - The checkpoint metadata file ([`encode_metadata`], [`decode_metadata`]), the commit point
 //!   of a checkpoint.
 //! - Checkpoint stores ([`open_store`], [`CheckpointStore`], [`FsStore`], [`s3::S3Store`]) and
@@ -19,6 +20,7 @@ mod metadata;
 mod mmap;
 pub mod s3;
 mod snapshot;
+mod spare;
 mod store;
 
 #[cfg(test)]
@@ -31,10 +33,11 @@ pub use metadata::{
     OperatorEntry, CHECKPOINT_FORMAT_VERSION, METADATA_FORMAT_VERSION, METADATA_MAGIC,
 };
 pub use snapshot::{
-    encode_snapshot, file_crc32, write_snapshot_buffered, write_snapshot_mmap, Snapshot,
-    SnapshotHeader, SnapshotInfo, MAX_SECTIONS, MAX_SECTION_NAME_LEN, SNAPSHOT_FORMAT_VERSION,
-    SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC,
+    encode_snapshot, file_crc32, write_snapshot_buffered, write_snapshot_mmap,
+    write_snapshot_mmap_reusing, Snapshot, SnapshotHeader, SnapshotInfo, MAX_SECTIONS,
+    MAX_SECTION_NAME_LEN, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC,
 };
+pub use spare::SpareFiles;
 pub use store::{
     open_store, open_store_with, retention_plan, CheckpointStore, FsStore, PutStats, StoreOptions,
     MAX_METADATA_BYTES, METADATA_FILE,

@@ -39,22 +39,28 @@ const CHUNK: usize = 4 << 20;
 
 /// Creates (or truncates) `path`, sizes it to `len` bytes, maps it read-write, copies `pieces`
 /// (exactly `len` bytes together) into it one after the other, then unmaps and fsyncs it. `len`
-/// must be non-zero. On any error the file is removed again.
+/// must be non-zero. With `spare`, a spare file is moved to `path` and overwritten when there
+/// is one (its pages are still cached: see [`crate::SpareFiles`]). On any error the file is
+/// removed again.
 pub(crate) fn write_file<'a>(
     path: &Path,
     len: u64,
     pieces: impl IntoIterator<Item = &'a [u8]>,
+    spare: Option<&crate::SpareFiles>,
 ) -> Result<(), StorageError> {
     let map_len = usize::try_from(len).map_err(|_| StorageError::Io {
         op: "map (file larger than the address space)",
         path: path.to_path_buf(),
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
+    // A reused file keeps its blocks and cached pages; `set_len` below cuts or extends it, and
+    // every byte of the new length is written.
+    let reused = spare.is_some_and(|s| s.take(path, len));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(!reused)
         .open(path)
         .map_err(io_err("create snapshot file", path))?;
     let result = map_fill_sync(&file, path, len, map_len, pieces);
@@ -77,7 +83,9 @@ fn map_fill_sync<'a>(
     // SAFETY: `MmapMut` is unsound only if the mapped file is changed or truncated by someone
     // else while the map is alive (the map would then alias bytes we do not control, or touching
     // it would raise SIGBUS). The file was just created/truncated by us at a path that belongs to
-    // this worker's checkpoint (no other Weir code opens it until `write_file` returns), it
+    // this worker's checkpoint (no other Weir code opens it until `write_file` returns), or it is
+    // a spare file just moved there (a retired local copy that no checkpoint names, no other
+    // link points to, and that the running job wrote itself, so nothing maps it), it
     // has been sized to `map_len` bytes (and its blocks reserved) above, and the map is dropped
     // before this function returns. A non-Weir process writing the same path concurrently is
     // outside what Weir supports.
@@ -182,7 +190,13 @@ pub(crate) fn read_file(path: &Path) -> Result<Bytes, StorageError> {
     // is alive. Snapshot files are written once, completely, before any reader opens them
     // (local copies and `file://` stores name each file after its checkpoint and worker and
     // never write it again; a download is written and closed before it is opened here) and
-    // are only ever deleted afterwards, which leaves an existing mapping intact. Another
+    // are afterwards only deleted, which leaves an existing mapping intact, or, as local
+    // copies that no retained checkpoint names any more, overwritten as spare files
+    // (`SpareFiles`): only files the running job wrote itself, never those it was restored
+    // from, and only after the checkpoints naming them were deleted, so no reader of this
+    // process maps them (a reader in another process, such as `weir checkpoints inspect` on
+    // a checkpoint that retention deletes meanwhile, can fail: changed bytes fail their
+    // checksums, and a file cut shorter raises SIGBUS in that process). Another
     // process truncating a checkpoint file under a running job is outside what Weir supports
     // (the same contract as for the write path above); a media error while reading raises
     // SIGBUS, as it would for any mapped file.

@@ -271,6 +271,10 @@ pub fn files_in(job_dir: &Path) -> FileSet {
     };
     for e in entries.flatten() {
         let name = e.file_name().into_string().unwrap();
+        if name == "spare" {
+            // A local directory's spare files: retired copies, named by no checkpoint.
+            continue;
+        }
         let id: u64 = name.strip_prefix("chk-").unwrap().parse().unwrap();
         for f in std::fs::read_dir(e.path()).unwrap().flatten() {
             let f = f.file_name().into_string().unwrap();

@@ -105,6 +105,8 @@ pub(crate) struct CoordinatorSetup {
     pub(crate) operators: Vec<OperatorEntry>,
     pub(crate) max_parallelism: u32,
     pub(crate) first_id: u64,
+    /// Where retention puts the local copies it retires (see `weir_storage::SpareFiles`).
+    pub(crate) spare: Option<Arc<weir_storage::SpareFiles>>,
     pub(crate) sources: usize,
     /// Told the newest completed checkpoint (incremental state settles its chains with it).
     pub(crate) incremental: Option<Arc<crate::state::Incremental>>,
@@ -176,6 +178,9 @@ pub(crate) fn run(s: CoordinatorSetup) {
         retained: s.cfg.retained,
         max_concurrent: s.cfg.max_concurrent,
         metadata: BTreeMap::new(),
+        ever_complete: BTreeSet::new(),
+        spare: s.spare.clone(),
+        first_id: s.first_id,
     };
     let retention = std::thread::Builder::new()
         .name("weir-checkpoint-retention".into())
@@ -430,6 +435,14 @@ struct Retainer {
     /// Each checkpoint's metadata, or `None` when it has none and never will (older than a
     /// complete one): saves a read per checkpoint and pass (a GET each on S3).
     metadata: BTreeMap<u64, Option<CheckpointMetadata>>,
+    /// Local copies of deleted checkpoints go here, to be overwritten by later snapshots.
+    spare: Option<Arc<weir_storage::SpareFiles>>,
+    /// The first checkpoint of this run: only files of checkpoints from it on become spare
+    /// (the files the run was restored from stay mapped while it runs).
+    first_id: u64,
+    /// Checkpoints seen complete (their uploads are over), still in the store: the only ones
+    /// whose files may become spare (an aborted checkpoint's upload may still read its files).
+    ever_complete: BTreeSet<u64>,
 }
 
 impl Retainer {
@@ -442,6 +455,8 @@ impl Retainer {
             }
         };
         self.metadata.retain(|id, _| ids.binary_search(id).is_ok());
+        self.ever_complete
+            .retain(|id| ids.binary_search(id).is_ok());
         let mut complete = Vec::new();
         let mut incomplete = Vec::new();
         for &id in &ids {
@@ -469,7 +484,10 @@ impl Retainer {
                 }
             }
             match &self.metadata[&id] {
-                Some(_) => complete.push(id),
+                Some(_) => {
+                    self.ever_complete.insert(id);
+                    complete.push(id);
+                }
                 None => incomplete.push(id),
             }
         }
@@ -501,7 +519,7 @@ impl Retainer {
         };
         let complete_ids = complete;
         // Local copies of checkpoints the store no longer (or never) had, e.g. written before a
-        // crash and never uploaded, go too.
+        // crash and never uploaded, go too (those it has go below, after the store's copies).
         let retained: BTreeSet<u64> = complete_ids
             .iter()
             .rev()
@@ -509,24 +527,32 @@ impl Retainer {
             .copied()
             .collect();
         for id in local_checkpoints(&self.local_dir) {
-            if id < newest && !retained.contains(&id) && !incomplete.contains(&id) {
-                prune_local(&self.local_dir.join(format!("chk-{id}")), &kept(id));
+            if id < newest && !retained.contains(&id) && ids.binary_search(&id).is_err() {
+                prune_local(&self.local_dir.join(format!("chk-{id}")), &kept(id), None);
             }
         }
         for id in weir_storage::retention_plan(&complete_ids, &incomplete, self.retained) {
             let kept = kept(id);
-            match self.store.delete(id, &kept) {
+            let deleted = match self.store.delete(id, &kept) {
                 Ok(()) => {
                     tracing::debug!(checkpoint = id, kept = kept.len(), "deleted by retention");
                     // Its metadata is gone: retired (files kept) or deleted.
                     self.metadata.insert(id, None);
+                    true
                 }
                 Err(e) => {
                     tracing::warn!(checkpoint = id, error = %e, "cannot delete checkpoint");
                     self.metadata.remove(&id);
+                    false
                 }
-            }
-            prune_local(&self.local_dir.join(format!("chk-{id}")), &kept);
+            };
+            // The files of a checkpoint of this run that completed (its uploads are over), once
+            // gone from the store, are read by nothing any more.
+            let spare = self
+                .spare
+                .as_deref()
+                .filter(|_| deleted && id >= self.first_id && self.ever_complete.contains(&id));
+            prune_local(&self.local_dir.join(format!("chk-{id}")), &kept, spare);
         }
     }
 }
@@ -548,21 +574,27 @@ fn local_checkpoints(local_dir: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// Removes a local checkpoint copy except the files named in `keep`.
-fn prune_local(dir: &Path, keep: &[&str]) {
-    let result = if keep.is_empty() {
-        std::fs::remove_dir_all(dir)
-    } else {
-        std::fs::read_dir(dir).and_then(|entries| {
-            for e in entries {
-                let e = e?;
-                if !keep.iter().any(|k| e.file_name().as_os_str() == *k) {
-                    std::fs::remove_file(e.path())?;
+/// Removes a local checkpoint copy except the files named in `keep`; with `spare`, the files
+/// go there (or are deleted when it has no room).
+fn prune_local(dir: &Path, keep: &[&str], spare: Option<&weir_storage::SpareFiles>) {
+    let result = std::fs::read_dir(dir).and_then(|entries| {
+        for e in entries {
+            let e = e?;
+            if !keep.iter().any(|k| e.file_name().as_os_str() == *k) {
+                match spare {
+                    Some(s) if e.file_type()?.is_file() => {
+                        s.retire(&e.path())?;
+                    }
+                    _ if e.file_type()?.is_dir() => std::fs::remove_dir_all(e.path())?,
+                    _ => std::fs::remove_file(e.path())?,
                 }
             }
-            Ok(())
-        })
-    };
+        }
+        if keep.is_empty() {
+            std::fs::remove_dir(dir)?;
+        }
+        Ok(())
+    });
     if let Err(e) = result {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %dir.display(), error = %e, "cannot delete local checkpoint copy");

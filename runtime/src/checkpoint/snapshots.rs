@@ -153,6 +153,8 @@ impl WorkerCheckpoints {
 pub(crate) struct WriterSetup {
     pub(crate) worker: usize,
     pub(crate) local_dir: PathBuf,
+    /// Retired local copies to overwrite instead of creating new files.
+    pub(crate) spare: Option<Arc<weir_storage::SpareFiles>>,
     pub(crate) store: Arc<dyn CheckpointStore>,
     pub(crate) events: Sender<ToCoordinator>,
 }
@@ -205,8 +207,13 @@ fn write_one(setup: &WriterSetup, job: SnapshotJob) -> Result<Ack, String> {
         checkpoint_id: job.id,
         worker: setup.worker as u32,
     };
-    let info =
-        weir_storage::write_snapshot_mmap(&path, &header, &sections).map_err(|e| e.to_string())?;
+    let info = weir_storage::write_snapshot_mmap_reusing(
+        &path,
+        &header,
+        &sections,
+        setup.spare.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
     // The next checkpoint encodes into the same buffers (see `crate::buffers`).
     for (_, b) in encoded {
         crate::buffers::give(b);

@@ -3,6 +3,7 @@
 mod metadata;
 mod props;
 mod snapshot;
+mod spare;
 mod store;
 
 use crate::{encode_metadata, CheckpointMetadata, CheckpointStats, FileEntry, OperatorEntry};
