@@ -246,15 +246,22 @@ impl Source {
     }
 
     fn file(&self, checkpoint: u64, name: &str) -> anyhow::Result<Snapshot> {
-        let local = match self {
-            Source::Local(_) => PathBuf::from(self.path(name, Some(checkpoint))),
+        match self {
+            Source::Local(_) => {
+                // Read, not mapped: a running job's retention may reuse the file of a
+                // checkpoint it deletes meanwhile (a `file://` store links the job's local
+                // copy, which becomes a spare file once the store's link is gone), and a
+                // mapping must not change under the reader. Changed bytes fail the checks.
+                let path = self.path(name, Some(checkpoint));
+                let bytes = std::fs::read(&path).with_context(|| format!("`{path}`"))?;
+                Ok(Snapshot::from_bytes(bytes).with_context(|| format!("`{path}`"))?)
+            }
             Source::Remote { store, tmp, .. } => {
                 let p = tmp.join(format!("chk-{checkpoint}")).join(name);
                 store.get_file(checkpoint, name, &p)?;
-                p
+                Ok(Snapshot::open(&p)?)
             }
-        };
-        Ok(Snapshot::open(&local)?)
+        }
     }
 }
 

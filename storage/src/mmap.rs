@@ -62,7 +62,13 @@ pub(crate) fn write_file<'a>(
         .create(true)
         .truncate(!reused)
         .open(path)
-        .map_err(io_err("create snapshot file", path))?;
+        .map_err(|e| {
+            if reused {
+                // The spare file was renamed here: it holds an old snapshot's bytes.
+                let _ = std::fs::remove_file(path);
+            }
+            io_err("create snapshot file", path)(e)
+        })?;
     let result = map_fill_sync(&file, path, len, map_len, pieces);
     if result.is_err() {
         drop(file);
@@ -84,8 +90,10 @@ fn map_fill_sync<'a>(
     // else while the map is alive (the map would then alias bytes we do not control, or touching
     // it would raise SIGBUS). The file was just created/truncated by us at a path that belongs to
     // this worker's checkpoint (no other Weir code opens it until `write_file` returns), or it is
-    // a spare file just moved there (a retired local copy that no checkpoint names, no other
-    // link points to, and that the running job wrote itself, so nothing maps it), it
+    // a spare file just moved there: a local copy of a checkpoint that the store no longer has,
+    // that no retained checkpoint names and no other link points to, in a `chk-<id>` directory
+    // with `id` at or after the running job's first checkpoint (the only files this process
+    // maps for reading are those of the checkpoint it was restored from, all older), it
     // has been sized to `map_len` bytes (and its blocks reserved) above, and the map is dropped
     // before this function returns. A non-Weir process writing the same path concurrently is
     // outside what Weir supports.
@@ -187,19 +195,17 @@ pub(crate) fn read_file(path: &Path) -> Result<Bytes, StorageError> {
         return Ok(Bytes::Owned(Vec::new()));
     }
     // SAFETY: `Mmap` is unsound only if the mapped file is changed or truncated while the map
-    // is alive. Snapshot files are written once, completely, before any reader opens them
-    // (local copies and `file://` stores name each file after its checkpoint and worker and
-    // never write it again; a download is written and closed before it is opened here) and
-    // are afterwards only deleted, which leaves an existing mapping intact, or, as local
-    // copies that no retained checkpoint names any more, overwritten as spare files
-    // (`SpareFiles`): only files the running job wrote itself, never those it was restored
-    // from, and only after the checkpoints naming them were deleted, so no reader of this
-    // process maps them (a reader in another process, such as `weir checkpoints inspect` on
-    // a checkpoint that retention deletes meanwhile, can fail: changed bytes fail their
-    // checksums, and a file cut shorter raises SIGBUS in that process). Another
-    // process truncating a checkpoint file under a running job is outside what Weir supports
-    // (the same contract as for the write path above); a media error while reading raises
-    // SIGBUS, as it would for any mapped file.
+    // is alive. Snapshot files are written completely before any reader opens them (local
+    // copies and `file://` stores name each file after its checkpoint and worker and never
+    // write it under that name again; a download is written and closed before it is opened
+    // here). Afterwards they are only deleted, which leaves an existing mapping intact, or, as
+    // local copies of checkpoints deleted from the store, overwritten as spare files
+    // (`SpareFiles`): only files in `chk-<id>` directories with `id` at or after the running
+    // job's first checkpoint, never those it was restored from (all older), so no reader of
+    // this process maps them (`weir checkpoints inspect` reads local checkpoint files instead
+    // of mapping them, for the same reason). Another process truncating a checkpoint file
+    // under a running job is outside what Weir supports (the same contract as for the write
+    // path above); a media error while reading raises SIGBUS, as it would for any mapped file.
     let map = unsafe { MmapOptions::new().populate().map(&file) }
         .map_err(io_err("memory-map snapshot file", path))?;
     Ok(Bytes::Mapped(map))
