@@ -11,10 +11,9 @@
 //! over the local copies of checkpoints deleted from the store that no retained checkpoint
 //! references, from the running job's first checkpoint on (never the files it was restored
 //! from, which are older and stay mapped), and a file with another hard link (a `file://`
-//! store links the local copy) is deleted instead. The
-//! directory holds at most `max` files; the rest are deleted. A crash leaves at worst some
-//! spare files behind, which a later run reuses or a `delete` on cancel removes with the
-//! local directory.
+//! store links the local copy) is deleted instead. The directory holds at most `max` files;
+//! the rest are deleted. A crash leaves at worst some spare files behind, which a later run
+//! reuses or a `delete` on cancel removes with the local directory.
 
 use std::path::{Path, PathBuf};
 

@@ -580,14 +580,16 @@ fn prune_local(dir: &Path, keep: &[&str], spare: Option<&weir_storage::SpareFile
     let result = std::fs::read_dir(dir).and_then(|entries| {
         for e in entries {
             let e = e?;
-            if !keep.iter().any(|k| e.file_name().as_os_str() == *k) {
-                match spare {
-                    Some(s) if e.file_type()?.is_file() => {
-                        s.retire(&e.path())?;
-                    }
-                    _ if e.file_type()?.is_dir() => std::fs::remove_dir_all(e.path())?,
-                    _ => std::fs::remove_file(e.path())?,
+            if keep.iter().any(|k| e.file_name().as_os_str() == *k) {
+                continue;
+            }
+            let kind = e.file_type()?;
+            match spare {
+                Some(s) if kind.is_file() => {
+                    s.retire(&e.path())?;
                 }
+                _ if kind.is_dir() => std::fs::remove_dir_all(e.path())?,
+                _ => std::fs::remove_file(e.path())?,
             }
         }
         if keep.is_empty() {
