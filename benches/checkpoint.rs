@@ -25,7 +25,8 @@
 //! `cargo bench --bench checkpoint` (env: WEIR_BENCH_STORE=s3 to checkpoint to a local MinIO;
 //! WEIR_BENCH_STATE_MB, default 1024; WEIR_BENCH_QUICK=1 for a small smoke run;
 //! WEIR_BENCH_WORKLOADS=hot-1pct or all-keys for one workload (`none`: only the write speeds);
-//! WEIR_BENCH_ROUNDS; WEIR_BENCH_OUT for the results directory, default
+//! WEIR_BENCH_ROUNDS; WEIR_BENCH_WINDOWS=1 prints each measured window's monotonic clock
+//! readings, to cut a `perf record -k mono` profile to it; WEIR_BENCH_OUT for the results directory, default
 //! `target/bench-results`). Results: `checkpoint.json` and `checkpoint.md`.
 
 use std::path::Path;
@@ -228,6 +229,10 @@ fn run(
     );
     std::thread::sleep(window);
     let (t1, r1) = (Instant::now(), h.metrics().source_records());
+    if std::env::var_os("WEIR_BENCH_WINDOWS").is_some() {
+        // CLOCK_MONOTONIC readings, to cut a `perf record -k mono` profile to the window.
+        println!("    window {t0:?} .. {t1:?}");
+    }
     let cps: Vec<_> = h.checkpoints().into_iter().skip(c0).collect();
     h.cancel();
     let _ = h.join();

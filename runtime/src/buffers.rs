@@ -41,6 +41,97 @@ pub(crate) fn give(mut buf: Vec<u8>) {
     });
 }
 
+/// A postcard output that appends to a `Vec<u8>`: single bytes with `push`, slices with
+/// `extend_from_slice`. (`postcard::to_extend` goes through `Extend` for every byte, a call
+/// the compiler did not inline: most of the snapshot writer's encoding time on large state.)
+struct Append(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append {
+    type Output = Vec<u8>;
+
+    #[inline(always)]
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.0.push(b);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
+/// Appends the postcard encoding of `value` to `buf` (the same bytes as `postcard::to_extend`).
+pub(crate) fn append<T: serde::Serialize + ?Sized>(
+    value: &T,
+    buf: Vec<u8>,
+) -> postcard::Result<Vec<u8>> {
+    postcard::serialize_with_flavor(value, Append(buf))
+}
+
+/// A section's bytes in pieces: ranges of a few buffers, to be written back to back (so
+/// parts encoded into different buffers need not be copied together first).
+#[derive(Default)]
+pub(crate) struct Pieces {
+    bufs: Vec<Vec<u8>>,
+    /// `(buffer, range)`, in write order.
+    at: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+impl Pieces {
+    /// Adds `buf` (whose ranges [`Pieces::push`] can then name) and returns its number.
+    pub(crate) fn buffer(&mut self, buf: Vec<u8>) -> usize {
+        self.bufs.push(buf);
+        self.bufs.len() - 1
+    }
+
+    /// Appends `range` of buffer `buf` to the section.
+    pub(crate) fn push(&mut self, buf: usize, range: std::ops::Range<usize>) {
+        assert!(
+            range.end <= self.bufs[buf].len(),
+            "piece {range:?} beyond buffer {buf} of {} bytes",
+            self.bufs[buf].len()
+        );
+        if !range.is_empty() {
+            self.at.push((buf, range));
+        }
+    }
+
+    /// The pieces in write order.
+    pub(crate) fn slices(&self) -> Vec<&[u8]> {
+        self.at
+            .iter()
+            .map(|(b, r)| &self.bufs[*b][r.clone()])
+            .collect()
+    }
+
+    /// The section's bytes in one buffer (tests).
+    #[cfg(test)]
+    pub(crate) fn concat(&self) -> Vec<u8> {
+        self.slices().concat()
+    }
+
+    /// Hands the buffers back for reuse by this thread (see [`give`]).
+    pub(crate) fn give(self) {
+        self.bufs.into_iter().for_each(give);
+    }
+}
+
+impl From<Vec<u8>> for Pieces {
+    fn from(bytes: Vec<u8>) -> Self {
+        let mut p = Pieces::default();
+        let len = bytes.len();
+        let b = p.buffer(bytes);
+        p.push(b, 0..len);
+        p
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +157,33 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn append_writes_postcards_bytes_after_what_is_there() {
+        let value = (
+            7u32,
+            u64::MAX,
+            [3u8; 24],
+            "text",
+            vec![1u16, 300],
+            Some(-5i64),
+        );
+        let out = append(&value, vec![9, 9]).unwrap();
+        assert_eq!(out[..2], [9, 9]);
+        assert_eq!(out[2..], postcard::to_stdvec(&value).unwrap()[..]);
+    }
+
+    #[test]
+    fn pieces_are_written_in_the_order_pushed() {
+        let mut p = Pieces::default();
+        let a = p.buffer(b"abcdef".to_vec());
+        let b = p.buffer(b"XYZ".to_vec());
+        p.push(b, 1..3);
+        p.push(a, 0..2);
+        p.push(a, 4..4);
+        p.push(a, 5..6);
+        assert_eq!(p.slices().concat(), b"YZabf");
+        assert_eq!(Pieces::from(b"one".to_vec()).slices().concat(), b"one");
     }
 }

@@ -26,7 +26,7 @@ pub(crate) type DurableWait = Box<dyn FnOnce() -> Result<(), BoxError> + Send>;
 /// copy-on-write maps) encoded later on the snapshot writer thread, off the worker.
 pub(crate) enum Section {
     Bytes(Vec<u8>),
-    Deferred(Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>),
+    Deferred(Box<dyn FnOnce() -> Result<crate::buffers::Pieces, String> + Send>),
 }
 
 /// A checkpoint barrier travelling down a chain: operators append their state sections.
@@ -466,7 +466,9 @@ impl<T> Collector<T> for SinkOp<T> {
             b.sections.push((
                 self.info.section_name("state"),
                 Section::Deferred(Box::new(move || {
-                    state().map_err(|e| format!("sink pre-commit failed: {e}"))
+                    state()
+                        .map(Into::into)
+                        .map_err(|e| format!("sink pre-commit failed: {e}"))
                 })),
             ));
         } else if !pc.state.is_empty() {

@@ -34,8 +34,9 @@ pub use metadata::{
 };
 pub use snapshot::{
     encode_snapshot, file_crc32, write_snapshot_buffered, write_snapshot_mmap,
-    write_snapshot_mmap_reusing, Snapshot, SnapshotHeader, SnapshotInfo, MAX_SECTIONS,
-    MAX_SECTION_NAME_LEN, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC,
+    write_snapshot_mmap_pieces, write_snapshot_mmap_reusing, Snapshot, SnapshotHeader,
+    SnapshotInfo, MAX_SECTIONS, MAX_SECTION_NAME_LEN, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN,
+    SNAPSHOT_MAGIC,
 };
 pub use spare::SpareFiles;
 pub use store::{

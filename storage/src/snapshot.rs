@@ -78,7 +78,8 @@ struct SectionEntryRef<'a> {
 /// writers so that they produce identical files.
 struct Plan<'a> {
     header: [u8; SNAPSHOT_HEADER_LEN],
-    sections: &'a [(&'a str, &'a [u8])],
+    /// Each section's name and bytes, in one or more pieces written back to back.
+    sections: Vec<(&'a str, &'a [&'a [u8]])>,
     /// Index bytes followed by their crc32.
     index: Vec<u8>,
     total_len: u64,
@@ -98,7 +99,7 @@ fn check_name(name: &str) -> Result<(), FormatError> {
 impl<'a> Plan<'a> {
     fn new(
         header: &SnapshotHeader,
-        sections: &'a [(&'a str, &'a [u8])],
+        sections: Vec<(&'a str, &'a [&'a [u8]])>,
     ) -> Result<Self, FormatError> {
         let count = u32::try_from(sections.len())
             .ok()
@@ -111,7 +112,7 @@ impl<'a> Plan<'a> {
         let mut entries = Vec::with_capacity(sections.len());
         let mut data_crc = crc32fast::Hasher::new();
         let mut offset = SNAPSHOT_HEADER_LEN as u64;
-        for &(name, bytes) in sections {
+        for &(name, pieces) in &sections {
             check_name(name)?;
             if !seen.insert(name) {
                 return Err(FormatError::DuplicateSection {
@@ -119,9 +120,12 @@ impl<'a> Plan<'a> {
                 });
             }
             let mut h = crc32fast::Hasher::new();
-            h.update(bytes);
+            let mut len = 0u64;
+            for bytes in pieces {
+                h.update(bytes);
+                len += bytes.len() as u64;
+            }
             data_crc.combine(&h);
-            let len = bytes.len() as u64;
             entries.push(SectionEntryRef {
                 name,
                 offset,
@@ -181,7 +185,7 @@ impl<'a> Plan<'a> {
     /// The file's bytes in order: header, sections, index (`total_len` bytes together).
     fn pieces(&self) -> impl Iterator<Item = &[u8]> + '_ {
         std::iter::once(&self.header[..])
-            .chain(self.sections.iter().map(|(_, b)| *b))
+            .chain(self.sections.iter().flat_map(|(_, b)| b.iter().copied()))
             .chain(std::iter::once(&self.index[..]))
     }
 
@@ -210,7 +214,7 @@ pub fn encode_snapshot(
     header: &SnapshotHeader,
     sections: &[(&str, &[u8])],
 ) -> Result<Vec<u8>, FormatError> {
-    let plan = Plan::new(header, sections)?;
+    let plan = Plan::new(header, one_piece(sections))?;
     let len = usize::try_from(plan.total_len).map_err(|_| FormatError::TooLarge {
         what: "snapshot",
         len: plan.total_len,
@@ -245,9 +249,29 @@ pub fn write_snapshot_mmap_reusing(
     sections: &[(&str, &[u8])],
     spare: Option<&crate::SpareFiles>,
 ) -> Result<SnapshotInfo, StorageError> {
+    write_snapshot_mmap_pieces(path, header, one_piece(sections), spare)
+}
+
+/// [`write_snapshot_mmap_reusing`] with each section given in pieces, which are written back
+/// to back: the same file as with the pieces concatenated, without concatenating them first
+/// (a snapshot writer encodes a table's parts into several buffers).
+pub fn write_snapshot_mmap_pieces(
+    path: &Path,
+    header: &SnapshotHeader,
+    sections: Vec<(&str, &[&[u8]])>,
+    spare: Option<&crate::SpareFiles>,
+) -> Result<SnapshotInfo, StorageError> {
     let plan = Plan::new(header, sections).map_err(format_err(path))?;
     crate::mmap::write_file(path, plan.total_len, plan.pieces(), spare)?;
     Ok(plan.info(path))
+}
+
+/// Sections of one piece each.
+fn one_piece<'a>(sections: &'a [(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [&'a [u8]])> {
+    sections
+        .iter()
+        .map(|(n, b)| (*n, std::slice::from_ref(b)))
+        .collect()
 }
 
 /// Writes the same bytes as [`write_snapshot_mmap`] with plain buffered writes, then `fsync`s
@@ -258,7 +282,7 @@ pub fn write_snapshot_buffered(
     header: &SnapshotHeader,
     sections: &[(&str, &[u8])],
 ) -> Result<SnapshotInfo, StorageError> {
-    let plan = Plan::new(header, sections).map_err(format_err(path))?;
+    let plan = Plan::new(header, one_piece(sections)).map_err(format_err(path))?;
     let file = File::create(path).map_err(io_err("create snapshot file", path))?;
     let write = || -> Result<(), StorageError> {
         let mut w = BufWriter::with_capacity(1 << 20, file);

@@ -14,6 +14,7 @@ use weir_storage::{CheckpointStore, SnapshotHeader};
 
 use super::decider::Ack;
 use super::messages::ToCoordinator;
+use crate::buffers::Pieces;
 use crate::error::JobError;
 use crate::operator::{Barrier, DurableWait, Section};
 
@@ -191,32 +192,31 @@ fn write_one(setup: &WriterSetup, job: SnapshotJob) -> Result<Ack, String> {
     let name = format!("worker-{}.snap", setup.worker);
     let path = dir.join(&name);
     // The asynchronous part: encode what was captured at the barrier.
-    let encoded: Vec<(String, Vec<u8>)> = job
+    let encoded: Vec<(String, Pieces)> = job
         .sections
         .into_iter()
         .map(|(n, s)| match s {
-            Section::Bytes(b) => Ok((n, b)),
-            Section::Deferred(f) => f().map(|b| (n, b)),
+            Section::Bytes(b) => Ok((n, Pieces::from(b))),
+            Section::Deferred(f) => f().map(|p| (n, p)),
         })
         .collect::<Result<_, String>>()?;
-    let sections: Vec<(&str, &[u8])> = encoded
+    let slices: Vec<Vec<&[u8]>> = encoded.iter().map(|(_, p)| p.slices()).collect();
+    let sections: Vec<(&str, &[&[u8]])> = encoded
         .iter()
-        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .zip(&slices)
+        .map(|((n, _), s)| (n.as_str(), s.as_slice()))
         .collect();
     let header = SnapshotHeader {
         checkpoint_id: job.id,
         worker: setup.worker as u32,
     };
-    let info = weir_storage::write_snapshot_mmap_reusing(
-        &path,
-        &header,
-        &sections,
-        setup.spare.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
+    let info =
+        weir_storage::write_snapshot_mmap_pieces(&path, &header, sections, setup.spare.as_deref())
+            .map_err(|e| e.to_string())?;
+    drop(slices);
     // The next checkpoint encodes into the same buffers (see `crate::buffers`).
-    for (_, b) in encoded {
-        crate::buffers::give(b);
+    for (_, p) in encoded {
+        p.give();
     }
     let uploaded = setup
         .store

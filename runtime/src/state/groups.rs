@@ -33,6 +33,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::StateData;
+use crate::buffers::Pieces;
 
 /// Settings and progress shared by every keyed table of a job run that takes incremental
 /// checkpoints.
@@ -486,24 +487,17 @@ impl<K: Serialize, V: Serialize> Serialize for Values<'_, K, V> {
     }
 }
 
-/// Bytes that postcard writes as a length and the bytes (not element by element).
-struct Blob<'a>(&'a [u8]);
-
-impl Serialize for Blob<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
-}
-
 /// The encoded form of a key group: its chain, then what this checkpoint wrote, as a
-/// length-prefixed blob so a restore can skip groups it does not need without decoding them.
+/// length-prefixed part (postcard bytes: the length as a varint, then the part) so a restore
+/// can skip groups it does not need without decoding them. This is the head, up to and with
+/// the part's length; the part's bytes follow it in the file (see [`encode`]).
 #[derive(Serialize)]
-struct GroupOut<'a> {
+struct GroupHead<'a> {
     ids: &'a [u64],
     base_len: u64,
     delta_entries: u64,
     kind: u8,
-    part: Blob<'a>,
+    part_len: usize,
 }
 
 #[derive(Deserialize)]
@@ -522,7 +516,7 @@ pub(crate) type Earlier<'a> = dyn Fn(u64) -> Result<&'a [u8], String> + 'a;
 /// A table's capture for one checkpoint: the encoder to run off the worker, and the earlier
 /// checkpoints whose files it references.
 pub(crate) struct TableSnapshot {
-    pub(crate) encode: Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>,
+    pub(crate) encode: Box<dyn FnOnce() -> Result<Pieces, String> + Send>,
     pub(crate) refs: BTreeSet<u64>,
 }
 
@@ -610,52 +604,67 @@ impl<'m, K: Hash + Eq, V, I: Iterator<Item = &'m K>> Iterator for Looked<'m, K, 
 /// Encodes captured groups, releasing each one's map as soon as it is read (a worker that
 /// writes to that group afterwards folds its overlay back right away). Deltas, which read a
 /// few keys per group, are encoded first, so that no group waits behind the full copies
-/// (which read whole maps) to be released; the parts are then laid out in group order.
+/// (which read whole maps) to be released. The parts stay in the buffers they were encoded
+/// into: the section is their heads and parts in group order, as [`Pieces`], written to the
+/// file without being copied together first.
 fn encode<K: StateData + Hash + Eq, V: StateData>(
     first: u32,
     mut captured: Vec<Captured<K, V>>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Pieces, String> {
+    use crate::buffers::append;
     let mut deltas = crate::buffers::take();
-    let mut delta_at = vec![0..0; captured.len()];
-    for (c, at) in captured.iter_mut().zip(&mut delta_at) {
+    let mut part_at = vec![0..0; captured.len()];
+    for (c, at) in captured.iter_mut().zip(&mut part_at) {
         if let Part::Delta(map, keys) = &c.part {
             let start = deltas.len();
-            deltas = postcard::to_extend(&DeltaOut { map, keys }, deltas).map_err(encode_err)?;
+            deltas = append(&DeltaOut { map, keys }, deltas).map_err(encode_err)?;
             *at = start..deltas.len();
             c.part = Part::Encoded;
         }
     }
+    let mut fulls = crate::buffers::take();
+    let mut kinds = Vec::with_capacity(captured.len());
+    for (c, at) in captured.iter_mut().zip(&mut part_at) {
+        kinds.push(match std::mem::replace(&mut c.part, Part::Encoded) {
+            Part::Unchanged => UNCHANGED,
+            Part::Full(map) => {
+                let start = fulls.len();
+                fulls = append(&Values(&map), fulls).map_err(encode_err)?;
+                *at = start..fulls.len();
+                FULL
+            }
+            Part::Encoded => DELTA,
+            Part::Delta(..) => unreachable!("deltas are encoded above"),
+        });
+    }
     // `(u32, Vec<Group>)`: postcard writes both the number and the vector's length as
     // varints, then the elements one after the other.
-    let mut out = postcard::to_extend(&(first, captured.len() as u64), crate::buffers::take())
-        .map_err(encode_err)?;
-    let mut full = crate::buffers::take();
-    for (c, at) in captured.into_iter().zip(delta_at) {
-        let (kind, part) = match c.part {
-            Part::Unchanged => (UNCHANGED, &[][..]),
-            Part::Full(map) => {
-                full.clear();
-                full = postcard::to_extend(&Values(&map), full).map_err(encode_err)?;
-                drop(map);
-                (FULL, &full[..])
-            }
-            Part::Encoded => (DELTA, &deltas[at]),
-            Part::Delta(..) => unreachable!("deltas are encoded above"),
-        };
-        out = postcard::to_extend(
-            &GroupOut {
+    let mut heads =
+        append(&(first, captured.len() as u64), crate::buffers::take()).map_err(encode_err)?;
+    let mut head_at = Vec::with_capacity(captured.len());
+    for ((c, at), &kind) in captured.iter().zip(&part_at).zip(&kinds) {
+        let start = heads.len();
+        heads = append(
+            &GroupHead {
                 ids: &c.chain.ids,
                 base_len: c.chain.base_len,
                 delta_entries: c.chain.delta_entries,
                 kind,
-                part: Blob(part),
+                part_len: at.len(),
             },
-            out,
+            heads,
         )
         .map_err(encode_err)?;
+        head_at.push(start..heads.len());
     }
-    crate::buffers::give(full);
-    crate::buffers::give(deltas);
+    let mut out = Pieces::default();
+    let prefix = head_at.first().map_or(heads.len(), |r| r.start);
+    let (h, d, f) = (out.buffer(heads), out.buffer(deltas), out.buffer(fulls));
+    out.push(h, 0..prefix);
+    for ((head, part), kind) in head_at.into_iter().zip(part_at).zip(kinds) {
+        out.push(h, head);
+        out.push(if kind == FULL { f } else { d }, part);
+    }
     Ok(out)
 }
 
@@ -1035,6 +1044,53 @@ mod tests {
         }))
     }
 
+    /// A group's head and its part, written as two pieces, are the bytes of one record with a
+    /// length-prefixed part: what [`GroupIn`] (and every checkpoint written so far) reads.
+    #[test]
+    fn a_head_and_its_part_are_one_length_prefixed_record() {
+        #[derive(Serialize)]
+        struct Whole<'a> {
+            ids: &'a [u64],
+            base_len: u64,
+            delta_entries: u64,
+            kind: u8,
+            part: &'a [u8],
+        }
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let part: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let ids = [3, 9, 1 << 40];
+            let mut bytes = crate::buffers::append(
+                &GroupHead {
+                    ids: &ids,
+                    base_len: 5,
+                    delta_entries: 300,
+                    kind: DELTA,
+                    part_len: len,
+                },
+                Vec::new(),
+            )
+            .unwrap();
+            bytes.extend_from_slice(&part);
+            let whole = Whole {
+                ids: &ids,
+                base_len: 5,
+                delta_entries: 300,
+                kind: DELTA,
+                part: &part,
+            };
+            assert_eq!(
+                bytes,
+                postcard::to_stdvec(&whole).unwrap(),
+                "part of {len} bytes"
+            );
+            let back: GroupIn<'_> = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(
+                (back.ids, back.kind, back.part),
+                (ids.to_vec(), DELTA, &part[..])
+            );
+        }
+    }
+
     /// The stamp a write checks sits on the key's cache line: within 16 bytes of the key in
     /// the `(key, entry)` pairs the table stores, whatever the value's size.
     #[test]
@@ -1074,7 +1130,7 @@ mod tests {
         );
         assert_eq!(t.len(), 10);
         assert!(!t.groups[0].overlay.is_empty());
-        let bytes = (snap.encode)().unwrap();
+        let bytes = (snap.encode)().unwrap().concat();
         let r = KeyGroups::<u64, u64>::decode(1, &bytes, 0..1, None, &no_earlier).unwrap();
         let mut at_barrier = r.entries(0);
         at_barrier.sort_unstable();
@@ -1103,7 +1159,7 @@ mod tests {
             *t.get_mut((k % 4) as usize, &k).unwrap() += 1000;
         }
         t.insert(1, 999, 1);
-        let bytes = (snap.encode)().unwrap();
+        let bytes = (snap.encode)().unwrap().concat();
         let restored: KeyGroups<u64, u64> =
             KeyGroups::decode(1, &bytes, 0..4, None, &no_earlier).unwrap();
         for k in 0..100u64 {
@@ -1134,17 +1190,17 @@ mod tests {
             t.insert((k % 8) as usize, k, k);
         }
         let s1 = t.snapshot(1);
-        let full = (s1.encode)().unwrap();
+        let full = (s1.encode)().unwrap().concat();
         assert!(full.len() > 20_000, "{}", full.len());
         inc.as_ref().unwrap().completed.store(1, Ordering::Release);
         let s2 = t.snapshot(2);
-        let unchanged = (s2.encode)().unwrap();
+        let unchanged = (s2.encode)().unwrap().concat();
         assert!(unchanged.len() < 100, "{}", unchanged.len());
         assert_eq!(s2.refs, BTreeSet::from([1]));
         inc.as_ref().unwrap().completed.store(2, Ordering::Release);
         *t.get_mut(3, &3).unwrap() = 33;
         let s3 = t.snapshot(3);
-        let delta = (s3.encode)().unwrap();
+        let delta = (s3.encode)().unwrap().concat();
         assert!(delta.len() < 120, "{}", delta.len());
         assert_eq!(s3.refs, BTreeSet::from([1]));
         let files: HashMap<u64, Vec<u8>> = HashMap::from([(1, full), (2, unchanged)]);
@@ -1223,14 +1279,14 @@ mod tests {
                 t.insert((k % groups as u64) as usize, k, k);
             }
             keys += n;
-            written += (t.snapshot(id).encode)().unwrap().len();
+            written += (t.snapshot(id).encode)().unwrap().concat().len();
             inc.as_ref().unwrap().completed.store(id, Ordering::Release);
         }
         let mut once: KeyGroups<u64, u64> = KeyGroups::new(0..groups, None);
         for k in 0..keys {
             once.insert((k % groups as u64) as usize, k, k);
         }
-        let once = (once.snapshot(1).encode)().unwrap().len();
+        let once = (once.snapshot(1).encode)().unwrap().concat().len();
         assert!(
             written * 10 <= once * 13,
             "{written} bytes written for a state of {once} bytes"
@@ -1314,7 +1370,7 @@ mod tests {
                     }
                     Op::Complete | Op::Abort => {
                         if let Some((id, (state, snap))) = in_flight.pop_first() {
-                            let (bytes, refs) = ((snap.encode)().unwrap(), snap.refs);
+                            let (bytes, refs) = ((snap.encode)().unwrap().concat(), snap.refs);
                             if matches!(op, Op::Complete) {
                                 // Everything it references is a completed checkpoint whose
                                 // files one of the newest `max_concurrent` completed

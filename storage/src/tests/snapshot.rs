@@ -103,6 +103,37 @@ fn mmap_and_buffered_writers_produce_identical_valid_files() {
 }
 
 #[test]
+fn sections_in_pieces_are_written_as_if_concatenated() {
+    let d = tempfile::tempdir().unwrap();
+    // Every section split at every point into up to three pieces (empty ones included).
+    for (i, (name, bytes)) in SECTIONS.iter().enumerate() {
+        for cut in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            let split: [&[u8]; 3] = [a, &[], b];
+            let sections: Vec<(&str, &[&[u8]])> = SECTIONS
+                .iter()
+                .enumerate()
+                .map(|(j, (n, b))| {
+                    (
+                        *n,
+                        if i == j {
+                            &split[..]
+                        } else {
+                            std::slice::from_ref(b)
+                        },
+                    )
+                })
+                .collect();
+            let p = d.path().join(format!("{i}-{cut}.snap"));
+            let info = write_snapshot_mmap_pieces(&p, &HEADER, sections, None).unwrap();
+            let written = std::fs::read(&p).unwrap();
+            assert_eq!(written, small_snapshot(), "{name} cut at {cut}");
+            assert_eq!((info.bytes, info.crc32), file_crc32(&p).unwrap());
+        }
+    }
+}
+
+#[test]
 fn snapshot_without_sections_round_trips() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("e.snap");
