@@ -336,6 +336,15 @@ impl Measured {
     fn ratio(&self) -> f64 {
         self.with.records_per_s / self.base.records_per_s
     }
+    /// Each round's ratio (a pair runs back to back, so slow drifts of the machine cancel
+    /// within a pair but not between medians taken over minutes).
+    fn pair_ratios(&self) -> Vec<f64> {
+        self.with_rounds
+            .iter()
+            .zip(&self.base_rounds)
+            .map(|(w, b)| w / b)
+            .collect()
+    }
     fn mb(v: &[u64], p: f64) -> f64 {
         percentile(v.iter().map(|b| *b as f64 / 1e6).collect(), p)
     }
@@ -345,6 +354,8 @@ impl Measured {
             "throughput_without_checkpoints": self.base.records_per_s,
             "throughput_with_1s_checkpoints": w.records_per_s,
             "throughput_ratio": self.ratio(),
+            "throughput_ratio_per_round": self.pair_ratios(),
+            "throughput_ratio_median_of_rounds": median(self.pair_ratios()),
             "rounds_without_checkpoints": self.base_rounds,
             "rounds_with_1s_checkpoints": self.with_rounds,
             "checkpoints": w.sync_ms.len(),
@@ -366,7 +377,7 @@ impl Measured {
         let w = &self.with;
         let n = self.workload.name();
         format!(
-            "| {n}: throughput with 1 s checkpoints / without (medians of {} rounds) | {:.3} ({:.2} / {:.2} M rec/s) | >= 0.95 |\n\
+            "| {n}: throughput with 1 s checkpoints / without (medians of {} rounds) | {:.3} ({:.2} / {:.2} M rec/s; per round {}) | >= 0.95 |\n\
              | {n}: sync pause p99 (p50) | {:.2} ms ({:.2} ms) | <= 10 ms |\n\
              | {n}: checkpoint duration p50 / p99 | {:.0} / {:.0} ms | |\n\
              | {n}: written per checkpoint p50 (referenced) | {:.1} MB ({:.0} MB) | |\n\
@@ -376,6 +387,11 @@ impl Measured {
             self.ratio(),
             w.records_per_s / 1e6,
             self.base.records_per_s / 1e6,
+            self.pair_ratios()
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             percentile(w.sync_ms.clone(), 0.99),
             percentile(w.sync_ms.clone(), 0.5),
             percentile(w.durations_ms.clone(), 0.5),
@@ -425,11 +441,17 @@ fn measure(
         withs.push(with);
     }
     let (base, with) = (RunResult::merge(&bases), RunResult::merge(&withs));
+    let pairs: Vec<f64> = withs
+        .iter()
+        .zip(&bases)
+        .map(|(w, b)| w.records_per_s / b.records_per_s)
+        .collect();
     println!(
-        "  {name}: ratio of medians {:.3} ({:.2} / {:.2} M rec/s)",
+        "  {name}: ratio of medians {:.3} ({:.2} / {:.2} M rec/s); per round {:.2?}",
         with.records_per_s / base.records_per_s,
         with.records_per_s / 1e6,
         base.records_per_s / 1e6,
+        pairs,
     );
     println!(
         "  {name}: sync pause p50 {:.2} ms, p99 {:.2} ms; checkpoint duration p50 {:.0} ms, p99 {:.0} ms",

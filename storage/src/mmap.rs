@@ -14,7 +14,9 @@
 //!    prefaulted for writing just before it is filled (`MADV_POPULATE_WRITE`): the kernel zeroes
 //!    a new page of the file before mapping it, and zeroing one chunk at a time keeps those
 //!    zeroes in the cache where the copy overwrites them (prefaulting the whole file up front
-//!    sends every zeroed page to memory first, and faulting page by page costs a fault each),
+//!    sends every zeroed page to memory first, and faulting page by page costs a fault each);
+//!    the copy uses non-temporal stores on x86-64 ([`copy_streaming`]), so the snapshot's bytes
+//!    do not displace the workers' state from the shared cache,
 //! 4. unmaps it, and
 //! 5. `fsync`s the file, which writes the dirty pages back, reports write-back errors, and
 //!    makes its size and metadata durable.
@@ -130,7 +132,11 @@ fn map_fill_sync<'a>(
 /// workers' hot state out of the shared last-level cache. [`fence_streaming`] must follow
 /// before anyone else reads `dst`.
 fn copy_streaming(dst: &mut [u8], src: &[u8]) {
-    assert_eq!(dst.len(), src.len(), "copy between slices of different lengths");
+    assert_eq!(
+        dst.len(),
+        src.len(),
+        "copy between slices of different lengths"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
@@ -144,10 +150,7 @@ fn copy_streaming(dst: &mut [u8], src: &[u8]) {
             d_head.copy_from_slice(s_head);
             let (d_body, d_tail) = d_rest.split_at_mut(body);
             let (s_body, s_tail) = s_rest.split_at(body);
-            for (d, s) in d_body
-                .chunks_exact_mut(LINE)
-                .zip(s_body.chunks_exact(LINE))
-            {
+            for (d, s) in d_body.chunks_exact_mut(LINE).zip(s_body.chunks_exact(LINE)) {
                 let (d, s) = (d.as_mut_ptr(), s.as_ptr());
                 for i in (0..LINE).step_by(16) {
                     // SAFETY: `d` and `s` point to chunks of exactly LINE bytes, so
@@ -281,9 +284,19 @@ mod tests {
                 let from = (offset * 3) % 40;
                 copy_streaming(&mut dst[offset..offset + len], &src[from..from + len]);
                 fence_streaming();
-                assert_eq!(&dst[offset..offset + len], &src[from..from + len], "{offset}+{len}");
-                assert!(dst[..offset].iter().all(|b| *b == 0xAA), "before {offset}+{len}");
-                assert!(dst[offset + len..].iter().all(|b| *b == 0xAA), "after {offset}+{len}");
+                assert_eq!(
+                    &dst[offset..offset + len],
+                    &src[from..from + len],
+                    "{offset}+{len}"
+                );
+                assert!(
+                    dst[..offset].iter().all(|b| *b == 0xAA),
+                    "before {offset}+{len}"
+                );
+                assert!(
+                    dst[offset + len..].iter().all(|b| *b == 0xAA),
+                    "after {offset}+{len}"
+                );
             }
         }
     }
