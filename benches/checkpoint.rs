@@ -319,6 +319,12 @@ fn write_speeds(dir: &Path, mb: u64) -> (f64, f64, f64) {
     (median(mmap), median(reusing), median(plain))
 }
 
+/// Each round's ratio of throughputs with / without checkpoints (a pair runs back to back, so
+/// slow drifts of the machine cancel within a pair but not between medians taken over minutes).
+fn pair_ratios(with: &[f64], without: &[f64]) -> Vec<f64> {
+    with.iter().zip(without).map(|(w, b)| w / b).collect()
+}
+
 /// One workload's figures.
 struct Measured {
     workload: Workload,
@@ -336,14 +342,8 @@ impl Measured {
     fn ratio(&self) -> f64 {
         self.with.records_per_s / self.base.records_per_s
     }
-    /// Each round's ratio (a pair runs back to back, so slow drifts of the machine cancel
-    /// within a pair but not between medians taken over minutes).
     fn pair_ratios(&self) -> Vec<f64> {
-        self.with_rounds
-            .iter()
-            .zip(&self.base_rounds)
-            .map(|(w, b)| w / b)
-            .collect()
+        pair_ratios(&self.with_rounds, &self.base_rounds)
     }
     fn mb(v: &[u64], p: f64) -> f64 {
         percentile(v.iter().map(|b| *b as f64 / 1e6).collect(), p)
@@ -441,11 +441,9 @@ fn measure(
         withs.push(with);
     }
     let (base, with) = (RunResult::merge(&bases), RunResult::merge(&withs));
-    let pairs: Vec<f64> = withs
-        .iter()
-        .zip(&bases)
-        .map(|(w, b)| w.records_per_s / b.records_per_s)
-        .collect();
+    let base_rounds: Vec<f64> = bases.iter().map(|r| r.records_per_s).collect();
+    let with_rounds: Vec<f64> = withs.iter().map(|r| r.records_per_s).collect();
+    let pairs = pair_ratios(&with_rounds, &base_rounds);
     println!(
         "  {name}: ratio of medians {:.3} ({:.2} / {:.2} M rec/s); per round {:.2?}",
         with.records_per_s / base.records_per_s,
@@ -475,8 +473,8 @@ fn measure(
     let _ = std::fs::remove_dir_all(&dir);
     Measured {
         workload,
-        base_rounds: bases.iter().map(|r| r.records_per_s).collect(),
-        with_rounds: withs.iter().map(|r| r.records_per_s).collect(),
+        base_rounds,
+        with_rounds,
         base,
         with,
         restore_s,

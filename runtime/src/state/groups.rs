@@ -612,44 +612,40 @@ fn encode<K: StateData + Hash + Eq, V: StateData>(
     mut captured: Vec<Captured<K, V>>,
 ) -> Result<Pieces, String> {
     use crate::buffers::append;
+    // Each group's part kind and its range in `deltas` or `fulls`.
+    let mut parts = vec![(UNCHANGED, 0..0); captured.len()];
     let mut deltas = crate::buffers::take();
-    let mut part_at = vec![0..0; captured.len()];
-    for (c, at) in captured.iter_mut().zip(&mut part_at) {
+    for (c, (kind, at)) in captured.iter_mut().zip(&mut parts) {
         if let Part::Delta(map, keys) = &c.part {
             let start = deltas.len();
             deltas = append(&DeltaOut { map, keys }, deltas).map_err(encode_err)?;
             *at = start..deltas.len();
+            *kind = DELTA;
             c.part = Part::Encoded;
         }
     }
     let mut fulls = crate::buffers::take();
-    let mut kinds = Vec::with_capacity(captured.len());
-    for (c, at) in captured.iter_mut().zip(&mut part_at) {
-        kinds.push(match std::mem::replace(&mut c.part, Part::Encoded) {
-            Part::Unchanged => UNCHANGED,
-            Part::Full(map) => {
-                let start = fulls.len();
-                fulls = append(&Values(&map), fulls).map_err(encode_err)?;
-                *at = start..fulls.len();
-                FULL
-            }
-            Part::Encoded => DELTA,
-            Part::Delta(..) => unreachable!("deltas are encoded above"),
-        });
+    for (c, (kind, at)) in captured.iter_mut().zip(&mut parts) {
+        if let Part::Full(map) = std::mem::replace(&mut c.part, Part::Encoded) {
+            let start = fulls.len();
+            fulls = append(&Values(&map), fulls).map_err(encode_err)?;
+            *at = start..fulls.len();
+            *kind = FULL;
+        }
     }
     // `(u32, Vec<Group>)`: postcard writes both the number and the vector's length as
     // varints, then the elements one after the other.
     let mut heads =
         append(&(first, captured.len() as u64), crate::buffers::take()).map_err(encode_err)?;
     let mut head_at = Vec::with_capacity(captured.len());
-    for ((c, at), &kind) in captured.iter().zip(&part_at).zip(&kinds) {
+    for (c, (kind, at)) in captured.iter().zip(&parts) {
         let start = heads.len();
         heads = append(
             &GroupHead {
                 ids: &c.chain.ids,
                 base_len: c.chain.base_len,
                 delta_entries: c.chain.delta_entries,
-                kind,
+                kind: *kind,
                 part_len: at.len(),
             },
             heads,
@@ -661,7 +657,7 @@ fn encode<K: StateData + Hash + Eq, V: StateData>(
     let prefix = head_at.first().map_or(heads.len(), |r| r.start);
     let (h, d, f) = (out.buffer(heads), out.buffer(deltas), out.buffer(fulls));
     out.push(h, 0..prefix);
-    for ((head, part), kind) in head_at.into_iter().zip(part_at).zip(kinds) {
+    for (head, (kind, part)) in head_at.into_iter().zip(parts) {
         out.push(h, head);
         out.push(if kind == FULL { f } else { d }, part);
     }
