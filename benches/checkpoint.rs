@@ -489,9 +489,14 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if quick { 16 } else { 1024 });
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let workers = std::env::var("WEIR_BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
     // ~64 encoded bytes per key.
     let keys = (mb << 20) / 64;
     let window = Duration::from_secs(if quick { 3 } else { 20 });

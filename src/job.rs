@@ -37,6 +37,8 @@ pub struct JobFile {
     pub parallelism: Option<usize>,
     /// Number of worker threads; `None` lets the engine choose.
     pub workers: Option<usize>,
+    /// Cores reserved for snapshot writers (0: none; workers use every core).
+    pub io_cores: usize,
     /// Number of key groups (upper bound of `parallelism`).
     pub max_parallelism: usize,
     /// Records per batch exchanged between workers.
@@ -741,6 +743,7 @@ const TOP_KEYS: &[&str] = &[
     "name",
     "parallelism",
     "workers",
+    "io_cores",
     "max_parallelism",
     "batch_size",
     "channel_capacity",
@@ -779,6 +782,9 @@ fn build(root: &Val, file: &Path) -> Res<JobFile> {
         .opt_int("parallelism", 1, i64::MAX, POSITIVE)?
         .map(to_usize);
     let workers = top.opt_int("workers", 1, i64::MAX, POSITIVE)?.map(to_usize);
+    let io_cores = top
+        .opt_int("io_cores", 0, 4095, "an integer from 0 to 4095")?
+        .map_or(0, to_usize);
     let max_parallelism = range_or(&top, "max_parallelism", 128, 32_768)?;
     let batch_size = range_or(&top, "batch_size", 1024, 1_000_000)?;
     let channel_capacity = range_or(&top, "channel_capacity", 16, 4096)?;
@@ -821,6 +827,7 @@ fn build(root: &Val, file: &Path) -> Res<JobFile> {
         name,
         parallelism,
         workers,
+        io_cores,
         max_parallelism,
         batch_size,
         channel_capacity,
@@ -2308,6 +2315,7 @@ mod tests {
 name = "sums.v2-test_1"
 parallelism = 2
 workers = 3
+io_cores = 1
 max_parallelism = 64
 batch_size = 500
 channel_capacity = 8
@@ -2398,6 +2406,7 @@ storage = "/var/lib/weir/ck"
             name: "sums.v2-test_1".into(),
             parallelism: Some(2),
             workers: Some(3),
+            io_cores: 1,
             max_parallelism: 64,
             batch_size: 500,
             channel_capacity: 8,
@@ -2630,7 +2639,7 @@ storage = "/var/lib/weir/ck"
         );
         assert_eq!(
             err(&format!("paralelism = 2\n{MIN}")),
-            "jobs/job.toml: paralelism: unknown key; expected one of: name, parallelism, workers, max_parallelism, batch_size, channel_capacity, source, transform, sink, checkpoint, restart, execution.checkpointing, state.checkpoints"
+            "jobs/job.toml: paralelism: unknown key; expected one of: name, parallelism, workers, io_cores, max_parallelism, batch_size, channel_capacity, source, transform, sink, checkpoint, restart, execution.checkpointing, state.checkpoints"
         );
         assert_eq!(
             err(&MIN.replace("generator\"", "generator\"\npath = \"x\"")),
@@ -2678,6 +2687,11 @@ storage = "/var/lib/weir/ck"
             err(&format!("channel_capacity = 4097\n{MIN}")),
             "jobs/job.toml: channel_capacity: expected an integer from 1 to 4096, found 4097"
         );
+        assert_eq!(
+            err(&format!("io_cores = -1\n{MIN}")),
+            "jobs/job.toml: io_cores: expected an integer from 0 to 4095, found -1"
+        );
+        assert_eq!(parse(MIN).unwrap().io_cores, 0);
         assert_eq!(
             err(&MIN.replace("\"t\"", "5")),
             "jobs/job.toml: name: expected a string, found integer 5"
@@ -3623,7 +3637,7 @@ storage = "/var/lib/weir/ck"
         );
         assert_eq!(
             ck_top_err("checkpoints = {}\n"),
-            "jobs/job.toml: checkpoints: unknown key; expected one of: name, parallelism, workers, max_parallelism, batch_size, channel_capacity, source, transform, sink, checkpoint, restart, execution.checkpointing, state.checkpoints"
+            "jobs/job.toml: checkpoints: unknown key; expected one of: name, parallelism, workers, io_cores, max_parallelism, batch_size, channel_capacity, source, transform, sink, checkpoint, restart, execution.checkpointing, state.checkpoints"
         );
     }
 

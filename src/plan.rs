@@ -20,9 +20,14 @@ use crate::job::{Aggregate, JobFile, JobFileError, SinkConfig, SourceConfig, Tra
 
 /// Runtime settings of a job file, with `--parallelism` applied.
 pub fn runtime_config(job: &JobFile, parallelism_override: Option<usize>) -> RuntimeConfig {
-    let mut c = RuntimeConfig::default();
-    if let Some(w) = job.workers {
-        c.workers = w;
+    let mut c = RuntimeConfig {
+        io_cores: job.io_cores,
+        ..RuntimeConfig::default()
+    };
+    match job.workers {
+        Some(w) => c.workers = w,
+        // One worker per core the snapshot writers leave free.
+        None => c.workers = c.workers.saturating_sub(job.io_cores).max(1),
     }
     c.parallelism = parallelism_override
         .or(job.parallelism)
@@ -514,6 +519,23 @@ mod tests {
             Num::Float(i64::MAX as f64 + 1.0)
         );
         assert_eq!(Num::Int(1).add(Num::Float(0.5)), Num::Float(1.5));
+    }
+
+    #[test]
+    fn reserved_io_cores_take_cores_from_the_default_worker_count_only() {
+        let text = "name = \"t\"\nio_cores = 1\n[source]\ntype = \"generator\"\n[sink]\ntype = \"blackhole\"\n";
+        let mut job = crate::job::parse_job(text, std::path::Path::new("t.toml"), &[]).unwrap();
+        let cores = RuntimeConfig::default().workers;
+        let c = runtime_config(&job, None);
+        assert_eq!(c.io_cores, 1);
+        assert_eq!(c.workers, cores.saturating_sub(1).max(1));
+        assert_eq!(c.parallelism, c.workers);
+        job.workers = Some(5);
+        assert_eq!(
+            runtime_config(&job, None).workers,
+            5,
+            "explicit workers win"
+        );
     }
 
     #[test]

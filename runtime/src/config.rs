@@ -26,6 +26,12 @@ pub struct RuntimeConfig {
     pub buffer_timeout: Duration,
     /// Pin worker threads to cores. Failure to pin is a warning. Default true.
     pub pin_workers: bool,
+    /// Cores reserved for the snapshot writers (which encode, write and upload checkpoints):
+    /// the first `io_cores` cores run only the writers, the workers are pinned to the others.
+    /// Default 0: workers use every core and the writers are left to the OS scheduler, so a
+    /// checkpoint's asynchronous work takes its CPU time from the workers. Must leave at least
+    /// one core for the workers; needs `pin_workers`.
+    pub io_cores: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -41,6 +47,7 @@ impl Default for RuntimeConfig {
             channel_capacity: 16,
             buffer_timeout: Duration::from_millis(10),
             pin_workers: true,
+            io_cores: 0,
         }
     }
 }
@@ -62,6 +69,7 @@ impl RuntimeConfig {
         range("parallelism", self.parallelism, 1, self.max_parallelism)?;
         range("batch_size", self.batch_size, 1, 1_000_000)?;
         range("channel_capacity", self.channel_capacity, 1, 4096)?;
+        range("io_cores", self.io_cores, 0, 4095)?;
         if self.buffer_timeout.is_zero() || self.buffer_timeout > Duration::from_secs(60) {
             return Err(ConfigError {
                 setting: "buffer_timeout",

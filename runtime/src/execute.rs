@@ -185,6 +185,21 @@ fn checkpoint_setup(
     })
 }
 
+/// Pins the calling thread (`what` of worker `w`) to `core`, if any; failure is a warning.
+fn pin(core: Option<core_affinity::CoreId>, w: usize, what: &str) {
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(
+                worker = w,
+                core = core.id,
+                "could not pin {what} to its core; running unpinned"
+            );
+        } else {
+            tracing::debug!(worker = w, core = core.id, "{what} pinned");
+        }
+    }
+}
+
 pub(crate) fn start(
     graph: Graph,
     config: RuntimeConfig,
@@ -383,6 +398,20 @@ pub(crate) fn start(
     if plan.config.pin_workers && cores.is_empty() {
         tracing::warn!("could not list CPU cores; worker threads will not be pinned");
     }
+    let placement = crate::placement::place(
+        cores.len(),
+        workers,
+        plan.config.io_cores,
+        plan.config.pin_workers,
+    )?;
+    if placement.oversubscribed {
+        tracing::warn!(
+            workers,
+            cores = cores.len(),
+            io_cores = plan.config.io_cores,
+            "more workers than cores for them: some workers share a core"
+        );
+    }
     let mut threads = Vec::with_capacity(workers);
     let mut wakers = Vec::with_capacity(workers);
     let mut helpers = Vec::new();
@@ -393,7 +422,8 @@ pub(crate) fn start(
         wakers.push(waker.clone());
         let plan = plan.clone();
         let (cancel2, stop2, failure2) = (cancel.clone(), stop.clone(), failure.clone());
-        let core = (!cores.is_empty()).then(|| cores[w % cores.len()]);
+        let core = placement.workers[w].map(|c| cores[c]);
+        let writer_core = placement.writers[w].map(|c| cores[c]);
         let name = format!("weir-worker-{w}");
         let (mut wcp, control) = match &ckpt {
             None => (WorkerCheckpoints::disabled(w), None),
@@ -408,7 +438,10 @@ pub(crate) fn start(
                 };
                 let writer = std::thread::Builder::new()
                     .name(format!("weir-snapshot-writer-{w}"))
-                    .spawn(move || cp::writer_loop(setup, jobs_rx))
+                    .spawn(move || {
+                        pin(writer_core, w, "snapshot writer");
+                        cp::writer_loop(setup, jobs_rx)
+                    })
                     .map_err(|source| JobError::Spawn {
                         name: format!("weir-snapshot-writer-{w}"),
                         source,
@@ -426,15 +459,7 @@ pub(crate) fn start(
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                if let Some(core) = core {
-                    if !core_affinity::set_for_current(core) {
-                        tracing::warn!(
-                            worker = w,
-                            core = core.id,
-                            "could not pin worker thread to its core; running unpinned"
-                        );
-                    }
-                }
+                pin(core, w, "worker thread");
                 run_worker(
                     w, &plan, tasks, eps, waker, doorbell, &cancel2, &stop2, &failure2, wcp,
                     control,

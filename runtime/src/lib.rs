@@ -19,6 +19,7 @@ mod graph;
 mod keyed;
 mod metrics;
 mod operator;
+mod placement;
 mod source;
 mod state;
 mod window;

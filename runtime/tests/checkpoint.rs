@@ -108,13 +108,25 @@ fn run_once(
     panic_at: Option<u64>,
     restore: bool,
 ) -> Result<Option<u64>, JobError> {
-    let env = StreamEnv::new(RuntimeConfig {
+    let config = RuntimeConfig {
         workers: 2,
         parallelism: 2,
         pin_workers: false,
         batch_size: 64,
         ..RuntimeConfig::default()
-    });
+    };
+    run_with(config, dir, mode, ext, panic_at, restore)
+}
+
+fn run_with(
+    config: RuntimeConfig,
+    dir: &std::path::Path,
+    mode: CheckpointMode,
+    ext: Arc<Mutex<External>>,
+    panic_at: Option<u64>,
+    restore: bool,
+) -> Result<Option<u64>, JobError> {
+    let env = StreamEnv::new(config);
     let mut cfg = CheckpointConfig::new(format!("file://{}", dir.join("store").display()));
     cfg.interval = Duration::from_millis(50);
     cfg.local_dir = dir.join("local");
@@ -243,6 +255,56 @@ fn exactly_once_after_injected_panic() {
         "uncommitted output left: {:?}",
         ext.staged.keys()
     );
+    assert_eq!(grouped(&ext.committed), reference());
+}
+
+#[test]
+fn exactly_once_with_a_core_reserved_for_the_snapshot_writers() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config = RuntimeConfig {
+        workers: 1,
+        parallelism: 2,
+        pin_workers: true,
+        io_cores: 1,
+        batch_size: 64,
+        ..RuntimeConfig::default()
+    };
+    let d = tempfile::tempdir().unwrap();
+    let ext = Arc::new(Mutex::new(External::default()));
+    let mode = CheckpointMode::ExactlyOnce;
+    // Reserving every core is refused before anything runs, naming the setting.
+    let every = RuntimeConfig {
+        io_cores: cores,
+        ..config.clone()
+    };
+    let err = run_with(every, d.path(), mode, ext.clone(), None, false).unwrap_err();
+    assert!(
+        matches!(&err, JobError::Config(e) if e.setting == "io_cores"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("leaves none for the workers"),
+        "{err}"
+    );
+    if cores < 2 {
+        // One core cannot be split; the error above is what such a machine gets.
+        return;
+    }
+    let err = run_with(
+        config.clone(),
+        d.path(),
+        mode,
+        ext.clone(),
+        Some(N / 2),
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(err, JobError::Panic { .. }), "{err}");
+    assert!(!ext.lock().unwrap().committed.is_empty());
+    let restored = run_with(config, d.path(), mode, ext.clone(), None, true).unwrap();
+    assert!(restored.is_some(), "the second run must restore");
+    let ext = ext.lock().unwrap();
+    assert!(ext.staged.is_empty(), "everything staged was committed");
     assert_eq!(grouped(&ext.committed), reference());
 }
 
