@@ -25,6 +25,9 @@
 //! `cargo bench --bench checkpoint` (env: WEIR_BENCH_STORE=s3 to checkpoint to a local MinIO;
 //! WEIR_BENCH_STATE_MB, default 1024; WEIR_BENCH_QUICK=1 for a small smoke run;
 //! WEIR_BENCH_WORKLOADS=hot-1pct or all-keys for one workload (`none`: only the write speeds);
+//! WEIR_BENCH_LAYOUTS=all-cores or io-core for one layout, default both: `all-cores` runs a
+//! worker on every core and the snapshot writers share the cores with them, `io-core` reserves
+//! one core for the writers (`io_cores = 1`) and runs a worker on each other core;
 //! WEIR_BENCH_ROUNDS; WEIR_BENCH_WINDOWS=1 prints each measured window's monotonic clock
 //! readings, to cut a `perf record -k mono` profile to it; WEIR_BENCH_OUT for the results directory, default
 //! `target/bench-results`). Results: `checkpoint.json` and `checkpoint.md`.
@@ -105,6 +108,39 @@ impl Workload {
     }
 }
 
+/// Where the job runs: how many workers, and how many cores are reserved for the snapshot
+/// writers (`io_cores`).
+#[derive(Clone, Copy, PartialEq)]
+struct Layout {
+    workers: usize,
+    io_cores: usize,
+}
+
+impl Layout {
+    /// `all-cores`: a worker on every core, the writers share the cores with them;
+    /// `io-core`: one core reserved for the writers, a worker on each other core.
+    fn named(name: &str, cores: usize) -> Option<Layout> {
+        match name {
+            "all-cores" => Some(Layout {
+                workers: cores,
+                io_cores: 0,
+            }),
+            "io-core" if cores >= 2 => Some(Layout {
+                workers: cores - 1,
+                io_cores: 1,
+            }),
+            _ => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        if self.io_cores == 0 {
+            "all-cores"
+        } else {
+            "io-core"
+        }
+    }
+}
+
 /// Moves the hot window once a second until it is set back to `LOADING`.
 fn tick(window: &Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     window.store(0, Ordering::Relaxed);
@@ -122,10 +158,11 @@ fn tick(window: &Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
 /// The hot window's position while every key gets its first state.
 const LOADING: u64 = u64::MAX;
 
-fn env(workers: usize) -> StreamEnv {
+fn env(layout: Layout) -> StreamEnv {
     StreamEnv::new(RuntimeConfig {
-        workers,
-        parallelism: workers,
+        workers: layout.workers,
+        parallelism: layout.workers,
+        io_cores: layout.io_cores,
         ..RuntimeConfig::default()
     })
 }
@@ -193,12 +230,12 @@ fn build(env: &StreamEnv, keys: u64, records: u64, workload: Workload, window: A
 /// the steady-state rate over `window`; checkpoints completed in the window are reported.
 fn run(
     dir: Option<&Path>,
-    workers: usize,
+    layout: Layout,
     keys: u64,
     window: Duration,
     workload: Workload,
 ) -> RunResult {
-    let env = env(workers);
+    let env = env(layout);
     if let Some(d) = dir {
         env.enable_checkpointing(checkpoint_config(d));
     }
@@ -250,8 +287,8 @@ fn run(
 }
 
 /// Restores the job's latest checkpoint and returns the time until records flow again.
-fn restore_time(dir: &Path, workers: usize, keys: u64) -> (f64, u64) {
-    let env = env(workers);
+fn restore_time(dir: &Path, layout: Layout, keys: u64) -> (f64, u64) {
+    let env = env(layout);
     env.enable_checkpointing(checkpoint_config(dir));
     env.restore_from(RestoreFrom::Latest);
     build(
@@ -325,9 +362,18 @@ fn pair_ratios(with: &[f64], without: &[f64]) -> Vec<f64> {
     with.iter().zip(without).map(|(w, b)| w / b).collect()
 }
 
-/// One workload's figures.
+/// The workload's name, with the layout when it is not the default one.
+fn case_name(workload: Workload, layout: Layout) -> String {
+    match layout.io_cores {
+        0 => workload.name().to_string(),
+        _ => format!("{} {}", workload.name(), layout.name()),
+    }
+}
+
+/// One workload's figures in one layout.
 struct Measured {
     workload: Workload,
+    layout: Layout,
     /// Medians over the rounds (`with` also holds every round's checkpoints).
     base: RunResult,
     with: RunResult,
@@ -342,6 +388,9 @@ impl Measured {
     fn ratio(&self) -> f64 {
         self.with.records_per_s / self.base.records_per_s
     }
+    fn name(&self) -> String {
+        case_name(self.workload, self.layout)
+    }
     fn pair_ratios(&self) -> Vec<f64> {
         pair_ratios(&self.with_rounds, &self.base_rounds)
     }
@@ -351,6 +400,8 @@ impl Measured {
     fn json(&self) -> serde_json::Value {
         let w = &self.with;
         serde_json::json!({
+            "workers": self.layout.workers,
+            "io_cores": self.layout.io_cores,
             "throughput_without_checkpoints": self.base.records_per_s,
             "throughput_with_1s_checkpoints": w.records_per_s,
             "throughput_ratio": self.ratio(),
@@ -375,7 +426,7 @@ impl Measured {
     }
     fn md_rows(&self) -> String {
         let w = &self.with;
-        let n = self.workload.name();
+        let n = self.name();
         format!(
             "| {n}: throughput with 1 s checkpoints / without (medians of {} rounds) | {:.3} ({:.2} / {:.2} M rec/s; per round {}) | >= 0.95 |\n\
              | {n}: sync pause p99 (p50) | {:.2} ms ({:.2} ms) | <= 10 ms |\n\
@@ -413,24 +464,24 @@ impl Measured {
 
 fn measure(
     tmp: &Path,
-    workers: usize,
+    layout: Layout,
     keys: u64,
     window: Duration,
     workload: Workload,
     rounds: usize,
 ) -> Measured {
-    let name = workload.name();
-    let dir = tmp.join(name);
+    let name = case_name(workload, layout);
+    let dir = tmp.join(name.replace(' ', "-"));
     let (mut bases, mut withs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let base = run(None, workers, keys, window, workload);
+        let base = run(None, layout, keys, window, workload);
         println!(
             "  {name} round {round}: without checkpoints {:.2} M rec/s",
             base.records_per_s / 1e6
         );
         bases.push(base);
         let _ = std::fs::remove_dir_all(&dir);
-        let with = run(Some(&dir), workers, keys, window, workload);
+        let with = run(Some(&dir), layout, keys, window, workload);
         println!(
             "  {name} round {round}: with 1 s checkpoints {:.2} M rec/s; {} checkpoints, written p50 {:.1} MB, referenced p50 {:.0} MB",
             with.records_per_s / 1e6,
@@ -462,7 +513,7 @@ fn measure(
     let mut restores = Vec::new();
     let mut restored = 0;
     for _ in 0..3 {
-        let (s, id) = restore_time(&dir, workers, keys);
+        let (s, id) = restore_time(&dir, layout, keys);
         restores.push(s);
         restored = id;
     }
@@ -473,6 +524,7 @@ fn measure(
     let _ = std::fs::remove_dir_all(&dir);
     Measured {
         workload,
+        layout,
         base_rounds,
         with_rounds,
         base,
@@ -489,14 +541,21 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if quick { 16 } else { 1024 });
-    let workers = std::env::var("WEIR_BENCH_WORKERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // WEIR_BENCH_LAYOUTS=all-cores,io-core (comma-separated; both by default on 2+ cores).
+    let layouts: Vec<Layout> = std::env::var("WEIR_BENCH_LAYOUTS")
+        .unwrap_or_else(|_| "all-cores,io-core".into())
+        .split(',')
+        .filter_map(|n| {
+            let l = Layout::named(n, cores);
+            if l.is_none() {
+                println!("layout `{n}` skipped: expected all-cores, or io-core on 2+ cores");
+            }
+            l
+        })
+        .collect();
     // ~64 encoded bytes per key.
     let keys = (mb << 20) / 64;
     let window = Duration::from_secs(if quick { 3 } else { 20 });
@@ -507,7 +566,7 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
 
     println!(
-        "state ~{mb} MB: {keys} keys, {workers} workers, steady-state window {window:?}, store {}",
+        "state ~{mb} MB: {keys} keys, {cores} cores, steady-state window {window:?}, store {}",
         if s3().is_some() { "s3 (MinIO)" } else { "file" }
     );
     // WEIR_BENCH_WORKLOADS=hot-1pct (comma-separated) runs a subset.
@@ -518,7 +577,8 @@ fn main() {
             only.as_deref()
                 .is_none_or(|o| o.split(',').any(|n| n == w.name()))
         })
-        .map(|w| measure(tmp.path(), workers, keys, window, w, rounds))
+        .flat_map(|w| layouts.iter().map(move |&l| (w, l)))
+        .map(|(w, l)| measure(tmp.path(), l, keys, window, w, rounds))
         .collect();
     let (mmap, reusing, plain) = write_speeds(tmp.path(), mb.min(1024));
     // The target compares the snapshot writers' steady state (over spare files) with plain
@@ -538,7 +598,7 @@ fn main() {
         "keys": keys,
         "window_seconds": window.as_secs(),
         "rounds": rounds,
-        "workers": workers,
+        "cores": cores,
         "store": if s3().is_some() { "s3 (MinIO on loopback)" } else { "file" },
         "mmap_write_bytes_per_s": mmap,
         "mmap_spare_write_bytes_per_s": reusing,
@@ -549,7 +609,7 @@ fn main() {
     });
     let mut md = String::from("| metric | value | target |\n|---|---|---|\n");
     for r in &results {
-        rows[r.workload.name()] = r.json();
+        rows[r.name()] = r.json();
         md.push_str(&r.md_rows());
     }
     md.push_str(&format!(

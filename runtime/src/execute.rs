@@ -459,10 +459,9 @@ pub(crate) fn start(
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                pin(core, w, "worker thread");
                 run_worker(
                     w, &plan, tasks, eps, waker, doorbell, &cancel2, &stop2, &failure2, wcp,
-                    control,
+                    control, core,
                 )
             });
         match spawned {
@@ -566,6 +565,7 @@ fn run_worker(
     failure: &Mutex<Option<JobError>>,
     cp: WorkerCheckpoints,
     control: Option<crossbeam_channel::Receiver<ToWorker>>,
+    core: Option<core_affinity::CoreId>,
 ) {
     let mut worker = Worker {
         index: w,
@@ -596,6 +596,9 @@ fn run_worker(
                 blocked_since: None,
             });
         }
+        // Pinned only now: building the tasks restores their state, on threads (spawned from
+        // this one, inheriting its affinity) that must be free to use every core.
+        pin(core, w, "worker thread");
         worker.run()
     }));
     let err = match result {

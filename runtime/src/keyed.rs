@@ -166,13 +166,15 @@ pub(crate) fn restored_groups<K: StateData + Hash + Eq, V: StateData>(
     match (info.restored_section("state"), &info.restore) {
         (Some(bytes), Some(r)) => {
             let earlier = |id| info.earlier_section(id, "state");
-            let mut t = KeyGroups::decode(r.id, bytes, range, info.incremental.clone(), &earlier)
-                .map_err(|e| {
-                JobError::Restore(format!(
-                    "operator `{}` subtask {}: {e}",
-                    info.operator, info.subtask
-                ))
-            })?;
+            let threads = info.restore_threads();
+            let inc = info.incremental.clone();
+            let mut t =
+                KeyGroups::decode(r.id, bytes, range, inc, &earlier, threads).map_err(|e| {
+                    JobError::Restore(format!(
+                        "operator `{}` subtask {}: {e}",
+                        info.operator, info.subtask
+                    ))
+                })?;
             if r.foreign {
                 t.forget_chains();
             }
@@ -403,7 +405,8 @@ where
                 let kind = format!("table-{i}");
                 let own = info.earlier_section(r.id, &kind).map_err(&fail)?;
                 let earlier = |id| info.earlier_section(id, &kind);
-                t.restore(r.id, own, &earlier).map_err(&fail)?;
+                t.restore(r.id, own, &earlier, info.restore_threads())
+                    .map_err(&fail)?;
                 if r.foreign {
                     t.forget_chains();
                 }

@@ -75,6 +75,13 @@ impl TaskInfo {
         self.restore.as_ref()?.section(&self.section_name(kind))
     }
 
+    /// Threads this instance may use to decode its restored state: its share of the machine's
+    /// cores (all instances of the operator restore at the same time), at least 1.
+    pub(crate) fn restore_threads(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.parallelism.max(1)).max(1)
+    }
+
     /// The section `kind` of this instance in the files of checkpoint `id`, an earlier
     /// checkpoint the restored one references (incremental state).
     pub(crate) fn earlier_section(&self, id: u64, kind: &str) -> Result<&[u8], String> {

@@ -839,21 +839,24 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         id: u64,
         bytes: &[u8],
         earlier: &Earlier<'_>,
+        threads: usize,
     ) -> Result<(), String> {
         let range = self.first..self.first + self.groups.len();
-        *self = KeyGroups::decode(id, bytes, range, self.inc.clone(), earlier)?;
+        *self = KeyGroups::decode(id, bytes, range, self.inc.clone(), earlier, threads)?;
         Ok(())
     }
 
     /// Restores tables written by [`KeyGroups::snapshot`] for the same key-group range:
     /// `bytes` is the table of checkpoint `id`, `earlier(c)` the same table in the files of an
-    /// earlier checkpoint `c` its chains reference. Only the parts a chain needs are decoded.
+    /// earlier checkpoint `c` its chains reference. Only the parts a chain needs are decoded,
+    /// on up to `threads` threads.
     pub(crate) fn decode(
         id: u64,
         bytes: &[u8],
         range: Range<usize>,
         inc: Option<Arc<Incremental>>,
         earlier: &Earlier<'_>,
+        threads: usize,
     ) -> Result<Self, String> {
         let own = decode_table(bytes, &range)?;
         let chains: Vec<Chain> = own
@@ -885,42 +888,43 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         }
         // Group by group: its full copy, then its deltas in order, while its table is still
         // in the cache (applying one checkpoint's deltas to every group in turn missed the
-        // cache on almost every entry).
-        let mut groups = Vec::with_capacity(chains.len());
-        for (i, chain) in chains.into_iter().enumerate() {
-            let kg = first + i;
-            let mut map: Option<FxHashMap<K, Entry<V>>> = None;
-            for (pos, at) in chain.ids.iter().enumerate() {
-                let g = &tables[at][i];
-                let bad = |what: String| format!("key group {kg}, checkpoint {at}: {what}");
-                match (pos, g.kind) {
-                    (0, FULL) => {
-                        let m: Sized<K, V> = postcard::from_bytes(g.part)
-                            .map_err(|e| bad(format!("cannot decode its state: {e}")))?;
-                        map = Some(m.0);
-                    }
-                    (p, DELTA) if p > 0 => {
-                        let m = map
-                            .as_mut()
-                            .ok_or_else(|| bad("a delta before the full copy".into()))?;
-                        let mut de = postcard::Deserializer::from_bytes(g.part);
-                        serde::de::DeserializeSeed::deserialize(ApplyDelta(m), &mut de)
-                            .map_err(|e| bad(format!("cannot decode its delta: {e}")))?;
-                    }
-                    (_, kind) => {
-                        return Err(bad(format!(
-                            "holds part kind {kind} where its chain {:?} expects {}",
-                            chain.ids,
-                            if pos == 0 { "the full copy" } else { "a delta" },
-                        )))
-                    }
+        // cache on almost every entry). Groups are independent: contiguous runs of them are
+        // decoded on up to `threads` threads (hash inserts and fresh pages dominate a restore).
+        let decode_run = |run: Range<usize>| -> Result<Vec<Group<K, V>>, String> {
+            run.map(|i| decode_group(first + i, &chains[i], &tables, i))
+                .collect()
+        };
+        let n = chains.len();
+        let bytes: usize = tables
+            .values()
+            .flat_map(|t| t.iter().map(|g| g.part.len()))
+            .sum();
+        let threads = if bytes < PARALLEL_RESTORE_BYTES {
+            1
+        } else {
+            threads.clamp(1, n.max(1))
+        };
+        let groups = if threads == 1 {
+            decode_run(0..n)?
+        } else {
+            let per = n.div_ceil(threads);
+            std::thread::scope(|scope| {
+                let rest: Vec<_> = (1..threads)
+                    .map(|t| {
+                        let run = (t * per).min(n)..((t + 1) * per).min(n);
+                        scope.spawn(move || decode_run(run))
+                    })
+                    .collect();
+                let mut groups = Vec::with_capacity(n);
+                groups.extend(decode_run(0..per.min(n))?);
+                for h in rest {
+                    let run = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    groups.extend(run?);
                 }
-            }
-            let map = map.ok_or_else(|| format!("key group {kg}: no full copy in its chain"))?;
-            let mut g = Group::new(map);
-            g.committed = chain;
-            groups.push(g);
-        }
+                Ok::<_, String>(groups)
+            })?
+        };
+        debug_assert_eq!(groups.len(), n);
         Ok(KeyGroups {
             first: range.start,
             groups,
@@ -928,6 +932,51 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
             epoch: 1,
         })
     }
+}
+
+/// State below this many encoded bytes is restored on the calling thread alone (unit tests
+/// take the parallel path at any size).
+const PARALLEL_RESTORE_BYTES: usize = if cfg!(test) { 1 } else { 4 << 20 };
+
+/// Restores key group `kg` (index `i` of its table) from its chain: the full copy, then each
+/// delta in order.
+fn decode_group<K: StateData + Hash + Eq, V: StateData>(
+    kg: usize,
+    chain: &Chain,
+    tables: &HashMap<u64, Vec<GroupIn<'_>>>,
+    i: usize,
+) -> Result<Group<K, V>, String> {
+    let mut map: Option<FxHashMap<K, Entry<V>>> = None;
+    for (pos, at) in chain.ids.iter().enumerate() {
+        let g = &tables[at][i];
+        let bad = |what: String| format!("key group {kg}, checkpoint {at}: {what}");
+        match (pos, g.kind) {
+            (0, FULL) => {
+                let m: Sized<K, V> = postcard::from_bytes(g.part)
+                    .map_err(|e| bad(format!("cannot decode its state: {e}")))?;
+                map = Some(m.0);
+            }
+            (p, DELTA) if p > 0 => {
+                let m = map
+                    .as_mut()
+                    .ok_or_else(|| bad("a delta before the full copy".into()))?;
+                let mut de = postcard::Deserializer::from_bytes(g.part);
+                serde::de::DeserializeSeed::deserialize(ApplyDelta(m), &mut de)
+                    .map_err(|e| bad(format!("cannot decode its delta: {e}")))?;
+            }
+            (_, kind) => {
+                return Err(bad(format!(
+                    "holds part kind {kind} where its chain {:?} expects {}",
+                    chain.ids,
+                    if pos == 0 { "the full copy" } else { "a delta" },
+                )))
+            }
+        }
+    }
+    let map = map.ok_or_else(|| format!("key group {kg}: no full copy in its chain"))?;
+    let mut g = Group::new(map);
+    g.committed = chain.clone();
+    Ok(g)
 }
 
 /// Decodes the group headers of one table (parts stay undecoded) and checks it covers `range`.
@@ -1127,7 +1176,7 @@ mod tests {
         assert_eq!(t.len(), 10);
         assert!(!t.groups[0].overlay.is_empty());
         let bytes = (snap.encode)().unwrap().concat();
-        let r = KeyGroups::<u64, u64>::decode(1, &bytes, 0..1, None, &no_earlier).unwrap();
+        let r = KeyGroups::<u64, u64>::decode(1, &bytes, 0..1, None, &no_earlier, 1).unwrap();
         let mut at_barrier = r.entries(0);
         at_barrier.sort_unstable();
         assert_eq!(at_barrier, (0..10).map(|k| (k, k)).collect::<Vec<_>>());
@@ -1157,7 +1206,7 @@ mod tests {
         t.insert(1, 999, 1);
         let bytes = (snap.encode)().unwrap().concat();
         let restored: KeyGroups<u64, u64> =
-            KeyGroups::decode(1, &bytes, 0..4, None, &no_earlier).unwrap();
+            KeyGroups::decode(1, &bytes, 0..4, None, &no_earlier, 1).unwrap();
         for k in 0..100u64 {
             assert_eq!(restored.get((k % 4) as usize, &k), Some(&k));
             assert_eq!(t.get((k % 4) as usize, &k), Some(&(k + 1000)));
@@ -1170,7 +1219,7 @@ mod tests {
         t.insert(2, 5000, 5);
         assert_eq!(t.len(), 102);
         // Decoding into another key-group range is refused.
-        let e = KeyGroups::<u64, u64>::decode(1, &bytes, 0..3, None, &no_earlier)
+        let e = KeyGroups::<u64, u64>::decode(1, &bytes, 0..3, None, &no_earlier, 2)
             .err()
             .unwrap();
         assert!(e.contains("key groups 0..4"), "{e}");
@@ -1206,12 +1255,12 @@ mod tests {
                 .map(|b| b.as_slice())
                 .ok_or_else(|| format!("no checkpoint {id}"))
         };
-        let r: KeyGroups<u64, u64> = KeyGroups::decode(3, &delta, 0..8, None, &earlier).unwrap();
+        let r: KeyGroups<u64, u64> = KeyGroups::decode(3, &delta, 0..8, None, &earlier, 1).unwrap();
         assert_eq!(r.len(), 10_000);
         assert_eq!(r.get(3, &3), Some(&33));
         assert_eq!(r.get(4, &4), Some(&4));
         // A chain that names a missing checkpoint is an error, not empty state.
-        let e = KeyGroups::<u64, u64>::decode(3, &delta, 0..8, None, &no_earlier)
+        let e = KeyGroups::<u64, u64>::decode(3, &delta, 0..8, None, &no_earlier, 3)
             .err()
             .unwrap();
         assert!(e.contains("no checkpoint 1"), "{e}");
@@ -1401,7 +1450,9 @@ mod tests {
                         .map(|b| b.as_slice())
                         .ok_or_else(|| format!("no checkpoint {c}"))
                 };
-                let r = KeyGroups::<u16, u32>::decode(*id, &files[id], 2..6, None, &earlier)
+                // 1 to 5 threads over the 4 groups: every split, and more threads than groups.
+                let threads = 1 + (*id as usize % 5);
+                let r = KeyGroups::<u16, u32>::decode(*id, &files[id], 2..6, None, &earlier, threads)
                     .map_err(TestCaseError::fail)?;
                 let got: BTreeMap<u16, u32> = (2..6)
                     .flat_map(|g| r.entries(g))

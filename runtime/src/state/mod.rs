@@ -36,7 +36,13 @@ pub(crate) trait AnyTable {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn snapshot(&mut self, id: u64) -> TableSnapshot;
-    fn restore(&mut self, id: u64, bytes: &[u8], earlier: &Earlier<'_>) -> Result<(), String>;
+    fn restore(
+        &mut self,
+        id: u64,
+        bytes: &[u8],
+        earlier: &Earlier<'_>,
+        threads: usize,
+    ) -> Result<(), String>;
     fn forget_chains(&mut self);
 }
 
@@ -50,8 +56,14 @@ impl<K: StateData + Hash + Eq, V: StateData> AnyTable for KeyGroups<K, V> {
     fn snapshot(&mut self, id: u64) -> TableSnapshot {
         KeyGroups::snapshot(self, id)
     }
-    fn restore(&mut self, id: u64, bytes: &[u8], earlier: &Earlier<'_>) -> Result<(), String> {
-        KeyGroups::restore(self, id, bytes, earlier)
+    fn restore(
+        &mut self,
+        id: u64,
+        bytes: &[u8],
+        earlier: &Earlier<'_>,
+        threads: usize,
+    ) -> Result<(), String> {
+        KeyGroups::restore(self, id, bytes, earlier, threads)
     }
     fn forget_chains(&mut self) {
         KeyGroups::forget_chains(self)
