@@ -39,6 +39,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+/// The allocator of the `weir` binary: large state tables on transparent huge pages.
+#[global_allocator]
+static ALLOC: weir::HugePageAlloc = weir::HugePageAlloc;
+
 use weir::connectors::{Blackhole, Generator};
 use weir::{CheckpointConfig, RestoreFrom, RuntimeConfig, StreamEnv};
 

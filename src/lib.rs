@@ -19,6 +19,10 @@ pub mod nexmark;
 pub mod plan;
 pub mod supervisor;
 
+/// Backs large allocations (keyed state's hash tables) with transparent huge pages; see
+/// [`weir_storage::HugePageAlloc`]. The `weir` binary uses it.
+pub use weir_storage::HugePageAlloc;
+
 pub use weir_runtime::{
     key_group_for, AggregateFunction, Avg, BoxError, CheckpointConfig, CheckpointMode,
     CollectHandle, CompletedCheckpoint, Context, Count, DataStream, JobError, JobHandle,

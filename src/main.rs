@@ -12,6 +12,11 @@ use clap::{Parser, Subcommand};
 use weir::job::JobFile;
 use weir::{JobError, RestoreFrom, StreamEnv};
 
+/// Keyed state's large hash tables on transparent huge pages (fewer TLB misses per lookup,
+/// fewer page faults per restore).
+#[global_allocator]
+static ALLOC: weir::HugePageAlloc = weir::HugePageAlloc;
+
 #[derive(Parser)]
 #[command(name = "weir", version, about = "Weir stream-processing engine")]
 struct Cli {
