@@ -283,7 +283,8 @@ pub(crate) fn read_file(path: &Path) -> Result<Bytes, StorageError> {
 /// usual default); smaller ones go to the system allocator unchanged. Where huge pages are
 /// off or unavailable the advice fails silently and the memory stays on ordinary pages.
 ///
-/// The `weir` binary uses it; an embedding program opts in with
+/// `WEIR_HUGE_PAGES=0` in the environment turns it off (every allocation then goes to the
+/// system allocator as is). The `weir` binary uses it; an embedding program opts in with
 /// `#[global_allocator] static A: weir::HugePageAlloc = weir::HugePageAlloc;`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HugePageAlloc;
@@ -296,10 +297,31 @@ const HUGE_PAGE: usize = 2 << 20;
 impl HugePageAlloc {
     /// The layout a large allocation is made with: aligned to a huge page.
     fn huge(layout: std::alloc::Layout) -> Option<std::alloc::Layout> {
-        if layout.size() < HUGE_PAGE_MIN {
+        if layout.size() < HUGE_PAGE_MIN || !Self::enabled() {
             return None;
         }
         std::alloc::Layout::from_size_align(layout.size(), layout.align().max(HUGE_PAGE)).ok()
+    }
+
+    /// False when the environment sets `WEIR_HUGE_PAGES=0`. Read at the first large allocation
+    /// and fixed from then on, so that a block is always freed with the layout it was made with
+    /// (reading the environment allocates only small blocks, which never come here).
+    fn enabled() -> bool {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static STATE: AtomicU8 = AtomicU8::new(0);
+        match STATE.load(Ordering::Acquire) {
+            1 => true,
+            2 => false,
+            _ => {
+                let on = std::env::var_os("WEIR_HUGE_PAGES").is_none_or(|v| v != "0");
+                let new = if on { 1 } else { 2 };
+                // The first thread to decide wins; every later call reads its decision.
+                match STATE.compare_exchange(0, new, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => on,
+                    Err(prior) => prior == 1,
+                }
+            }
+        }
     }
 
     /// Allocates `layout` with `System` through `how` (`alloc` or `alloc_zeroed`), on huge
@@ -352,8 +374,8 @@ unsafe impl std::alloc::GlobalAlloc for HugePageAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: as in `alloc`. Fresh large allocations are new mappings whose pages the
-        // kernel zeroes as they are first touched, so zeroing does not touch them.
+        // SAFETY: as in `alloc` (an over-aligned block is zeroed by `System` with a memset,
+        // which large zeroed allocations, rare in the engine, pay once).
         unsafe { Self::make(layout, std::alloc::GlobalAlloc::alloc_zeroed) }
     }
 
