@@ -28,7 +28,7 @@
 //! WEIR_BENCH_LAYOUTS=all-cores or io-core for one layout, default both: `all-cores` runs a
 //! worker on every core and the snapshot writers share the cores with them, `io-core` reserves
 //! one core for the writers (`io_cores = 1`) and runs a worker on each other core;
-//! WEIR_BENCH_ROUNDS; WEIR_BENCH_WINDOWS=1 prints each measured window's monotonic clock
+//! WEIR_BENCH_ROUNDS; WEIR_BENCH_WINDOWS=1 prints each measured window's (and each restore's) monotonic clock
 //! readings, to cut a `perf record -k mono` profile to it; WEIR_BENCH_OUT for the results directory, default
 //! `target/bench-results`). Results: `checkpoint.json` and `checkpoint.md`.
 
@@ -311,6 +311,9 @@ fn restore_time(dir: &Path, layout: Layout, keys: u64) -> (f64, u64) {
     }
     let secs = t.elapsed().as_secs_f64();
     println!("    restore: files read and checked in {loaded:.2} s, state decoded by {secs:.2} s");
+    if std::env::var_os("WEIR_BENCH_WINDOWS").is_some() {
+        println!("    restore window {t:?} .. {:?}", Instant::now());
+    }
     h.cancel();
     let _ = h.join();
     (secs, restored)

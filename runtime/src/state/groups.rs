@@ -888,12 +888,12 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         }
         // Group by group: its full copy, then its deltas in order, while its table is still
         // in the cache (applying one checkpoint's deltas to every group in turn missed the
-        // cache on almost every entry). Groups are independent: contiguous runs of them are
-        // decoded on up to `threads` threads (hash inserts and fresh pages dominate a restore).
-        let decode_run = |run: Range<usize>| -> Result<Vec<Group<K, V>>, String> {
-            run.map(|i| decode_group(first + i, &chains[i], &tables, i))
-                .collect()
-        };
+        // cache on almost every entry). Groups are independent: up to `threads` threads take
+        // them one at a time from a shared counter (hash inserts and fresh pages dominate a
+        // restore, and they vary by group and by thread: a thread whose allocator hands out
+        // memory the process has touched before is faster than one that gets fresh pages,
+        // which the kernel must zero; fixed runs left one thread working alone for a fifth
+        // of the restore).
         let n = chains.len();
         let bytes: usize = tables
             .values()
@@ -905,24 +905,47 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
             threads.clamp(1, n.max(1))
         };
         let groups = if threads == 1 {
-            decode_run(0..n)?
+            (0..n)
+                .map(|i| decode_group(first + i, &chains[i], &tables, i))
+                .collect::<Result<Vec<_>, String>>()?
         } else {
-            let per = n.div_ceil(threads);
-            std::thread::scope(|scope| {
-                let rest: Vec<_> = (1..threads)
-                    .map(|t| {
-                        let run = (t * per).min(n)..((t + 1) * per).min(n);
-                        scope.spawn(move || decode_run(run))
-                    })
-                    .collect();
-                let mut groups = Vec::with_capacity(n);
-                groups.extend(decode_run(0..per.min(n))?);
-                for h in rest {
-                    let run = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                    groups.extend(run?);
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            let take = || {
+                let mut done: Vec<(usize, Group<K, V>)> = Vec::new();
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    match decode_group(first + i, &chains[i], &tables, i) {
+                        Ok(g) => done.push((i, g)),
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
                 }
-                Ok::<_, String>(groups)
-            })?
+                Ok::<_, String>(done)
+            };
+            let runs = std::thread::scope(|scope| {
+                let rest: Vec<_> = (1..threads).map(|_| scope.spawn(take)).collect();
+                let mut runs = vec![take()];
+                for h in rest {
+                    runs.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                }
+                runs
+            });
+            let mut slots: Vec<Option<Group<K, V>>> = (0..n).map(|_| None).collect();
+            for run in runs {
+                for (i, g) in run? {
+                    slots[i] = Some(g);
+                }
+            }
+            slots
+                .into_iter()
+                .map(|g| g.expect("every group is decoded once when no thread failed"))
+                .collect()
         };
         debug_assert_eq!(groups.len(), n);
         Ok(KeyGroups {
@@ -1152,6 +1175,33 @@ mod tests {
             gap::<String, Vec<u64>>(),
         ] {
             assert!(g.abs() <= 24, "stamp {g} bytes from the key");
+        }
+    }
+
+    /// A damaged key group fails the restore with an error naming it, whichever thread
+    /// decodes it, and the other threads stop taking groups.
+    #[test]
+    fn a_damaged_group_fails_a_parallel_restore_with_its_number() {
+        let mut t: KeyGroups<u64, u64> = KeyGroups::new(10..18, None);
+        for kg in 10..18 {
+            for k in 0..5u64 {
+                t.insert(kg, k, k * kg as u64);
+            }
+        }
+        let mut bytes = (t.snapshot(1).encode)().unwrap().concat();
+        let at = {
+            let groups = decode_table(&bytes, &(10..18)).unwrap();
+            groups[5].part.as_ptr() as usize - bytes.as_ptr() as usize
+        };
+        // The map's length: 127 entries where 5 are encoded.
+        bytes[at] = 0x7f;
+        for threads in 1..=4 {
+            let r = KeyGroups::<u64, u64>::decode(1, &bytes, 10..18, None, &no_earlier, threads);
+            let e = r.err().expect("a damaged group fails the restore");
+            assert!(
+                e.contains("key group 15, checkpoint 1: cannot decode its state"),
+                "{threads} threads: {e}"
+            );
         }
     }
 
