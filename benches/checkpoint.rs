@@ -19,8 +19,8 @@
 //! runs without and with checkpoints alternate (`WEIR_BENCH_ROUNDS` pairs, default 2) and the
 //! ratio is that of the medians; restores are timed 3 times and writes 5 times (medians).
 //!
-//! Measured windows are the steady state: 20 s after a warm-up of 10 s (40 s with checkpoints,
-//! see `run`).
+//! Measured windows are the steady state: 20 s after a warm-up of 10 s (80 s with checkpoints,
+//! so that local copies are recycled: see `run`).
 //!
 //! `cargo bench --bench checkpoint` (env: WEIR_BENCH_STORE=s3 to checkpoint to a local MinIO;
 //! WEIR_BENCH_STATE_MB, default 1024; WEIR_BENCH_QUICK=1 for a small smoke run;
@@ -250,16 +250,22 @@ fn run(
         std::thread::sleep(Duration::from_millis(10));
     }
     let ticker = tick(&hot);
-    // Warm-up: 10 s; with checkpoints at least 40 s and 3 checkpoints after the load (the
+    // Warm-up: 10 s; with checkpoints 80 s and at least 3 checkpoints after the load (the
     // first one writes all the state just loaded), so that what gets measured is the steady
     // state: deltas, with full rewrites of key groups spread over checkpoints once the deltas a
-    // restore would apply reach their bound (after ~25 checkpoints at 2% of keys changing).
+    // restore would apply reach their bound (after ~25 checkpoints at 2% of keys changing),
+    // and local copies recycled. A local copy is retired (and becomes a spare file that a
+    // later snapshot overwrites, its pages still cached) only once every key group it holds a
+    // part of has been rewritten in full after it: up to `max_delta_chain` (64) checkpoints
+    // after it was written. Until then each snapshot goes into a new file, whose pages the
+    // kernel must allocate and zero (a quarter to half of the writer's time in profiles of
+    // the first minute after the load).
     let loaded_at = h.checkpoints().len();
     let warm_up = Instant::now();
     let min = Duration::from_secs(if window.as_secs() > 5 { 10 } else { 2 });
-    let min_with = if dir.is_some() { 4 * min } else { min };
+    let min_with = if dir.is_some() { 8 * min } else { min };
     while warm_up.elapsed() < min_with
-        || (dir.is_some() && h.checkpoints().len() < loaded_at + 3 && warm_up.elapsed() < 8 * min)
+        || (dir.is_some() && h.checkpoints().len() < loaded_at + 3 && warm_up.elapsed() < 16 * min)
     {
         std::thread::sleep(Duration::from_millis(100));
     }
