@@ -28,9 +28,10 @@
 //! WEIR_BENCH_LAYOUTS=all-cores or io-core for one layout, default both: `all-cores` runs a
 //! worker on every core and the snapshot writers share the cores with them, `io-core` reserves
 //! one core for the writers (`io_cores = 1`) and runs a worker on each other core;
-//! WEIR_BENCH_ROUNDS; WEIR_BENCH_WINDOWS=1 prints each measured window's (and each restore's) monotonic clock
-//! readings, to cut a `perf record -k mono` profile to it; WEIR_BENCH_OUT for the results directory, default
-//! `target/bench-results`). Results: `checkpoint.json` and `checkpoint.md`.
+//! WEIR_BENCH_ROUNDS; WEIR_BENCH_WINDOWS=1 prints the monotonic clock readings of each
+//! measured window and each restore, to cut a `perf record -k mono` profile to them;
+//! WEIR_BENCH_OUT for the results directory, default `target/bench-results`). Results:
+//! `checkpoint.json` and `checkpoint.md`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

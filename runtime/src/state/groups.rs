@@ -904,49 +904,42 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
         } else {
             threads.clamp(1, n.max(1))
         };
-        let groups = if threads == 1 {
-            (0..n)
-                .map(|i| decode_group(first + i, &chains[i], &tables, i))
-                .collect::<Result<Vec<_>, String>>()?
-        } else {
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let failed = std::sync::atomic::AtomicBool::new(false);
-            let take = || {
-                let mut done: Vec<(usize, Group<K, V>)> = Vec::new();
-                while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        break;
-                    }
-                    match decode_group(first + i, &chains[i], &tables, i) {
-                        Ok(g) => done.push((i, g)),
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            return Err(e);
-                        }
-                    }
+        // One thread is the caller alone (nothing spawned).
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let take = || {
+            let mut done: Vec<(usize, Group<K, V>)> = Vec::new();
+            while !failed.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
                 }
-                Ok::<_, String>(done)
-            };
-            let runs = std::thread::scope(|scope| {
-                let rest: Vec<_> = (1..threads).map(|_| scope.spawn(take)).collect();
-                let mut runs = vec![take()];
-                for h in rest {
-                    runs.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-                }
-                runs
-            });
-            let mut slots: Vec<Option<Group<K, V>>> = (0..n).map(|_| None).collect();
-            for run in runs {
-                for (i, g) in run? {
-                    slots[i] = Some(g);
+                match decode_group(first + i, &chains[i], &tables, i) {
+                    Ok(g) => done.push((i, g)),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
                 }
             }
-            slots
-                .into_iter()
-                .map(|g| g.expect("every group is decoded once when no thread failed"))
-                .collect()
+            Ok::<_, String>(done)
         };
+        let runs = std::thread::scope(|scope| {
+            let rest: Vec<_> = (1..threads).map(|_| scope.spawn(take)).collect();
+            let mut runs = vec![take()];
+            for h in rest {
+                runs.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            runs
+        });
+        let mut decoded: Vec<(usize, Group<K, V>)> = runs
+            .into_iter()
+            .collect::<Result<Vec<_>, String>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        decoded.sort_unstable_by_key(|&(i, _)| i);
+        let groups: Vec<Group<K, V>> = decoded.into_iter().map(|(_, g)| g).collect();
         debug_assert_eq!(groups.len(), n);
         Ok(KeyGroups {
             first: range.start,
