@@ -283,12 +283,6 @@ impl<K: Hash + Eq + Clone> Timers<K> {
             }
         }
     }
-    fn all(&self) -> Vec<(Timestamp, K)> {
-        self.queue
-            .iter()
-            .flat_map(|(ts, ks)| ks.iter().map(move |k| (*ts, k.clone())))
-            .collect()
-    }
 
     /// Pops the earliest timer at or before `wm`.
     fn pop_due(&mut self, wm: Timestamp) -> Option<(Timestamp, K)> {
@@ -303,6 +297,22 @@ impl<K: Hash + Eq + Clone> Timers<K> {
         }
         self.set.remove(&(ts, key.clone()));
         Some((ts, key))
+    }
+}
+
+/// Every timer, encoded as a `Vec<(Timestamp, K)>` straight from the queue (no copy of the
+/// timers first: they are encoded on the worker, inside the barrier's synchronous part).
+impl<K: serde::Serialize> serde::Serialize for Timers<K> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        // `set` holds each (time, key) of the queue once.
+        let mut seq = s.serialize_seq(Some(self.set.len()))?;
+        for (ts, ks) in &self.queue {
+            for k in ks {
+                seq.serialize_element(&(ts, k))?;
+            }
+        }
+        seq.end()
     }
 }
 
@@ -505,7 +515,7 @@ where
                 Section::Deferred(snap.encode),
             ));
         }
-        let timers = postcard::to_stdvec(&(self.tables.len() as u32, self.timers.all()))
+        let timers = postcard::to_stdvec(&(self.tables.len() as u32, &self.timers))
             .map_err(|e| JobError::Checkpoint(format!("cannot encode timers: {e}")))?;
         b.sections
             .push((self.info.section_name("state"), Section::Bytes(timers)));

@@ -14,13 +14,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
-
 use crate::error::{BoxError, JobError};
-use crate::keyed::key_group_for;
+use crate::keyed::{key_group_for, restored_groups};
 use crate::operator::{Barrier, Batch, Collector, Out};
 use crate::source::TaskInfo;
-use crate::state::StateData;
+use crate::state::{Incremental, KeyGroups, StateData};
 use crate::{Timestamp, NO_TIMESTAMP};
 
 /// Which windows a record belongs to.
@@ -238,15 +236,22 @@ where
     }
 }
 
-/// Per key group: window end -> (key -> accumulator).
-type Panes<K, Acc> = BTreeMap<Timestamp, FxHashMap<K, (Timestamp, Acc)>>;
+/// The key of a window's accumulator: (window end, key).
+type PaneKey<K> = (Timestamp, K);
 
+/// A window operator instance. Accumulators live in a keyed table (the same as keyed state:
+/// one map per key group, copy-on-write snapshots encoded off the worker, incremental
+/// checkpoints) under `(window end, key)`, with `(window start, accumulator)` as value. Beside
+/// it, per key group, the keys of each open window by end, to fire windows in order without
+/// scanning the table; this index is not checkpointed but rebuilt from the table on restore.
 pub(crate) struct WindowOp<T, K, A: AggregateFunction<T>, KF: ?Sized> {
     key: Arc<KF>,
     agg: A,
     assigner: WindowAssigner,
     first: usize,
-    groups: Vec<Panes<K, A::Acc>>,
+    table: KeyGroups<PaneKey<K>, (Timestamp, A::Acc)>,
+    /// Per key group: window end -> the keys with an accumulator in that window.
+    open: Vec<BTreeMap<Timestamp, Vec<K>>>,
     watermark: Timestamp,
     info: TaskInfo,
     out: Out<WindowResult<K, A::Out>>,
@@ -267,37 +272,74 @@ where
         info: TaskInfo,
         out: Out<WindowResult<K, A::Out>>,
     ) -> Result<Self, JobError> {
-        let groups = match info.restored_section("state") {
-            Some(bytes) => {
-                let (first, groups): (u32, Vec<Panes<K, A::Acc>>) = postcard::from_bytes(bytes)
-                    .map_err(|e| {
-                        JobError::Restore(format!(
-                            "operator `{}` subtask {}: cannot decode window state: {e}",
-                            info.operator, info.subtask
-                        ))
-                    })?;
-                if first as usize != range.start || groups.len() != range.len() {
-                    return Err(JobError::Restore(format!(
-                        "operator `{}` subtask {}: window state covers other key groups",
-                        info.operator, info.subtask
-                    )));
-                }
-                groups
-            }
-            None => range.clone().map(|_| BTreeMap::new()).collect(),
+        let legacy = info.restore.as_ref().is_some_and(|r| r.format_version < 3);
+        let table: KeyGroups<PaneKey<K>, (Timestamp, A::Acc)> = match info.restored_section("state")
+        {
+            Some(bytes) if legacy => legacy_panes(bytes, range.clone(), info.incremental.clone())
+                .map_err(|e| {
+                JobError::Restore(format!(
+                    "operator `{}` subtask {}: {e}",
+                    info.operator, info.subtask
+                ))
+            })?,
+            _ => restored_groups(&info)?,
         };
+        let mut open: Vec<BTreeMap<Timestamp, Vec<K>>> =
+            range.clone().map(|_| BTreeMap::new()).collect();
+        for kg in range.clone() {
+            for (end, k) in table.keys(kg) {
+                open[kg - range.start]
+                    .entry(*end)
+                    .or_default()
+                    .push(k.clone());
+            }
+        }
         Ok(WindowOp {
             key,
             agg,
             assigner,
             first: range.start,
-            groups,
+            table,
+            open,
             watermark: NO_TIMESTAMP,
             info,
             out,
             _t: PhantomData,
         })
     }
+}
+
+/// Per key group: window end -> (key -> (window start, accumulator)): the window state of
+/// checkpoint format versions 1 and 2.
+type Panes<K, Acc> = BTreeMap<Timestamp, rustc_hash::FxHashMap<K, (Timestamp, Acc)>>;
+
+/// Reads the window state of a checkpoint of format version 1 or 2 (the panes of each key
+/// group, encoded whole at the barrier) into a table. The table has no chains: the next
+/// checkpoint writes it in full.
+fn legacy_panes<K: StateData + Hash + Eq, Acc: StateData>(
+    bytes: &[u8],
+    range: Range<usize>,
+    inc: Option<Arc<Incremental>>,
+) -> Result<KeyGroups<PaneKey<K>, (Timestamp, Acc)>, String> {
+    let (first, groups): (u32, Vec<Panes<K, Acc>>) =
+        postcard::from_bytes(bytes).map_err(|e| format!("cannot decode window state: {e}"))?;
+    if first as usize != range.start || groups.len() != range.len() {
+        return Err(format!(
+            "window state covers key groups {first}..{} but this instance owns {}..{}",
+            first as usize + groups.len(),
+            range.start,
+            range.end
+        ));
+    }
+    let mut table = KeyGroups::new(range.clone(), inc);
+    for (kg, panes) in range.zip(groups) {
+        for (end, pane) in panes {
+            for (k, acc) in pane {
+                table.insert(kg, (end, k), acc);
+            }
+        }
+    }
+    Ok(table)
 }
 
 impl<T, K, A, KF> Collector<T> for WindowOp<T, K, A, KF>
@@ -318,23 +360,28 @@ where
             }
             let k = (self.key)(&r);
             let kg = key_group_for(&k, max_p) as usize;
-            let panes = &mut self.groups[kg - self.first];
             for start in self.assigner.starts(ts) {
                 let end = start.saturating_add(self.assigner.size_ms);
                 if end - 1 <= self.watermark {
                     late += 1;
                     continue;
                 }
-                let pane = panes.entry(end).or_default();
-                let acc = match pane.get_mut(&k) {
-                    Some(a) => a,
-                    None => pane
-                        .entry(k.clone())
-                        .or_insert_with(|| (start, self.agg.create())),
-                };
+                let at = (end, k.clone());
+                if let Some(acc) = self.table.get_mut(kg, &at) {
+                    self.agg
+                        .add(&mut acc.1, &r)
+                        .map_err(|e| JobError::from_user(&self.info, e))?;
+                    continue;
+                }
+                let mut acc = self.agg.create();
                 self.agg
-                    .add(&mut acc.1, &r)
+                    .add(&mut acc, &r)
                     .map_err(|e| JobError::from_user(&self.info, e))?;
+                self.table.insert(kg, at, (start, acc));
+                self.open[kg - self.first]
+                    .entry(end)
+                    .or_default()
+                    .push(k.clone());
             }
         }
         if late > 0 {
@@ -349,18 +396,24 @@ where
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
         self.watermark = wm;
         let mut out = Vec::new();
-        for panes in &mut self.groups {
-            while let Some(entry) = panes.first_entry() {
+        for (i, open) in self.open.iter_mut().enumerate() {
+            let kg = self.first + i;
+            while let Some(entry) = open.first_entry() {
                 let end = *entry.key();
                 if end - 1 > wm {
                     break;
                 }
-                for (key, (start, acc)) in entry.remove() {
+                for key in entry.remove() {
+                    let at = (end, key);
+                    let (start, acc) = self
+                        .table
+                        .remove(kg, &at)
+                        .expect("every key of an open window has an accumulator");
                     let value = self.agg.result(acc);
                     out.push((
                         end - 1,
                         WindowResult {
-                            key,
+                            key: at.1,
                             start,
                             end,
                             value,
@@ -387,12 +440,12 @@ where
     }
 
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
-        let bytes = postcard::to_stdvec(&(self.first as u32, &self.groups)).map_err(|e| {
-            JobError::operator(&self.info, format!("cannot encode window state: {e}"))
-        })?;
+        // As keyed state: captured in O(key groups), encoded by the snapshot writer.
+        let snap = self.table.snapshot(b.id);
+        b.refs.extend(snap.refs);
         b.sections.push((
             self.info.section_name("state"),
-            crate::operator::Section::Bytes(bytes),
+            crate::operator::Section::Deferred(snap.encode),
         ));
         self.out.barrier(b)
     }
@@ -401,6 +454,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The panes of a checkpoint of format version 1 or 2 become a table with the same
+    /// accumulators; damaged bytes and other key groups are errors.
+    #[test]
+    fn window_state_of_format_version_2_is_read_into_a_table() {
+        let mut groups: Vec<Panes<u32, u64>> = vec![BTreeMap::new(), BTreeMap::new()];
+        groups[0].entry(20).or_default().insert(7, (10, 3));
+        groups[0].entry(30).or_default().insert(7, (20, 1));
+        groups[1].entry(20).or_default().insert(9, (10, 5));
+        let bytes = postcard::to_stdvec(&(4u32, &groups)).unwrap();
+        let t = legacy_panes::<u32, u64>(&bytes, 4..6, None).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.get(4, &(20, 7)), Some(&(10, 3)));
+        assert_eq!(t.get(4, &(30, 7)), Some(&(20, 1)));
+        assert_eq!(t.get(5, &(20, 9)), Some(&(10, 5)));
+        let e = legacy_panes::<u32, u64>(&bytes, 0..2, None).err().unwrap();
+        assert!(e.contains("covers key groups 4..6"), "{e}");
+        let e = legacy_panes::<u32, u64>(&bytes[..bytes.len() - 1], 4..6, None)
+            .err()
+            .unwrap();
+        assert!(e.contains("cannot decode window state"), "{e}");
+    }
 
     #[test]
     fn tumbling_assigns_one_window() {

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weir_runtime::{
-    BoxError, CheckpointConfig, CheckpointMode, JobError, PreCommit, RestoreFrom, RuntimeConfig,
-    SinkWriter, SourcePoll, SourceReader, StreamEnv, NO_TIMESTAMP,
+    BoxError, CheckpointConfig, CheckpointMode, DataStream, JobError, PreCommit, RestoreFrom,
+    RuntimeConfig, SinkWriter, SourcePoll, SourceReader, StreamEnv, WindowAssigner, WindowResult,
+    NO_TIMESTAMP,
 };
 
 const N: u64 = 12_000;
@@ -108,14 +109,52 @@ fn run_once(
     panic_at: Option<u64>,
     restore: bool,
 ) -> Result<Option<u64>, JobError> {
-    let config = RuntimeConfig {
+    run_with(
+        two_workers(),
+        dir,
+        mode,
+        ext,
+        panic_at,
+        restore,
+        running_sum,
+    )
+}
+
+/// Two unpinned workers, parallelism 2, small batches.
+fn two_workers() -> RuntimeConfig {
+    RuntimeConfig {
         workers: 2,
         parallelism: 2,
         pin_workers: false,
         batch_size: 64,
         ..RuntimeConfig::default()
-    };
-    run_with(config, dir, mode, ext, panic_at, restore)
+    }
+}
+
+/// The stateful stage under test, between the failing map and the sink.
+type Stage = fn(DataStream<(u64, u64)>) -> DataStream<(u64, u64)>;
+
+/// Per key, the running sum of the values.
+fn running_sum(s: DataStream<(u64, u64)>) -> DataStream<(u64, u64)> {
+    s.key_by(|r: &(u64, u64)| r.0)
+        .sum(|r: &mut (u64, u64)| &mut r.1)
+}
+
+/// Window length and slide of [`window_sums`], ms.
+const WINDOW: (i64, i64) = (40, 20);
+
+/// Per key, the sums of sliding event-time windows (record `i` at time `i` ms), each as
+/// `(key * 100 000 + window start + 100, sum)` (the first windows start before 0).
+fn window_sums(s: DataStream<(u64, u64)>) -> DataStream<(u64, u64)> {
+    let (size, slide) = (WINDOW.0 as u64, WINDOW.1 as u64);
+    s.with_timestamps(|r: &(u64, u64)| r.1 as i64, Duration::ZERO)
+        .key_by(|r: &(u64, u64)| r.0)
+        .window(WindowAssigner::sliding(
+            Duration::from_millis(size),
+            Duration::from_millis(slide),
+        ))
+        .sum(|r: &(u64, u64)| r.1)
+        .map(|w: WindowResult<u64, u64>| (w.key * 100_000 + (w.start + 100) as u64, w.value))
 }
 
 fn run_with(
@@ -125,6 +164,7 @@ fn run_with(
     ext: Arc<Mutex<External>>,
     panic_at: Option<u64>,
     restore: bool,
+    stage: Stage,
 ) -> Result<Option<u64>, JobError> {
     let env = StreamEnv::new(config);
     let mut cfg = CheckpointConfig::new(format!("file://{}", dir.join("store").display()));
@@ -136,30 +176,29 @@ fn run_with(
         env.restore_from(RestoreFrom::Latest);
     }
     let seen = Arc::new(AtomicU64::new(0));
-    env.source("paced", |info| {
-        let next = match info.restored_state() {
-            Some(b) => u64::from_le_bytes(b.try_into().unwrap()),
-            None => info.subtask as u64,
-        };
-        Ok(Paced {
-            next,
-            step: info.parallelism as u64,
-            not_before: Instant::now(),
+    let input = env
+        .source("paced", |info| {
+            let next = match info.restored_state() {
+                Some(b) => u64::from_le_bytes(b.try_into().unwrap()),
+                None => info.subtask as u64,
+            };
+            Ok(Paced {
+                next,
+                step: info.parallelism as u64,
+                not_before: Instant::now(),
+            })
         })
-    })
-    // One source instance, so that each key's order (and so its running sums) is the input order.
-    .set_parallelism(1)
-    .map(move |r| {
-        let n = seen.fetch_add(1, Ordering::SeqCst);
-        if panic_at == Some(n) {
-            panic!("injected failure at record {n}");
-        }
-        r
-    })
-    .set_parallelism(1)
-    .key_by(|r: &(u64, u64)| r.0)
-    .sum(|r: &mut (u64, u64)| &mut r.1)
-    .sink("two-phase", move |info| {
+        // One source instance, so that each key's order (and so its running sums) is the input order.
+        .set_parallelism(1)
+        .map(move |r| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            if panic_at == Some(n) {
+                panic!("injected failure at record {n}");
+            }
+            r
+        })
+        .set_parallelism(1);
+    stage(input).sink("two-phase", move |info| {
         let ext = ext.clone();
         // Restore: commit what the restored checkpoint pre-committed, drop later staging.
         if let Some(state) = info.restored_state() {
@@ -258,6 +297,56 @@ fn exactly_once_after_injected_panic() {
     assert_eq!(grouped(&ext.committed), reference());
 }
 
+/// Window state (accumulators of open windows, in a keyed table encoded off the worker) is
+/// restored exactly: after a failure mid-stream, every window's sum is committed once and
+/// equals the sum over its records.
+#[test]
+fn window_state_is_restored_exactly_once_after_injected_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let ext = Arc::new(Mutex::new(External::default()));
+    let mode = CheckpointMode::ExactlyOnce;
+    let run = |panic_at, restore| {
+        let e = ext.clone();
+        run_with(
+            two_workers(),
+            d.path(),
+            mode,
+            e,
+            panic_at,
+            restore,
+            window_sums,
+        )
+    };
+    let err = run(Some(N / 2), false).unwrap_err();
+    assert!(matches!(err, JobError::Panic { .. }), "{err}");
+    let before = ext.lock().unwrap().committed.len();
+    assert!(before > 0, "no checkpoint completed before the failure");
+    assert!(
+        run(None, true).unwrap().is_some(),
+        "the second run must restore"
+    );
+    let ext = ext.lock().unwrap();
+    assert!(ext.staged.is_empty(), "{:?}", ext.staged.keys());
+    let (size, slide) = WINDOW;
+    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
+    for i in 0..N {
+        let t = i as i64;
+        let mut start = t - t.rem_euclid(slide);
+        while start > t - size {
+            *expected
+                .entry((i % 13) * 100_000 + (start + 100) as u64)
+                .or_default() += i;
+            start -= slide;
+        }
+    }
+    let mut got: BTreeMap<u64, u64> = BTreeMap::new();
+    for (window, sum) in &ext.committed {
+        assert!(got.insert(*window, *sum).is_none(), "window {window} twice");
+    }
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got, expected);
+}
+
 #[test]
 fn exactly_once_with_a_core_reserved_for_the_snapshot_writers() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -277,7 +366,7 @@ fn exactly_once_with_a_core_reserved_for_the_snapshot_writers() {
         io_cores: cores,
         ..config.clone()
     };
-    let err = run_with(every, d.path(), mode, ext.clone(), None, false).unwrap_err();
+    let err = run_with(every, d.path(), mode, ext.clone(), None, false, running_sum).unwrap_err();
     assert!(
         matches!(&err, JobError::Config(e) if e.setting == "io_cores"),
         "{err}"
@@ -297,11 +386,12 @@ fn exactly_once_with_a_core_reserved_for_the_snapshot_writers() {
         ext.clone(),
         Some(N / 2),
         false,
+        running_sum,
     )
     .unwrap_err();
     assert!(matches!(err, JobError::Panic { .. }), "{err}");
     assert!(!ext.lock().unwrap().committed.is_empty());
-    let restored = run_with(config, d.path(), mode, ext.clone(), None, true).unwrap();
+    let restored = run_with(config, d.path(), mode, ext.clone(), None, true, running_sum).unwrap();
     assert!(restored.is_some(), "the second run must restore");
     let ext = ext.lock().unwrap();
     assert!(ext.staged.is_empty(), "everything staged was committed");

@@ -21,7 +21,12 @@ pub const METADATA_FORMAT_VERSION: u16 = 1;
 /// Version 2 added incremental checkpoints: [`FileEntry::checkpoint`] (a checkpoint lists the
 /// files of earlier checkpoints it references) and the I/O counters of [`CheckpointStats`].
 /// Version 1 metadata is still read (its files all belong to the checkpoint itself).
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
+///
+/// Version 3 keeps version 2's metadata layout; what changed is the state section of window
+/// operators, now a keyed table like keyed state (versions 1 and 2 held the panes, encoded at
+/// the barrier). Readers of sections get the version from the metadata and still decode the
+/// older panes.
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
 
 const PREFIX_LEN: usize = 8 + 2 + 4;
 const CRC_LEN: usize = 4;
@@ -186,7 +191,7 @@ pub fn decode_metadata(bytes: &[u8]) -> Result<CheckpointMetadata, FormatError> 
     // The payload starts with `format_version`, which decides the layout of the rest.
     let (version, _) = postcard::take_from_bytes::<u32>(payload).map_err(decode_err)?;
     let (m, rest) = match version {
-        CHECKPOINT_FORMAT_VERSION => postcard::take_from_bytes::<CheckpointMetadata>(payload),
+        2 | CHECKPOINT_FORMAT_VERSION => postcard::take_from_bytes::<CheckpointMetadata>(payload),
         1 => postcard::take_from_bytes::<v1::CheckpointMetadata>(payload)
             .map(|(m, rest)| (m.upgrade(), rest)),
         found => {

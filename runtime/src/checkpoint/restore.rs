@@ -27,6 +27,9 @@ pub enum RestoreFrom {
 /// checkpoints whose files it references.
 pub struct RestoreSet {
     pub(crate) id: u64,
+    /// The checkpoint's `format_version`: how its sections are laid out (see
+    /// [`weir_storage::CHECKPOINT_FORMAT_VERSION`]).
+    pub(crate) format_version: u32,
     snapshots: Vec<Snapshot>,
     /// (checkpoint, section name) -> index of the snapshot holding it.
     sections: HashMap<(u64, String), usize>,
@@ -180,6 +183,7 @@ fn load(
     }
     Ok(RestoreSet {
         id,
+        format_version: meta.format_version,
         snapshots,
         sections,
         files: meta.files,

@@ -90,15 +90,26 @@ fn each_error_class() {
     ));
 
     let m = CheckpointMetadata {
-        format_version: 3,
+        format_version: 4,
         ..sample_metadata()
     };
     assert_eq!(
         decode_metadata(&encode_metadata(&m))
             .unwrap_err()
             .to_string(),
-        "unsupported checkpoint format version 3; this Weir reads version 2"
+        "unsupported checkpoint format version 4; this Weir reads version 3"
     );
+}
+
+/// Version 2 has version 3's metadata layout; it decodes with its version kept, so that
+/// readers of sections know which layout the window operators' state has.
+#[test]
+fn version_2_metadata_is_read_with_its_version() {
+    let m = CheckpointMetadata {
+        format_version: 2,
+        ..sample_metadata()
+    };
+    assert_eq!(decode_metadata(&encode_metadata(&m)).unwrap(), m);
 }
 
 #[test]
