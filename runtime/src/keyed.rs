@@ -11,8 +11,6 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
-use rustc_hash::FxHashSet;
-
 use crate::error::{BoxError, JobError};
 use crate::operator::{Barrier, Batch, Collector, Out, Section};
 use crate::source::TaskInfo;
@@ -158,14 +156,16 @@ where
     }
 }
 
-/// The keyed state of an operator instance: restored from the checkpoint if there is one.
+/// The keyed table in section `kind` of an operator instance: restored from the checkpoint if
+/// there is one.
 pub(crate) fn restored_groups<K: StateData + Hash + Eq, V: StateData>(
     info: &TaskInfo,
+    kind: &str,
 ) -> Result<KeyGroups<K, V>, JobError> {
     let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
-    match (info.restored_section("state"), &info.restore) {
+    match (info.restored_section(kind), &info.restore) {
         (Some(bytes), Some(r)) => {
-            let earlier = |id| info.earlier_section(id, "state");
+            let earlier = |id| info.earlier_section(id, kind);
             let threads = info.restore_threads();
             let inc = info.incremental.clone();
             let mut t =
@@ -256,25 +256,40 @@ impl<K: Hash + Eq + Clone + StateData> OpenContext<'_, K> {
 }
 
 /// Event-time timers of one operator instance, deduplicated per (time, key).
+///
+/// The timers live in a keyed table under `(time, key)` (as keyed state: copy-on-write,
+/// encoded off the worker, incremental), which also deduplicates them; beside it, the queue
+/// orders them by time. The queue is not checkpointed: a restore rebuilds it from the table.
 pub(crate) struct Timers<K> {
     queue: BTreeMap<Timestamp, Vec<K>>,
-    set: FxHashSet<(Timestamp, K)>,
+    table: KeyGroups<(Timestamp, K), ()>,
+    max_parallelism: usize,
 }
 
-impl<K: Hash + Eq + Clone> Timers<K> {
-    fn new() -> Self {
+impl<K: StateData + Hash + Eq> Timers<K> {
+    /// The timers of `table` (restored, or new and empty).
+    fn new(table: KeyGroups<(Timestamp, K), ()>, range: Range<usize>, max_p: usize) -> Self {
+        let mut queue: BTreeMap<Timestamp, Vec<K>> = BTreeMap::new();
+        for kg in range {
+            for (ts, k) in table.keys(kg) {
+                queue.entry(*ts).or_default().push(k.clone());
+            }
+        }
         Timers {
-            queue: BTreeMap::new(),
-            set: FxHashSet::default(),
+            queue,
+            table,
+            max_parallelism: max_p,
         }
     }
-    fn register(&mut self, ts: Timestamp, key: &K) {
-        if self.set.insert((ts, key.clone())) {
+    fn register(&mut self, ts: Timestamp, key: &K, kg: usize) {
+        let at = (ts, key.clone());
+        if self.table.get(kg, &at).is_none() {
+            self.table.insert(kg, at, ());
             self.queue.entry(ts).or_default().push(key.clone());
         }
     }
-    fn delete(&mut self, ts: Timestamp, key: &K) {
-        if self.set.remove(&(ts, key.clone())) {
+    fn delete(&mut self, ts: Timestamp, key: &K, kg: usize) {
+        if self.table.remove(kg, &(ts, key.clone())).is_some() {
             if let Some(v) = self.queue.get_mut(&ts) {
                 v.retain(|k| k != key);
                 if v.is_empty() {
@@ -284,8 +299,8 @@ impl<K: Hash + Eq + Clone> Timers<K> {
         }
     }
 
-    /// Pops the earliest timer at or before `wm`.
-    fn pop_due(&mut self, wm: Timestamp) -> Option<(Timestamp, K)> {
+    /// Pops the earliest timer at or before `wm`: its time, key and key group.
+    fn pop_due(&mut self, wm: Timestamp) -> Option<(Timestamp, K, usize)> {
         let mut entry = self.queue.first_entry()?;
         let ts = *entry.key();
         if ts > wm {
@@ -295,24 +310,10 @@ impl<K: Hash + Eq + Clone> Timers<K> {
         if entry.get().is_empty() {
             entry.remove();
         }
-        self.set.remove(&(ts, key.clone()));
-        Some((ts, key))
-    }
-}
-
-/// Every timer, encoded as a `Vec<(Timestamp, K)>` straight from the queue (no copy of the
-/// timers first: they are encoded on the worker, inside the barrier's synchronous part).
-impl<K: serde::Serialize> serde::Serialize for Timers<K> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        // `set` holds each (time, key) of the queue once.
-        let mut seq = s.serialize_seq(Some(self.set.len()))?;
-        for (ts, ks) in &self.queue {
-            for k in ks {
-                seq.serialize_element(&(ts, k))?;
-            }
-        }
-        seq.end()
+        let kg = key_group_for(&key, self.max_parallelism) as usize;
+        let at = (ts, key);
+        self.table.remove(kg, &at);
+        Some((ts, at.1, kg))
     }
 }
 
@@ -327,7 +328,7 @@ pub struct KeyedContext<'a, K, O> {
     pub(crate) out: &'a mut Batch<O>,
 }
 
-impl<K: Hash + Eq + Clone, O> KeyedContext<'_, K, O> {
+impl<K: StateData + Hash + Eq, O> KeyedContext<'_, K, O> {
     /// The current key.
     pub fn key(&self) -> &K {
         self.key
@@ -351,11 +352,11 @@ impl<K: Hash + Eq + Clone, O> KeyedContext<'_, K, O> {
     /// Calls [`KeyedProcessFunction::on_timer`] for the current key once the watermark reaches
     /// `time`. Registering the same (time, key) twice fires once.
     pub fn register_event_time_timer(&mut self, time: Timestamp) {
-        self.timers.register(time, self.key);
+        self.timers.register(time, self.key, self.key_group);
     }
     /// Removes a timer of the current key.
     pub fn delete_event_time_timer(&mut self, time: Timestamp) {
-        self.timers.delete(time, self.key);
+        self.timers.delete(time, self.key, self.key_group);
     }
 }
 
@@ -386,12 +387,13 @@ where
         let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
         f.open(&mut OpenContext {
             tables: &mut tables,
-            range,
+            range: range.clone(),
             info: &info,
             _k: PhantomData,
         })
         .map_err(|e| JobError::from_user(&info, e))?;
-        let mut timers = Timers::new();
+        let mut timers = None;
+        let mut saved = Vec::new();
         if let Some(bytes) = info.restored_section("state") {
             let fail = |e: String| {
                 JobError::Restore(format!(
@@ -399,8 +401,11 @@ where
                     info.operator, info.subtask
                 ))
             };
-            let (count, saved): (u32, Vec<(Timestamp, K)>) = postcard::from_bytes(bytes)
+            // Format version 3 keeps the timers in a table of their own; the list here (their
+            // place in versions 1 and 2) is empty.
+            let (count, listed): (u32, Vec<(Timestamp, K)>) = postcard::from_bytes(bytes)
                 .map_err(|e| fail(format!("cannot decode state: {e}")))?;
+            saved = listed;
             if count as usize != tables.len() {
                 return Err(fail(format!(
                     "the checkpoint holds {count} state tables but the function declares {} in open()",
@@ -421,9 +426,18 @@ where
                     t.forget_chains();
                 }
             }
-            for (ts, k) in &saved {
-                timers.register(*ts, k);
+            if r.format_version >= 3 {
+                if info.restored_section("timers").is_none() {
+                    return Err(fail("the checkpoint has no timers section".into()));
+                }
+                timers = Some(restored_groups(&info, "timers")?);
             }
+        }
+        let table =
+            timers.unwrap_or_else(|| KeyGroups::new(range.clone(), info.incremental.clone()));
+        let mut timers = Timers::new(table, range, info.max_parallelism);
+        for (ts, k) in &saved {
+            timers.register(*ts, k, key_group_for(k, info.max_parallelism) as usize);
         }
         Ok(KeyedProcessOp {
             key,
@@ -471,10 +485,8 @@ where
 
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
         self.watermark = wm;
-        let max_p = self.info.max_parallelism;
         let mut out = Vec::new();
-        while let Some((ts, k)) = self.timers.pop_due(wm) {
-            let kg = key_group_for(&k, max_p) as usize;
+        while let Some((ts, k, kg)) = self.timers.pop_due(wm) {
             let mut ctx = KeyedContext {
                 key: &k,
                 key_group: kg,
@@ -505,8 +517,9 @@ where
     }
 
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
-        // One section per table (so incremental checkpoints can reference each on its own),
-        // and the timers, always in full, with the number of tables.
+        // One section per table (so incremental checkpoints can reference each on its own), the
+        // timers' table, and the number of tables (with the empty list where format versions
+        // 1 and 2 kept the timers).
         for (i, t) in self.tables.iter_mut().enumerate() {
             let snap = t.snapshot(b.id);
             b.refs.extend(snap.refs);
@@ -515,10 +528,17 @@ where
                 Section::Deferred(snap.encode),
             ));
         }
-        let timers = postcard::to_stdvec(&(self.tables.len() as u32, &self.timers))
-            .map_err(|e| JobError::Checkpoint(format!("cannot encode timers: {e}")))?;
+        let snap = self.timers.table.snapshot(b.id);
+        b.refs.extend(snap.refs);
+        b.sections.push((
+            self.info.section_name("timers"),
+            Section::Deferred(snap.encode),
+        ));
+        let none: &[(Timestamp, K)] = &[];
+        let head = postcard::to_stdvec(&(self.tables.len() as u32, none))
+            .map_err(|e| JobError::Checkpoint(format!("cannot encode state: {e}")))?;
         b.sections
-            .push((self.info.section_name("state"), Section::Bytes(timers)));
+            .push((self.info.section_name("state"), Section::Bytes(head)));
         self.out.barrier(b)
     }
 }
@@ -543,6 +563,34 @@ mod tests {
                 assert_eq!(next, max_p);
             }
         }
+    }
+
+    /// Timers fire in time order, once per (time, key); deleted ones never; and a table
+    /// restored from a checkpoint rebuilds the queue.
+    #[test]
+    fn timers_fire_in_order_and_come_back_from_their_table() {
+        let max_p = 8;
+        let kg = |k: &u32| key_group_for(k, max_p) as usize;
+        let mut t: Timers<u32> = Timers::new(KeyGroups::new(0..8, None), 0..8, max_p);
+        for (ts, k) in [(30, 1), (10, 2), (30, 3), (10, 2), (20, 1)] {
+            t.register(ts, &k, kg(&k));
+        }
+        t.delete(20, &1, kg(&1));
+        assert_eq!(
+            t.pop_due(10).map(|(ts, k, g)| (ts, k, g == kg(&2))),
+            Some((10, 2, true))
+        );
+        assert_eq!(t.pop_due(29), None);
+        let bytes = (t.table.snapshot(1).encode)().unwrap().concat();
+        let no_earlier = |id: u64| Err(format!("no checkpoint {id}"));
+        let table = KeyGroups::decode(1, &bytes, 0..8, None, &no_earlier, 1).unwrap();
+        let mut r: Timers<u32> = Timers::new(table, 0..8, max_p);
+        let mut fired: Vec<(i64, u32)> = std::iter::from_fn(|| r.pop_due(100))
+            .map(|(ts, k, _)| (ts, k))
+            .collect();
+        fired.sort_unstable();
+        assert_eq!(fired, vec![(30, 1), (30, 3)]);
+        assert_eq!(r.table.len(), 0);
     }
 
     const GOLDEN: [u32; 4] = [0, 85, 10, 3076];

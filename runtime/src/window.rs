@@ -282,7 +282,7 @@ where
                     info.operator, info.subtask
                 ))
             })?,
-            _ => restored_groups(&info)?,
+            _ => restored_groups(&info, "state")?,
         };
         let mut open: Vec<BTreeMap<Timestamp, Vec<K>>> =
             range.clone().map(|_| BTreeMap::new()).collect();

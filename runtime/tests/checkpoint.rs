@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weir_runtime::{
-    BoxError, CheckpointConfig, CheckpointMode, DataStream, JobError, PreCommit, RestoreFrom,
-    RuntimeConfig, SinkWriter, SourcePoll, SourceReader, StreamEnv, WindowAssigner, WindowResult,
-    NO_TIMESTAMP,
+    BoxError, CheckpointConfig, CheckpointMode, DataStream, JobError, KeyedContext,
+    KeyedProcessFunction, MapState, OpenContext, PreCommit, RestoreFrom, RuntimeConfig, SinkWriter,
+    SourcePoll, SourceReader, StreamEnv, WindowAssigner, WindowResult, NO_TIMESTAMP,
 };
 
 const N: u64 = 12_000;
@@ -157,6 +157,50 @@ fn window_sums(s: DataStream<(u64, u64)>) -> DataStream<(u64, u64)> {
         .map(|w: WindowResult<u64, u64>| (w.key * 100_000 + (w.start + 100) as u64, w.value))
 }
 
+/// Per key, tumbling 40 ms sums kept in map state and emitted by event-time timers (record `i`
+/// at time `i` ms), each as `(key * 100 000 + window end, sum)`.
+#[derive(Clone, Default)]
+struct TimerSums {
+    sums: Option<MapState<i64, u64>>,
+}
+
+impl KeyedProcessFunction<u64, (u64, u64), (u64, u64)> for TimerSums {
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<(), BoxError> {
+        self.sums = Some(ctx.map_state("sums"));
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        r: (u64, u64),
+        ctx: &mut KeyedContext<'_, u64, (u64, u64)>,
+    ) -> Result<(), BoxError> {
+        let end = (r.1 as i64 / WINDOW.0 + 1) * WINDOW.0;
+        let sums = self.sums.as_ref().unwrap();
+        let sum = sums.get(ctx, &end).copied().unwrap_or(0) + r.1;
+        sums.insert(ctx, end, sum);
+        ctx.register_event_time_timer(end - 1);
+        Ok(())
+    }
+    fn on_timer(&mut self, ctx: &mut KeyedContext<'_, u64, (u64, u64)>) -> Result<(), BoxError> {
+        let end = ctx.timestamp() + 1;
+        let sum = self
+            .sums
+            .as_ref()
+            .unwrap()
+            .remove(ctx, &end)
+            .expect("a sum per timer");
+        let k = *ctx.key();
+        ctx.emit((k * 100_000 + end as u64, sum));
+        Ok(())
+    }
+}
+
+fn timer_sums(s: DataStream<(u64, u64)>) -> DataStream<(u64, u64)> {
+    s.with_timestamps(|r: &(u64, u64)| r.1 as i64, Duration::ZERO)
+        .key_by(|r: &(u64, u64)| r.0)
+        .process("timer-sums", TimerSums::default())
+}
+
 fn run_with(
     config: RuntimeConfig,
     dir: &std::path::Path,
@@ -297,25 +341,15 @@ fn exactly_once_after_injected_panic() {
     assert_eq!(grouped(&ext.committed), reference());
 }
 
-/// Window state (accumulators of open windows, in a keyed table encoded off the worker) is
-/// restored exactly: after a failure mid-stream, every window's sum is committed once and
-/// equals the sum over its records.
-#[test]
-fn window_state_is_restored_exactly_once_after_injected_panic() {
+/// Runs `stage` (whose output names each window once, with its sum) until a panic mid-stream,
+/// then restores it, and checks every window was committed exactly once with its sum.
+fn assert_windows_restored_exactly_once(stage: Stage, expected: BTreeMap<u64, u64>) {
     let d = tempfile::tempdir().unwrap();
     let ext = Arc::new(Mutex::new(External::default()));
     let mode = CheckpointMode::ExactlyOnce;
     let run = |panic_at, restore| {
         let e = ext.clone();
-        run_with(
-            two_workers(),
-            d.path(),
-            mode,
-            e,
-            panic_at,
-            restore,
-            window_sums,
-        )
+        run_with(two_workers(), d.path(), mode, e, panic_at, restore, stage)
     };
     let err = run(Some(N / 2), false).unwrap_err();
     assert!(matches!(err, JobError::Panic { .. }), "{err}");
@@ -327,6 +361,19 @@ fn window_state_is_restored_exactly_once_after_injected_panic() {
     );
     let ext = ext.lock().unwrap();
     assert!(ext.staged.is_empty(), "{:?}", ext.staged.keys());
+    let mut got: BTreeMap<u64, u64> = BTreeMap::new();
+    for (window, sum) in &ext.committed {
+        assert!(got.insert(*window, *sum).is_none(), "window {window} twice");
+    }
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got, expected);
+}
+
+/// Window state (accumulators of open windows, in a keyed table encoded off the worker) is
+/// restored exactly: after a failure mid-stream, every window's sum is committed once and
+/// equals the sum over its records.
+#[test]
+fn window_state_is_restored_exactly_once_after_injected_panic() {
     let (size, slide) = WINDOW;
     let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
     for i in 0..N {
@@ -339,12 +386,20 @@ fn window_state_is_restored_exactly_once_after_injected_panic() {
             start -= slide;
         }
     }
-    let mut got: BTreeMap<u64, u64> = BTreeMap::new();
-    for (window, sum) in &ext.committed {
-        assert!(got.insert(*window, *sum).is_none(), "window {window} twice");
+    assert_windows_restored_exactly_once(window_sums, expected);
+}
+
+/// Event-time timers (in a keyed table, encoded off the worker) and the map state they read
+/// are restored exactly: after a failure mid-stream, every window's timer fires once, with
+/// the sum over its records.
+#[test]
+fn timers_are_restored_exactly_once_after_injected_panic() {
+    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
+    for i in 0..N {
+        let end = (i as i64 / WINDOW.0 + 1) * WINDOW.0;
+        *expected.entry((i % 13) * 100_000 + end as u64).or_default() += i;
     }
-    assert_eq!(got.len(), expected.len());
-    assert_eq!(got, expected);
+    assert_windows_restored_exactly_once(timer_sums, expected);
 }
 
 #[test]
