@@ -487,7 +487,7 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + StateData> KeyedStream<T,
                 Ok(Box::new(KeyedFoldOp {
                     key: key.clone(),
                     f: f.clone(),
-                    state: restored_groups(info, "state")?,
+                    state: restored_groups(info)?,
                     info: info.clone(),
                     out,
                     _t: PhantomData,

@@ -11,6 +11,8 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
+use rustc_hash::FxHashSet;
+
 use crate::error::{BoxError, JobError};
 use crate::operator::{Barrier, Batch, Collector, Out, Section};
 use crate::source::TaskInfo;
@@ -156,16 +158,14 @@ where
     }
 }
 
-/// The keyed table in section `kind` of an operator instance: restored from the checkpoint if
-/// there is one.
+/// The keyed state of an operator instance: restored from the checkpoint if there is one.
 pub(crate) fn restored_groups<K: StateData + Hash + Eq, V: StateData>(
     info: &TaskInfo,
-    kind: &str,
 ) -> Result<KeyGroups<K, V>, JobError> {
     let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
-    match (info.restored_section(kind), &info.restore) {
+    match (info.restored_section("state"), &info.restore) {
         (Some(bytes), Some(r)) => {
-            let earlier = |id| info.earlier_section(id, kind);
+            let earlier = |id| info.earlier_section(id, "state");
             let threads = info.restore_threads();
             let inc = info.incremental.clone();
             let mut t =
@@ -256,40 +256,25 @@ impl<K: Hash + Eq + Clone + StateData> OpenContext<'_, K> {
 }
 
 /// Event-time timers of one operator instance, deduplicated per (time, key).
-///
-/// The timers live in a keyed table under `(time, key)` (as keyed state: copy-on-write,
-/// encoded off the worker, incremental), which also deduplicates them; beside it, the queue
-/// orders them by time. The queue is not checkpointed: a restore rebuilds it from the table.
 pub(crate) struct Timers<K> {
     queue: BTreeMap<Timestamp, Vec<K>>,
-    table: KeyGroups<(Timestamp, K), ()>,
-    max_parallelism: usize,
+    set: FxHashSet<(Timestamp, K)>,
 }
 
-impl<K: StateData + Hash + Eq> Timers<K> {
-    /// The timers of `table` (restored, or new and empty).
-    fn new(table: KeyGroups<(Timestamp, K), ()>, range: Range<usize>, max_p: usize) -> Self {
-        let mut queue: BTreeMap<Timestamp, Vec<K>> = BTreeMap::new();
-        for kg in range {
-            for (ts, k) in table.keys(kg) {
-                queue.entry(*ts).or_default().push(k.clone());
-            }
-        }
+impl<K: Hash + Eq + Clone> Timers<K> {
+    fn new() -> Self {
         Timers {
-            queue,
-            table,
-            max_parallelism: max_p,
+            queue: BTreeMap::new(),
+            set: FxHashSet::default(),
         }
     }
-    fn register(&mut self, ts: Timestamp, key: &K, kg: usize) {
-        let at = (ts, key.clone());
-        if self.table.get(kg, &at).is_none() {
-            self.table.insert(kg, at, ());
+    fn register(&mut self, ts: Timestamp, key: &K) {
+        if self.set.insert((ts, key.clone())) {
             self.queue.entry(ts).or_default().push(key.clone());
         }
     }
-    fn delete(&mut self, ts: Timestamp, key: &K, kg: usize) {
-        if self.table.remove(kg, &(ts, key.clone())).is_some() {
+    fn delete(&mut self, ts: Timestamp, key: &K) {
+        if self.set.remove(&(ts, key.clone())) {
             if let Some(v) = self.queue.get_mut(&ts) {
                 v.retain(|k| k != key);
                 if v.is_empty() {
@@ -299,8 +284,8 @@ impl<K: StateData + Hash + Eq> Timers<K> {
         }
     }
 
-    /// Pops the earliest timer at or before `wm`: its time, key and key group.
-    fn pop_due(&mut self, wm: Timestamp) -> Option<(Timestamp, K, usize)> {
+    /// Pops the earliest timer at or before `wm`.
+    fn pop_due(&mut self, wm: Timestamp) -> Option<(Timestamp, K)> {
         let mut entry = self.queue.first_entry()?;
         let ts = *entry.key();
         if ts > wm {
@@ -310,10 +295,26 @@ impl<K: StateData + Hash + Eq> Timers<K> {
         if entry.get().is_empty() {
             entry.remove();
         }
-        let kg = key_group_for(&key, self.max_parallelism) as usize;
-        let at = (ts, key);
-        self.table.remove(kg, &at);
-        Some((ts, at.1, kg))
+        self.set.remove(&(ts, key.clone()));
+        Some((ts, key))
+    }
+}
+
+/// Every timer, encoded as a `Vec<(Timestamp, K)>` straight from the queue (no copy of the
+/// timers first: they are encoded on the worker, inside the barrier's synchronous part).
+impl<K: serde::Serialize> serde::Serialize for Timers<K> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        // The length first (postcard writes it before the elements), counted from the queue
+        // itself so that it always matches what follows.
+        let len = self.queue.values().map(Vec::len).sum();
+        let mut seq = s.serialize_seq(Some(len))?;
+        for (ts, ks) in &self.queue {
+            for k in ks {
+                seq.serialize_element(&(ts, k))?;
+            }
+        }
+        seq.end()
     }
 }
 
@@ -328,7 +329,7 @@ pub struct KeyedContext<'a, K, O> {
     pub(crate) out: &'a mut Batch<O>,
 }
 
-impl<K: StateData + Hash + Eq, O> KeyedContext<'_, K, O> {
+impl<K: Hash + Eq + Clone, O> KeyedContext<'_, K, O> {
     /// The current key.
     pub fn key(&self) -> &K {
         self.key
@@ -352,11 +353,11 @@ impl<K: StateData + Hash + Eq, O> KeyedContext<'_, K, O> {
     /// Calls [`KeyedProcessFunction::on_timer`] for the current key once the watermark reaches
     /// `time`. Registering the same (time, key) twice fires once.
     pub fn register_event_time_timer(&mut self, time: Timestamp) {
-        self.timers.register(time, self.key, self.key_group);
+        self.timers.register(time, self.key);
     }
     /// Removes a timer of the current key.
     pub fn delete_event_time_timer(&mut self, time: Timestamp) {
-        self.timers.delete(time, self.key, self.key_group);
+        self.timers.delete(time, self.key);
     }
 }
 
@@ -387,13 +388,12 @@ where
         let range = key_group_range(info.subtask, info.parallelism, info.max_parallelism);
         f.open(&mut OpenContext {
             tables: &mut tables,
-            range: range.clone(),
+            range,
             info: &info,
             _k: PhantomData,
         })
         .map_err(|e| JobError::from_user(&info, e))?;
-        let mut timers = None;
-        let mut saved = Vec::new();
+        let mut timers = Timers::new();
         if let Some(bytes) = info.restored_section("state") {
             let fail = |e: String| {
                 JobError::Restore(format!(
@@ -401,11 +401,8 @@ where
                     info.operator, info.subtask
                 ))
             };
-            // Format version 3 keeps the timers in a table of their own; the list here (their
-            // place in versions 1 and 2) is empty.
-            let (count, listed): (u32, Vec<(Timestamp, K)>) = postcard::from_bytes(bytes)
+            let (count, saved): (u32, Vec<(Timestamp, K)>) = postcard::from_bytes(bytes)
                 .map_err(|e| fail(format!("cannot decode state: {e}")))?;
-            saved = listed;
             if count as usize != tables.len() {
                 return Err(fail(format!(
                     "the checkpoint holds {count} state tables but the function declares {} in open()",
@@ -426,18 +423,9 @@ where
                     t.forget_chains();
                 }
             }
-            if r.format_version >= 3 {
-                if info.restored_section("timers").is_none() {
-                    return Err(fail("the checkpoint has no timers section".into()));
-                }
-                timers = Some(restored_groups(&info, "timers")?);
+            for (ts, k) in &saved {
+                timers.register(*ts, k);
             }
-        }
-        let table =
-            timers.unwrap_or_else(|| KeyGroups::new(range.clone(), info.incremental.clone()));
-        let mut timers = Timers::new(table, range, info.max_parallelism);
-        for (ts, k) in &saved {
-            timers.register(*ts, k, key_group_for(k, info.max_parallelism) as usize);
         }
         Ok(KeyedProcessOp {
             key,
@@ -485,8 +473,10 @@ where
 
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
         self.watermark = wm;
+        let max_p = self.info.max_parallelism;
         let mut out = Vec::new();
-        while let Some((ts, k, kg)) = self.timers.pop_due(wm) {
+        while let Some((ts, k)) = self.timers.pop_due(wm) {
+            let kg = key_group_for(&k, max_p) as usize;
             let mut ctx = KeyedContext {
                 key: &k,
                 key_group: kg,
@@ -517,9 +507,8 @@ where
     }
 
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
-        // One section per table (so incremental checkpoints can reference each on its own), the
-        // timers' table, and the number of tables (with the empty list where format versions
-        // 1 and 2 kept the timers).
+        // One section per table (so incremental checkpoints can reference each on its own),
+        // and the timers, always in full, with the number of tables.
         for (i, t) in self.tables.iter_mut().enumerate() {
             let snap = t.snapshot(b.id);
             b.refs.extend(snap.refs);
@@ -528,17 +517,10 @@ where
                 Section::Deferred(snap.encode),
             ));
         }
-        let snap = self.timers.table.snapshot(b.id);
-        b.refs.extend(snap.refs);
-        b.sections.push((
-            self.info.section_name("timers"),
-            Section::Deferred(snap.encode),
-        ));
-        let none: &[(Timestamp, K)] = &[];
-        let head = postcard::to_stdvec(&(self.tables.len() as u32, none))
-            .map_err(|e| JobError::Checkpoint(format!("cannot encode state: {e}")))?;
+        let timers = postcard::to_stdvec(&(self.tables.len() as u32, &self.timers))
+            .map_err(|e| JobError::Checkpoint(format!("cannot encode timers: {e}")))?;
         b.sections
-            .push((self.info.section_name("state"), Section::Bytes(head)));
+            .push((self.info.section_name("state"), Section::Bytes(timers)));
         self.out.barrier(b)
     }
 }
@@ -565,32 +547,19 @@ mod tests {
         }
     }
 
-    /// Timers fire in time order, once per (time, key); deleted ones never; and a table
-    /// restored from a checkpoint rebuilds the queue.
+    /// Timers are encoded straight from the queue as the `Vec<(Timestamp, K)>` a restore reads,
+    /// each (time, key) once.
     #[test]
-    fn timers_fire_in_order_and_come_back_from_their_table() {
-        let max_p = 8;
-        let kg = |k: &u32| key_group_for(k, max_p) as usize;
-        let mut t: Timers<u32> = Timers::new(KeyGroups::new(0..8, None), 0..8, max_p);
+    fn timers_encode_as_the_list_a_restore_reads() {
+        let mut t: Timers<u32> = Timers::new();
         for (ts, k) in [(30, 1), (10, 2), (30, 3), (10, 2), (20, 1)] {
-            t.register(ts, &k, kg(&k));
+            t.register(ts, &k);
         }
-        t.delete(20, &1, kg(&1));
-        assert_eq!(
-            t.pop_due(10).map(|(ts, k, g)| (ts, k, g == kg(&2))),
-            Some((10, 2, true))
-        );
-        assert_eq!(t.pop_due(29), None);
-        let bytes = (t.table.snapshot(1).encode)().unwrap().concat();
-        let no_earlier = |id: u64| Err(format!("no checkpoint {id}"));
-        let table = KeyGroups::decode(1, &bytes, 0..8, None, &no_earlier, 1).unwrap();
-        let mut r: Timers<u32> = Timers::new(table, 0..8, max_p);
-        let mut fired: Vec<(i64, u32)> = std::iter::from_fn(|| r.pop_due(100))
-            .map(|(ts, k, _)| (ts, k))
-            .collect();
-        fired.sort_unstable();
-        assert_eq!(fired, vec![(30, 1), (30, 3)]);
-        assert_eq!(r.table.len(), 0);
+        t.delete(20, &1);
+        let bytes = postcard::to_stdvec(&(2u32, &t)).unwrap();
+        let (n, mut saved): (u32, Vec<(Timestamp, u32)>) = postcard::from_bytes(&bytes).unwrap();
+        saved.sort_unstable();
+        assert_eq!((n, saved), (2, vec![(10, 2), (30, 1), (30, 3)]));
     }
 
     const GOLDEN: [u32; 4] = [0, 85, 10, 3076];

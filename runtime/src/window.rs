@@ -282,7 +282,7 @@ where
                     info.operator, info.subtask
                 ))
             })?,
-            _ => restored_groups(&info, "state")?,
+            _ => restored_groups(&info)?,
         };
         let mut open: Vec<BTreeMap<Timestamp, Vec<K>>> =
             range.clone().map(|_| BTreeMap::new()).collect();

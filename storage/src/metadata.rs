@@ -22,10 +22,10 @@ pub const METADATA_FORMAT_VERSION: u16 = 1;
 /// files of earlier checkpoints it references) and the I/O counters of [`CheckpointStats`].
 /// Version 1 metadata is still read (its files all belong to the checkpoint itself).
 ///
-/// Version 3 keeps version 2's metadata layout; what changed are the state sections of window
-/// operators and the timers of keyed process functions, now keyed tables like keyed state
-/// (versions 1 and 2 held the panes and the list of timers, encoded at the barrier). Readers of
-/// sections get the version from the metadata and still decode the older layouts.
+/// Version 3 keeps version 2's metadata layout; what changed is the state section of window
+/// operators, now a keyed table like keyed state (versions 1 and 2 held the panes, encoded at
+/// the barrier). Readers of sections get the version from the metadata and still decode the
+/// older panes.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
 
 const PREFIX_LEN: usize = 8 + 2 + 4;
