@@ -18,7 +18,7 @@ use crate::error::{BoxError, JobError};
 use crate::keyed::{key_group_for, restored_groups};
 use crate::operator::{Barrier, Batch, Collector, Out};
 use crate::source::TaskInfo;
-use crate::state::{Incremental, KeyGroups, StateData};
+use crate::state::{check_covers, Incremental, KeyGroups, StateData};
 use crate::{Timestamp, NO_TIMESTAMP};
 
 /// Which windows a record belongs to.
@@ -323,14 +323,7 @@ fn legacy_panes<K: StateData + Hash + Eq, Acc: StateData>(
 ) -> Result<KeyGroups<PaneKey<K>, (Timestamp, Acc)>, String> {
     let (first, groups): (u32, Vec<Panes<K, Acc>>) =
         postcard::from_bytes(bytes).map_err(|e| format!("cannot decode window state: {e}"))?;
-    if first as usize != range.start || groups.len() != range.len() {
-        return Err(format!(
-            "window state covers key groups {first}..{} but this instance owns {}..{}",
-            first as usize + groups.len(),
-            range.start,
-            range.end
-        ));
-    }
+    check_covers("window state", first, groups.len(), &range)?;
     let mut table = KeyGroups::new(range.clone(), inc);
     for (kg, panes) in range.zip(groups) {
         for (end, pane) in panes {

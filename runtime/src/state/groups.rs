@@ -162,20 +162,25 @@ impl<K: Hash + Eq + Clone> Dirty<K> {
         if self.keys.len() <= self.check_at.max(bound) {
             return;
         }
-        let mut seen = FxHashSet::with_capacity_and_hasher(self.keys.len(), Default::default());
-        let distinct: Vec<&K> = self.keys.iter().filter(|k| seen.insert(*k)).collect();
+        let distinct = without_repeats(self.keys.iter());
         if distinct.len() > bound {
             // Much of the group changed: writing it in full costs about what a delta would,
             // and not tracking the keys keeps memory bounded.
             self.overflow = true;
             self.keys = Vec::new();
-        } else if distinct.len() < self.keys.len() {
-            self.keys = distinct.into_iter().cloned().collect();
-            self.check_at = 2 * self.keys.len();
-        } else {
-            self.check_at = 2 * self.keys.len();
+            return;
         }
+        if distinct.len() < self.keys.len() {
+            self.keys = distinct.into_iter().cloned().collect();
+        }
+        self.check_at = 2 * self.keys.len();
     }
+}
+
+/// The keys of `keys`, each once, in the order of their first occurrence.
+fn without_repeats<'a, K: Hash + Eq>(keys: impl Iterator<Item = &'a K>) -> Vec<&'a K> {
+    let mut seen = FxHashSet::with_capacity_and_hasher(keys.size_hint().0, Default::default());
+    keys.filter(|k| seen.insert(*k)).collect()
 }
 
 /// A key group: its map and what incremental checkpoints know about its changes.
@@ -458,11 +463,21 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
         }
     }
 
+    /// The entries of key group `kg` as they are now (the map under its overlay), in no
+    /// particular order.
+    fn live(&self, kg: usize) -> impl Iterator<Item = (&K, &V)> + '_ {
+        let g = &self.groups[kg - self.first];
+        let in_map = g.map().iter().filter(|(k, _)| !g.overlay.contains_key(*k));
+        let in_overlay = g
+            .overlay
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|e| (k, e)));
+        in_map.chain(in_overlay).map(|(k, e)| (k, &e.value))
+    }
+
     /// The keys of key group `kg`, in no particular order.
     pub(crate) fn keys(&self, kg: usize) -> impl Iterator<Item = &K> + '_ {
-        let g = &self.groups[kg - self.first];
-        let in_map = g.map().keys().filter(|k| !g.overlay.contains_key(*k));
-        in_map.chain(g.overlay.iter().filter_map(|(k, v)| v.as_ref().map(|_| k)))
+        self.live(kg).map(|(k, _)| k)
     }
 
     /// Number of entries over all key groups.
@@ -473,19 +488,7 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
     /// The entries of key group `kg`, in no particular order (tests and debugging).
     #[cfg(test)]
     pub(crate) fn entries(&self, kg: usize) -> Vec<(K, V)> {
-        let g = &self.groups[kg - self.first];
-        let mut out: Vec<(K, V)> = g
-            .map()
-            .iter()
-            .filter(|(k, _)| !g.overlay.contains_key(k))
-            .map(|(k, e)| (k.clone(), e.value.clone()))
-            .collect();
-        out.extend(
-            g.overlay
-                .iter()
-                .filter_map(|(k, v)| v.as_ref().map(|e| (k.clone(), e.value.clone()))),
-        );
-        out
+        self.live(kg).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 
@@ -570,14 +573,8 @@ impl<K: Serialize + Hash + Eq, V: Serialize> Serialize for DeltaOut<'_, K, V> {
             // One log (the usual case): stream it.
             return s.collect_seq(Looked::new(self.map, only.iter()));
         }
-        let mut seen = FxHashSet::default();
         // Collected first: postcard writes the length before the elements.
-        let unique: Vec<&K> = self
-            .keys
-            .iter()
-            .flat_map(|log| log.iter())
-            .filter(|k| seen.insert(*k))
-            .collect();
+        let unique = without_repeats(self.keys.iter().flat_map(|log| log.iter()));
         s.collect_seq(Looked::new(self.map, unique.into_iter()))
     }
 }
@@ -852,9 +849,8 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                     (Some(a), Some(b)) => {
                         // Without repeats: checkpoints that keep failing must not grow a log
                         // beyond the keys it names.
-                        let mut seen = FxHashSet::default();
-                        let both = a.iter().chain(b.iter()).filter(|k| seen.insert(*k));
-                        Some(Arc::new(both.cloned().collect()))
+                        let both = without_repeats(a.iter().chain(b.iter()));
+                        Some(Arc::new(both.into_iter().cloned().collect()))
                     }
                     _ => None,
                 };
@@ -1034,18 +1030,30 @@ fn decode_group<K: StateData + Hash + Eq, V: StateData>(
     Ok(g)
 }
 
+/// Checks that state read from a checkpoint (`what`), holding `count` key groups from
+/// `first` on, covers exactly this instance's key-group `range`.
+pub(crate) fn check_covers(
+    what: &str,
+    first: u32,
+    count: usize,
+    range: &Range<usize>,
+) -> Result<(), String> {
+    if first as usize == range.start && count == range.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} covers key groups {first}..{} but this instance owns {}..{}",
+        first as usize + count,
+        range.start,
+        range.end
+    ))
+}
+
 /// Decodes the group headers of one table (parts stay undecoded) and checks it covers `range`.
 fn decode_table<'a>(bytes: &'a [u8], range: &Range<usize>) -> Result<Vec<GroupIn<'a>>, String> {
     let (first, groups): (u32, Vec<GroupIn<'a>>) =
         postcard::from_bytes(bytes).map_err(|e| format!("cannot decode keyed state: {e}"))?;
-    if first as usize != range.start || groups.len() != range.len() {
-        return Err(format!(
-            "keyed state covers key groups {first}..{} but this instance owns {}..{}",
-            first as usize + groups.len(),
-            range.start,
-            range.end
-        ));
-    }
+    check_covers("keyed state", first, groups.len(), range)?;
     for (i, g) in groups.iter().enumerate() {
         let sorted = g.ids.windows(2).all(|w| w[0] < w[1]);
         if g.ids.is_empty() || !sorted || g.ids.len() > 100_000 {

@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 
 use rustc_hash::FxHashMap;
 
-pub(crate) use groups::{Earlier, Incremental, KeyGroups, TableSnapshot};
+pub(crate) use groups::{check_covers, Earlier, Incremental, KeyGroups, TableSnapshot};
 
 use crate::keyed::KeyedContext;
 
