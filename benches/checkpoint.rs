@@ -30,6 +30,8 @@
 //! one core for the writers (`io_cores = 1`) and runs a worker on each other core;
 //! WEIR_BENCH_ROUNDS; WEIR_BENCH_WINDOWS=1 prints the monotonic clock readings of each
 //! measured window and each restore, to cut a `perf record -k mono` profile to them;
+//! WEIR_BENCH_RESTORE_DIR=<dir> keeps the checkpoints in <dir>, or, if it exists, only times
+//! restores from it;
 //! WEIR_BENCH_OUT for the results directory, default `target/bench-results`). Results:
 //! `checkpoint.json` and `checkpoint.md`.
 
@@ -485,7 +487,23 @@ fn measure(
     rounds: usize,
 ) -> Measured {
     let name = case_name(workload, layout);
-    let dir = tmp.join(name.replace(' ', "-"));
+    // WEIR_BENCH_RESTORE_DIR=<dir>: the checkpoints go to <dir> and stay there; when <dir>
+    // already holds some, the runs are skipped and only restores are timed (to compare
+    // restore code on the same checkpoints).
+    let kept = std::env::var_os("WEIR_BENCH_RESTORE_DIR").map(std::path::PathBuf::from);
+    if let Some(d) = kept.as_ref().filter(|d| d.exists()) {
+        let times: Vec<f64> = (0..rounds.max(3))
+            .map(|_| restore_time(d, layout, keys).0)
+            .collect();
+        println!(
+            "  {name}: restores only, median {:.2} s ({times:.2?})",
+            median(times.clone())
+        );
+        std::process::exit(0);
+    }
+    let dir = kept
+        .clone()
+        .unwrap_or_else(|| tmp.join(name.replace(' ', "-")));
     let (mut bases, mut withs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let base = run(None, layout, keys, window, workload);
@@ -535,7 +553,9 @@ fn measure(
     println!(
         "  {name}: restore of checkpoint {restored} from the local copy: median {restore_s:.2} s ({restores:.2?})"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    if kept.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Measured {
         workload,
         layout,
