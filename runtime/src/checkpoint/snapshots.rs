@@ -215,9 +215,7 @@ fn write_one(setup: &WriterSetup, job: SnapshotJob) -> Result<Ack, String> {
             .map_err(|e| e.to_string())?;
     drop(slices);
     // The next checkpoint encodes into the same buffers (see `crate::buffers`).
-    for (_, p) in encoded {
-        p.give();
-    }
+    crate::buffers::give(encoded.into_iter().flat_map(|(_, p)| p.into_buffers()));
     let uploaded = setup
         .store
         .put_file(job.id, &name, &path)
