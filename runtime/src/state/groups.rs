@@ -632,6 +632,39 @@ impl<'m, K: Hash + Eq, V, I: Iterator<Item = &'m K>> Iterator for Looked<'m, K, 
     }
 }
 
+/// A buffer is filled up to about this many bytes before encoding goes on in the next one
+/// (unit tests spread even small tables over several buffers).
+const CHUNK: usize = if cfg!(test) { 64 } else { 32 << 20 };
+
+/// Encoded parts in buffers of about [`CHUNK`] bytes, taken from the writer's kept buffers
+/// (see [`crate::buffers`]). One buffer for everything would grow by doubling: each time a
+/// copy of all encoded so far into fresh memory, and for state that grows (a full copy
+/// larger at every checkpoint) beyond what the previous checkpoint left to reuse, so the
+/// kernel zeroed new pages at every checkpoint (Nexmark q19: 8% of its CPU time).
+#[derive(Default)]
+struct Chunks(Vec<Vec<u8>>);
+
+impl Chunks {
+    /// Appends the encoding of `value`; returns the buffer and range it went to.
+    fn append<T: Serialize>(&mut self, value: &T) -> Result<(usize, Range<usize>), String> {
+        if self.0.last().is_none_or(|b| b.len() >= CHUNK) {
+            self.0.push(crate::buffers::take());
+        }
+        let last = self.0.len() - 1;
+        let buf = std::mem::take(&mut self.0[last]);
+        let start = buf.len();
+        let buf = crate::buffers::append(value, buf).map_err(encode_err)?;
+        let end = buf.len();
+        self.0[last] = buf;
+        Ok((last, start..end))
+    }
+
+    /// Hands the buffers to `out`; returns their numbers there.
+    fn into_pieces(self, out: &mut Pieces) -> Vec<usize> {
+        self.0.into_iter().map(|b| out.buffer(b)).collect()
+    }
+}
+
 /// Encodes captured groups, releasing each one's map as soon as it is read (a worker that
 /// writes to that group afterwards folds its overlay back right away). Deltas, which read a
 /// few keys per group, are encoded first, so that no group waits behind the full copies
@@ -642,36 +675,31 @@ fn encode<K: StateData + Hash + Eq, V: StateData>(
     first: u32,
     mut captured: Vec<Captured<K, V>>,
 ) -> Result<Pieces, String> {
-    use crate::buffers::append;
-    // Each group's part kind and its range in `deltas` or `fulls`.
-    let mut parts = vec![(UNCHANGED, 0..0); captured.len()];
-    let mut deltas = crate::buffers::take();
-    for (c, (kind, at)) in captured.iter_mut().zip(&mut parts) {
+    // Each group's part kind, and its buffer and range in `deltas` or `fulls`.
+    let mut parts = vec![(UNCHANGED, 0, 0..0); captured.len()];
+    let mut deltas = Chunks::default();
+    for (c, (kind, buf, at)) in captured.iter_mut().zip(&mut parts) {
         if let Part::Delta(map, keys) = &c.part {
-            let start = deltas.len();
-            deltas = append(&DeltaOut { map, keys }, deltas).map_err(encode_err)?;
-            *at = start..deltas.len();
+            (*buf, *at) = deltas.append(&DeltaOut { map, keys })?;
             *kind = DELTA;
             c.part = Part::Encoded;
         }
     }
-    let mut fulls = crate::buffers::take();
-    for (c, (kind, at)) in captured.iter_mut().zip(&mut parts) {
+    let mut fulls = Chunks::default();
+    for (c, (kind, buf, at)) in captured.iter_mut().zip(&mut parts) {
         if let Part::Full(map) = std::mem::replace(&mut c.part, Part::Encoded) {
-            let start = fulls.len();
-            fulls = append(&Values(&map), fulls).map_err(encode_err)?;
-            *at = start..fulls.len();
+            (*buf, *at) = fulls.append(&Values(&map))?;
             *kind = FULL;
         }
     }
     // `(u32, Vec<Group>)`: postcard writes both the number and the vector's length as
     // varints, then the elements one after the other.
-    let mut heads =
-        append(&(first, captured.len() as u64), crate::buffers::take()).map_err(encode_err)?;
+    let mut heads = crate::buffers::append(&(first, captured.len() as u64), crate::buffers::take())
+        .map_err(encode_err)?;
     let mut head_at = Vec::with_capacity(captured.len());
-    for (c, (kind, at)) in captured.iter().zip(&parts) {
+    for (c, (kind, _, at)) in captured.iter().zip(&parts) {
         let start = heads.len();
-        heads = append(
+        heads = crate::buffers::append(
             &GroupHead {
                 ids: &c.chain.ids,
                 base_len: c.chain.base_len,
@@ -686,11 +714,14 @@ fn encode<K: StateData + Hash + Eq, V: StateData>(
     }
     let mut out = Pieces::default();
     let prefix = head_at.first().map_or(heads.len(), |r| r.start);
-    let (h, d, f) = (out.buffer(heads), out.buffer(deltas), out.buffer(fulls));
+    let h = out.buffer(heads);
+    let (d, f) = (deltas.into_pieces(&mut out), fulls.into_pieces(&mut out));
     out.push(h, 0..prefix);
-    for (head, (kind, part)) in head_at.into_iter().zip(parts) {
+    for (head, (kind, buf, part)) in head_at.into_iter().zip(parts) {
         out.push(h, head);
-        out.push(if kind == FULL { f } else { d }, part);
+        if !part.is_empty() {
+            out.push(if kind == FULL { f[buf] } else { d[buf] }, part);
+        }
     }
     Ok(out)
 }
