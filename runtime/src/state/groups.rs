@@ -842,7 +842,9 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
             // The next epoch's log starts at this one's size: keys change at a steady rate, and
             // growing a log from empty copies it several times.
             let room = g.dirty.keys.len();
-            let start_len = g.len();
+            // The map's length, as `Dirty::record` is given (O(1): `len` walks the overlay,
+            // which has no place in the synchronous part).
+            let start_len = g.map().len();
             let dirty = std::mem::replace(
                 &mut g.dirty,
                 Dirty {
