@@ -9,9 +9,9 @@
 //! The public surface is this facade; every module is private. See `ARCHITECTURE.md`.
 
 mod api;
-mod buffers;
 mod checkpoint;
 mod config;
+mod encoding;
 mod error;
 mod exchange;
 mod execute;

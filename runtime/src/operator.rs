@@ -26,7 +26,7 @@ pub(crate) type DurableWait = Box<dyn FnOnce() -> Result<(), BoxError> + Send>;
 /// copy-on-write maps) encoded later on the snapshot writer thread, off the worker.
 pub(crate) enum Section {
     Bytes(Vec<u8>),
-    Deferred(Box<dyn FnOnce() -> Result<crate::buffers::Pieces, String> + Send>),
+    Deferred(crate::encoding::Deferred),
 }
 
 /// A checkpoint barrier travelling down a chain: operators append their state sections.
@@ -465,10 +465,9 @@ impl<T> Collector<T> for SinkOp<T> {
             // Encoded on the writer thread, after the durable waits above have returned.
             b.sections.push((
                 self.info.section_name("state"),
-                Section::Deferred(Box::new(move || {
-                    state()
-                        .map(Into::into)
-                        .map_err(|e| format!("sink pre-commit failed: {e}"))
+                Section::Deferred(Box::new(move |out| {
+                    let state = state().map_err(|e| format!("sink pre-commit failed: {e}"))?;
+                    out.write(&state)
                 })),
             ));
         } else if !pc.state.is_empty() {

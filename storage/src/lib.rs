@@ -3,8 +3,8 @@
 //! - Durable file primitives every writer of Weir uses ([`commit_rename`], [`fsync_dir`],
 //!   [`probe_writable`]). A file is durable once its bytes and its directory entry survive a
 //!   power loss: write, `fsync` the file, rename it into place, `fsync` the directory.
-//! - The snapshot file format ([`write_snapshot_mmap`], [`write_snapshot_buffered`],
-//!   [`Snapshot`]): one file per worker per checkpoint holding named sections of opaque bytes;
+//! - The snapshot file format ([`SnapshotWriter`], [`write_snapshot_mmap`],
+//!   [`write_snapshot_buffered`], [`Snapshot`]): one file per worker per checkpoint holding named sections of opaque bytes;
 //!   [`SpareFiles`] keeps retired local copies to be overwritten by later snapshots.
 //! - The checkpoint metadata file ([`encode_metadata`], [`decode_metadata`]), the commit point
 //!   of a checkpoint.
@@ -35,8 +35,8 @@ pub use metadata::{
 pub use mmap::{HugePageAlloc, HUGE_PAGE_MIN};
 pub use snapshot::{
     encode_snapshot, file_crc32, write_snapshot_buffered, write_snapshot_mmap,
-    write_snapshot_mmap_pieces, write_snapshot_mmap_reusing, Snapshot, SnapshotHeader,
-    SnapshotInfo, MAX_SECTIONS, MAX_SECTION_NAME_LEN, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN,
+    write_snapshot_mmap_reusing, Snapshot, SnapshotHeader, SnapshotInfo, SnapshotWriter,
+    MAX_SECTIONS, MAX_SECTION_NAME_LEN, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_HEADER_LEN,
     SNAPSHOT_MAGIC,
 };
 pub use spare::SpareFiles;

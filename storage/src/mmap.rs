@@ -6,31 +6,37 @@
 //! Writing:
 //!
 //! A store through a mapping cannot return an error: a failed page-in (disk full, I/O error)
-//! becomes `SIGBUS`, and write-back errors appear only at `msync`. So [`write_file`]
-//! 1. creates the file and sizes it (`set_len`),
-//! 2. reserves its blocks (`posix_fallocate` on Linux), so that a full disk is an ordinary
-//!    error *before* anything is mapped,
-//! 3. maps it and copies the caller's pieces into it, in chunks of [`CHUNK`] bytes, each
+//! becomes `SIGBUS`, and write-back errors appear only at `msync`. And a snapshot writer
+//! streams what it encodes straight into the file, so the file's length is known only at the
+//! end. So [`MapWriter`] writes a file front to back through *windows*, consecutive ranges of
+//! it (the first about as long as the caller expects the file to be, at least 1 MiB; each next
+//! one as long as all before it, up to 64 MiB), each in turn:
+//! 1. extends the file over the window (`set_len`) and reserves its blocks (`posix_fallocate`
+//!    on Linux), so that a full disk is an ordinary error *before* anything is mapped there,
+//! 2. maps the window and copies the caller's bytes into it, in chunks of [`CHUNK`] bytes, each
 //!    prefaulted for writing just before it is filled (`MADV_POPULATE_WRITE`): the kernel zeroes
 //!    a new page of the file before mapping it, and zeroing one chunk at a time keeps those
 //!    zeroes in the cache where the copy overwrites them (prefaulting the whole file up front
 //!    sends every zeroed page to memory first, and faulting page by page costs a fault each);
 //!    the copy uses non-temporal stores on x86-64 ([`copy_streaming`]), so the snapshot's bytes
 //!    do not displace the workers' state from the shared cache,
-//! 4. unmaps it, and
-//! 5. `fsync`s the file, which writes the dirty pages back, reports write-back errors, and
-//!    makes its size and metadata durable.
+//! 3. unmaps the window when it is full.
+//!
+//! Then [`MapWriter::finish`] writes the header into the first bytes (through a map of its
+//! own), cuts the file to the bytes written (the last window's reserved tail), and `fsync`s
+//! it, which writes the dirty pages back, reports write-back errors, and makes its size and
+//! metadata durable.
 //!
 //! Unmapping *before* the write-back matters: `msync` on a live mapping write-protects every
 //! page it cleans, and each of those TLB flushes interrupts the other cores running this
 //! process (the workers) with an inter-processor interrupt. After `munmap` the page cache
-//! holds the same dirty pages, with one TLB flush for the whole range.
+//! holds the same dirty pages, with one TLB flush per window.
 //!
 //! What remains is a media error while copying, which still raises `SIGBUS`; no memory map can
 //! avoid that, which is why the format carries checksums.
 
 use std::fs::{File, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use memmap2::MmapOptions;
 
@@ -39,90 +45,185 @@ use crate::error::{io_err, StorageError};
 /// Bytes prefaulted and filled at a time.
 const CHUNK: usize = 4 << 20;
 
-/// Creates (or truncates) `path`, sizes it to `len` bytes, maps it read-write, copies `pieces`
-/// (exactly `len` bytes together) into it one after the other, then unmaps and fsyncs it. `len`
-/// must be non-zero. With `spare`, a spare file is moved to `path` and overwritten when there
-/// is one (its pages are still cached: see [`crate::SpareFiles`]). On any error the file is
-/// removed again.
-pub(crate) fn write_file<'a>(
-    path: &Path,
+/// The first window of a file is at least this long; each next one as long as everything
+/// before it, up to [`MAX_WINDOW`].
+const FIRST_WINDOW: u64 = 1 << 20;
+
+/// The longest window mapped at a time.
+const MAX_WINDOW: u64 = 64 << 20;
+
+/// Writes a file front to back through memory maps of consecutive *windows* of it, so that its
+/// length need not be known up front: each window is sized, reserved and mapped when the
+/// bytes before it are written (see the module docs), and the file is cut to the bytes
+/// written when it is finished. Dropped unfinished, it removes the file.
+pub(crate) struct MapWriter {
+    file: File,
+    path: PathBuf,
+    /// Bytes written: the file offset of the next byte.
+    at: u64,
+    /// The file's length so far (set and reserved).
     len: u64,
-    pieces: impl IntoIterator<Item = &'a [u8]>,
-    spare: Option<&crate::SpareFiles>,
-) -> Result<(), StorageError> {
-    let map_len = usize::try_from(len).map_err(|_| StorageError::Io {
-        op: "map (file larger than the address space)",
-        path: path.to_path_buf(),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    })?;
-    // A reused file keeps its blocks and cached pages; `set_len` below cuts or extends it, and
-    // every byte of the new length is written.
-    let reused = spare.is_some_and(|s| s.take(path, len));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(!reused)
-        .open(path)
-        .map_err(|e| {
-            if reused {
-                // The spare file was renamed here: it holds an old snapshot's bytes.
-                let _ = std::fs::remove_file(path);
-            }
-            io_err("create snapshot file", path)(e)
-        })?;
-    let result = map_fill_sync(&file, path, len, map_len, pieces);
-    if result.is_err() {
-        drop(file);
-        // The file is incomplete; its removal failing changes nothing about the error.
-        let _ = std::fs::remove_file(path);
-    }
-    result
+    /// The mapped window: its map, file offset, and how much of it is prefaulted.
+    window: Option<(memmap2::MmapMut, u64, usize)>,
+    /// The length the caller expects (sizes the first window).
+    size_hint: u64,
+    /// Set once the file is complete and synced.
+    done: bool,
 }
 
-fn map_fill_sync<'a>(
-    file: &File,
-    path: &Path,
-    len: u64,
-    map_len: usize,
-    pieces: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<(), StorageError> {
-    size_and_reserve(file, path, len)?;
-    // SAFETY: `MmapMut` is unsound only if the mapped file is changed or truncated by someone
-    // else while the map is alive (the map would then alias bytes we do not control, or touching
-    // it would raise SIGBUS). The file was just created/truncated by us at a path that belongs to
-    // this worker's checkpoint (no other Weir code opens it until `write_file` returns), or it is
-    // a spare file just moved there: a local copy of a checkpoint that the store no longer has,
-    // that no retained checkpoint names and no other link points to, in a `chk-<id>` directory
-    // with `id` at or after the running job's first checkpoint (the only files this process
-    // maps for reading are those of the checkpoint it was restored from, all older), it
-    // has been sized to `map_len` bytes (and its blocks reserved) above, and the map is dropped
-    // before this function returns. A non-Weir process writing the same path concurrently is
-    // outside what Weir supports.
-    let mut map = unsafe { MmapOptions::new().len(map_len).map_mut(file) }
-        .map_err(io_err("memory-map snapshot file", path))?;
-    let (mut at, mut ready) = (0, 0);
-    for piece in pieces {
-        let mut rest = piece;
-        while !rest.is_empty() {
-            if at == ready {
-                let n = CHUNK.min(map_len - at);
+impl MapWriter {
+    /// Creates (or truncates) `path`, or, with `spare`, moves there the spare file that fits
+    /// `size_hint` bytes best (its pages are still cached: see [`crate::SpareFiles`]).
+    pub(crate) fn create(
+        path: &Path,
+        spare: Option<&crate::SpareFiles>,
+        size_hint: u64,
+    ) -> Result<Self, StorageError> {
+        // A reused file keeps its blocks and cached pages; `finish` cuts it to the bytes
+        // written, and every byte up to there is written.
+        let reused = spare.is_some_and(|s| s.take(path, size_hint));
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(!reused)
+            .open(path)
+            .and_then(|f| f.metadata().map(|m| (f, m.len())));
+        let (file, len) = opened.map_err(|e| {
+            // A spare file was renamed here, or a new one created: neither is a snapshot.
+            let _ = std::fs::remove_file(path);
+            io_err("create snapshot file", path)(e)
+        })?;
+        Ok(MapWriter {
+            file,
+            path: path.to_path_buf(),
+            at: 0,
+            len,
+            window: None,
+            size_hint,
+            done: false,
+        })
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn position(&self) -> u64 {
+        self.at
+    }
+
+    /// Appends `bytes`.
+    pub(crate) fn write(&mut self, mut bytes: &[u8]) -> Result<(), StorageError> {
+        while !bytes.is_empty() {
+            let mapped = match &self.window {
+                Some((map, start, _)) => self.at < start + map.len() as u64,
+                None => false,
+            };
+            if !mapped {
+                self.next_window()?;
+            }
+            let (map, start, ready) = self.window.as_mut().expect("mapped above");
+            let off = (self.at - *start) as usize;
+            if off == *ready {
+                let n = CHUNK.min(map.len() - off);
                 // Only a hint: on kernels without MADV_POPULATE_WRITE (before 5.14) the copy
                 // faults the pages in one by one instead.
-                let _ = map.advise_range(memmap2::Advice::PopulateWrite, at, n);
-                ready += n;
+                let _ = map.advise_range(memmap2::Advice::PopulateWrite, off, n);
+                *ready += n;
             }
-            let n = rest.len().min(ready - at);
-            copy_streaming(&mut map[at..at + n], &rest[..n]);
-            at += n;
-            rest = &rest[n..];
+            let n = bytes.len().min(*ready - off);
+            copy_streaming(&mut map[off..off + n], &bytes[..n]);
+            self.at += n as u64;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Unmaps the current window (if any) and maps the next one, from `at` on, first
+    /// extending the file over it and reserving its blocks.
+    fn next_window(&mut self) -> Result<(), StorageError> {
+        self.unmap();
+        // Windows are multiples of FIRST_WINDOW long, so `at` is a page boundary here, as
+        // mapping offsets must be. The first is as long as the caller expects the file to be.
+        let size = if self.at == 0 {
+            self.size_hint.next_multiple_of(FIRST_WINDOW)
+        } else {
+            self.at
+        }
+        .clamp(FIRST_WINDOW, MAX_WINDOW);
+        let end = self.at + size;
+        let map_len = usize::try_from(size).expect("windows are small");
+        if self.len < end {
+            self.file
+                .set_len(end)
+                .map_err(io_err("size snapshot file (set_len)", &self.path))?;
+            reserve(&self.file, &self.path, self.len, end)?;
+            self.len = end;
+        }
+        // SAFETY: `MmapMut` is unsound only if the mapped file is changed or truncated by
+        // someone else while the map is alive (the map would then alias bytes we do not
+        // control, or touching it would raise SIGBUS). The file was just created/truncated by
+        // us at a path that belongs to this worker's checkpoint (no other Weir code opens it
+        // until the snapshot is finished), or it is a spare file just moved there: a local
+        // copy of a checkpoint that the store no longer has, that no retained checkpoint
+        // names and no other link points to, in a `chk-<id>` directory with `id` at or after
+        // the running job's first checkpoint (the only files this process maps for reading
+        // are those of the checkpoint it was restored from, all older). The window lies
+        // within the file's length, set (and its blocks reserved) above, and this writer
+        // shortens the file only after unmapping every window. A non-Weir process writing the
+        // same path concurrently is outside what Weir supports.
+        let map = unsafe {
+            MmapOptions::new()
+                .offset(self.at)
+                .len(map_len)
+                .map_mut(&self.file)
+        }
+        .map_err(io_err("memory-map snapshot file", &self.path))?;
+        self.window = Some((map, self.at, 0));
+        Ok(())
+    }
+
+    /// Orders the streaming stores into the current window and unmaps it.
+    fn unmap(&mut self) {
+        if self.window.take().is_some() {
+            fence_streaming();
         }
     }
-    assert_eq!(at, map_len, "snapshot pieces must fill the file exactly");
-    fence_streaming();
-    drop(map);
-    file.sync_all()
-        .map_err(io_err("fsync of snapshot file", path))
+
+    /// Writes `bytes` at the start of the file, over what was written there (the header,
+    /// known only at the end), cuts the file to the bytes written, and fsyncs it.
+    pub(crate) fn finish(mut self, head: &[u8]) -> Result<(), StorageError> {
+        assert!(
+            head.len() as u64 <= self.at,
+            "the head overwrites bytes already written"
+        );
+        self.unmap();
+        if !head.is_empty() {
+            // SAFETY: as in `next_window`: the file is ours and at least `at` >= `head.len()`
+            // bytes long (its blocks reserved) while this map lives.
+            let mut map = unsafe { MmapOptions::new().len(head.len()).map_mut(&self.file) }
+                .map_err(io_err("memory-map snapshot file", &self.path))?;
+            map.copy_from_slice(head);
+        }
+        if self.len != self.at {
+            self.file
+                .set_len(self.at)
+                .map_err(io_err("size snapshot file (set_len)", &self.path))?;
+        }
+        self.file
+            .sync_all()
+            .map_err(io_err("fsync of snapshot file", &self.path))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for MapWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            self.unmap();
+            // The file is incomplete; its removal failing changes nothing about the error.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Copies `src` into `dst` (of the same length). On x86-64 the bulk goes through
@@ -181,17 +282,15 @@ fn fence_streaming() {
     }
 }
 
-/// Sets the file's length and reserves its blocks so that a full disk fails here.
-fn size_and_reserve(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
-    file.set_len(len)
-        .map_err(io_err("size snapshot file (set_len)", path))?;
-    reserve(file, path, len)
-}
-
 #[cfg(target_os = "linux")]
-fn reserve(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
+/// Reserves the blocks of bytes `from..to` of `file`, so that a full disk fails here and not
+/// as a SIGBUS when the mapped pages are written.
+fn reserve(file: &File, path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
     use std::os::fd::AsRawFd;
-    let Ok(off_len) = libc::off_t::try_from(len) else {
+    let (Ok(off), Ok(len)) = (
+        libc::off_t::try_from(from),
+        libc::off_t::try_from(to - from),
+    ) else {
         return Err(StorageError::Io {
             op: "reserve blocks of snapshot file",
             path: path.to_path_buf(),
@@ -201,7 +300,7 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
     // SAFETY: `posix_fallocate` takes a file descriptor and two integers and touches no memory
     // of this process. The descriptor is valid: it is owned by `file`, which is borrowed for the
     // whole call.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) };
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), off, len) };
     match rc {
         0 => Ok(()),
         // File systems without fallocate support (glibc emulates it on most; musl does not):
@@ -216,7 +315,7 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn reserve(_file: &File, _path: &Path, _len: u64) -> Result<(), StorageError> {
+fn reserve(_file: &File, _path: &Path, _from: u64, _to: u64) -> Result<(), StorageError> {
     Ok(())
 }
 

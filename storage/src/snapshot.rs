@@ -74,12 +74,93 @@ struct SectionEntryRef<'a> {
     crc32: u32,
 }
 
-/// Everything of a snapshot file except the section bytes, computed once and shared by both
-/// writers so that they produce identical files.
+/// The section index's bytes: postcard `Vec<SectionEntry>`, then their crc32 (4 bytes).
+/// Returns them and the index length without the crc.
+fn index_bytes(entries: &[SectionEntryRef<'_>]) -> Result<(Vec<u8>, u64), FormatError> {
+    let mut index = postcard::to_stdvec(entries).map_err(|e| FormatError::Decode {
+        what: "section index (encoding)",
+        reason: e.to_string(),
+    })?;
+    let index_len = index.len() as u64;
+    let index_crc = crc32fast::hash(&index);
+    index.extend_from_slice(&index_crc.to_le_bytes());
+    Ok((index, index_len))
+}
+
+/// The fixed header of a file with `count` sections of `data_len` bytes together and an index
+/// of `index_len` bytes (without its crc).
+fn header_bytes(
+    header: &SnapshotHeader,
+    count: u32,
+    data_len: u64,
+    index_len: u64,
+) -> Result<[u8; SNAPSHOT_HEADER_LEN], FormatError> {
+    let too_large = FormatError::TooLarge {
+        what: "snapshot",
+        len: u64::MAX,
+    };
+    let index_offset = data_len
+        .checked_add(SNAPSHOT_HEADER_LEN as u64)
+        .ok_or(too_large.clone())?;
+    index_offset
+        .checked_add(index_len + INDEX_CRC_LEN)
+        .ok_or(too_large)?;
+    let mut h = [0u8; SNAPSHOT_HEADER_LEN];
+    h[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    h[8..10].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    h[10..12].copy_from_slice(&0u16.to_le_bytes());
+    h[12..16].copy_from_slice(&(SNAPSHOT_HEADER_LEN as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&header.checkpoint_id.to_le_bytes());
+    h[24..28].copy_from_slice(&header.worker.to_le_bytes());
+    h[28..32].copy_from_slice(&count.to_le_bytes());
+    h[32..40].copy_from_slice(&index_offset.to_le_bytes());
+    h[40..48].copy_from_slice(&index_len.to_le_bytes());
+    h[48..56].copy_from_slice(&data_len.to_le_bytes());
+    // 56..60 reserved, zero.
+    let header_crc = crc32fast::hash(&h[..HEADER_CRC_AT]);
+    h[HEADER_CRC_AT..].copy_from_slice(&header_crc.to_le_bytes());
+    Ok(h)
+}
+
+/// The crc of a whole file: header, then the sections (`data_crc`), then index and its crc.
+fn file_crc(header: &[u8], data_crc: &crc32fast::Hasher, index: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(header);
+    crc.combine(data_crc);
+    crc.update(index);
+    crc.finalize()
+}
+
+/// Checks what every writer checks of the sections it is given, one at a time.
+#[derive(Default)]
+struct Names {
+    seen: HashSet<String>,
+}
+
+impl Names {
+    fn add(&mut self, name: &str) -> Result<(), FormatError> {
+        check_name(name)?;
+        if self.seen.len() >= MAX_SECTIONS as usize {
+            return Err(FormatError::TooManySections {
+                count: self.seen.len() as u64 + 1,
+                limit: MAX_SECTIONS,
+            });
+        }
+        if !self.seen.insert(name.to_owned()) {
+            return Err(FormatError::DuplicateSection {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Everything of a snapshot file except the section bytes, for sections given whole: what
+/// [`write_snapshot_buffered`] and [`encode_snapshot`] write ([`SnapshotWriter`] writes the
+/// same bytes as it goes).
 struct Plan<'a> {
     header: [u8; SNAPSHOT_HEADER_LEN],
-    /// Each section's name and bytes, in one or more pieces written back to back.
-    sections: Vec<(&'a str, &'a [&'a [u8]])>,
+    sections: &'a [(&'a str, &'a [u8])],
     /// Index bytes followed by their crc32.
     index: Vec<u8>,
     total_len: u64,
@@ -99,100 +180,49 @@ fn check_name(name: &str) -> Result<(), FormatError> {
 impl<'a> Plan<'a> {
     fn new(
         header: &SnapshotHeader,
-        sections: Vec<(&'a str, &'a [&'a [u8]])>,
+        sections: &'a [(&'a str, &'a [u8])],
     ) -> Result<Self, FormatError> {
-        let count = u32::try_from(sections.len())
-            .ok()
-            .filter(|c| *c <= MAX_SECTIONS)
-            .ok_or(FormatError::TooManySections {
-                count: sections.len() as u64,
-                limit: MAX_SECTIONS,
-            })?;
-        let mut seen = HashSet::with_capacity(sections.len());
+        let mut names = Names::default();
         let mut entries = Vec::with_capacity(sections.len());
         let mut data_crc = crc32fast::Hasher::new();
         let mut offset = SNAPSHOT_HEADER_LEN as u64;
-        for &(name, pieces) in &sections {
-            check_name(name)?;
-            if !seen.insert(name) {
-                return Err(FormatError::DuplicateSection {
-                    name: name.to_owned(),
-                });
-            }
+        for &(name, bytes) in sections {
+            names.add(name)?;
             let mut h = crc32fast::Hasher::new();
-            let mut len = 0u64;
-            for bytes in pieces {
-                h.update(bytes);
-                len += bytes.len() as u64;
-            }
+            h.update(bytes);
             data_crc.combine(&h);
             entries.push(SectionEntryRef {
                 name,
                 offset,
-                len,
+                len: bytes.len() as u64,
                 crc32: h.finalize(),
             });
-            offset = offset.checked_add(len).ok_or(FormatError::TooLarge {
-                what: "data region",
-                len: u64::MAX,
-            })?;
-        }
-        let index_offset = offset;
-        let data_len = index_offset - SNAPSHOT_HEADER_LEN as u64;
-        let mut index = postcard::to_stdvec(&entries).map_err(|e| FormatError::Decode {
-            what: "section index (encoding)",
-            reason: e.to_string(),
-        })?;
-        let index_len = index.len() as u64;
-        let index_crc = crc32fast::hash(&index);
-        index.extend_from_slice(&index_crc.to_le_bytes());
-        let total_len =
-            index_offset
-                .checked_add(index_len + INDEX_CRC_LEN)
+            offset = offset
+                .checked_add(bytes.len() as u64)
                 .ok_or(FormatError::TooLarge {
-                    what: "snapshot",
+                    what: "data region",
                     len: u64::MAX,
                 })?;
-
-        let mut h = [0u8; SNAPSHOT_HEADER_LEN];
-        h[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
-        h[8..10].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-        h[10..12].copy_from_slice(&0u16.to_le_bytes());
-        h[12..16].copy_from_slice(&(SNAPSHOT_HEADER_LEN as u32).to_le_bytes());
-        h[16..24].copy_from_slice(&header.checkpoint_id.to_le_bytes());
-        h[24..28].copy_from_slice(&header.worker.to_le_bytes());
-        h[28..32].copy_from_slice(&count.to_le_bytes());
-        h[32..40].copy_from_slice(&index_offset.to_le_bytes());
-        h[40..48].copy_from_slice(&index_len.to_le_bytes());
-        h[48..56].copy_from_slice(&data_len.to_le_bytes());
-        // 56..60 reserved, zero.
-        let header_crc = crc32fast::hash(&h[..HEADER_CRC_AT]);
-        h[HEADER_CRC_AT..].copy_from_slice(&header_crc.to_le_bytes());
-
-        let mut file_crc = crc32fast::Hasher::new();
-        file_crc.update(&h);
-        file_crc.combine(&data_crc);
-        file_crc.update(&index);
+        }
+        let data_len = offset - SNAPSHOT_HEADER_LEN as u64;
+        let (index, index_len) = index_bytes(&entries)?;
+        let header = header_bytes(header, entries.len() as u32, data_len, index_len)?;
         Ok(Plan {
-            header: h,
+            file_crc: file_crc(&header, &data_crc, &index),
+            header,
             sections,
+            total_len: offset + index.len() as u64,
             index,
-            total_len,
-            file_crc: file_crc.finalize(),
         })
-    }
-
-    /// The file's bytes in order: header, sections, index (`total_len` bytes together).
-    fn pieces(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        std::iter::once(&self.header[..])
-            .chain(self.sections.iter().flat_map(|(_, b)| b.iter().copied()))
-            .chain(std::iter::once(&self.index[..]))
     }
 
     /// Copies the whole file into `out`, which is exactly `total_len` bytes long.
     fn copy_into(&self, out: &mut [u8]) {
+        let pieces = std::iter::once(&self.header[..])
+            .chain(self.sections.iter().map(|(_, b)| *b))
+            .chain(std::iter::once(&self.index[..]));
         let mut at = 0;
-        for bytes in self.pieces() {
+        for bytes in pieces {
             out[at..at + bytes.len()].copy_from_slice(bytes);
             at += bytes.len();
         }
@@ -214,7 +244,7 @@ pub fn encode_snapshot(
     header: &SnapshotHeader,
     sections: &[(&str, &[u8])],
 ) -> Result<Vec<u8>, FormatError> {
-    let plan = Plan::new(header, one_piece(sections))?;
+    let plan = Plan::new(header, sections)?;
     let len = usize::try_from(plan.total_len).map_err(|_| FormatError::TooLarge {
         what: "snapshot",
         len: plan.total_len,
@@ -224,14 +254,138 @@ pub fn encode_snapshot(
     Ok(out)
 }
 
-/// Writes a snapshot through a memory map: creates the file, sizes it and reserves its blocks
-/// (a full disk is an error here, before mapping), maps it, copies header, sections and index
-/// into the map, flushes it (`msync`) and `fsync`s the file. When it returns `Ok` the file is
-/// complete and durable, ready to be uploaded; its directory entry is not synced (the upload
-/// makes the checkpoint durable, not the local copy). On an error the incomplete file is removed.
+/// Writes a snapshot file through memory maps as its sections are produced, so that a
+/// snapshot writer can encode state straight into the file in small pieces, without holding
+/// the encoded state in memory first: [`SnapshotWriter::section`] starts a section,
+/// [`SnapshotWriter::write`] appends bytes to it, [`SnapshotWriter::finish`] writes the index
+/// and header and makes the file durable.
+///
+/// The file is written front to back through maps of consecutive windows of it, each sized and
+/// its blocks reserved (`posix_fallocate` on Linux) before it is mapped, so that a full disk is
+/// an ordinary error and not a `SIGBUS`; the bytes go in through non-temporal stores on x86-64
+/// (see `docs/checkpoint-format.md`). When `finish` returns `Ok` the file is complete and
+/// durable (fsynced), ready to be uploaded; its directory entry is not synced (the upload makes
+/// the checkpoint durable, not the local copy). On any error, and when the writer is dropped
+/// unfinished, the incomplete file is removed.
 ///
 /// Section names must be 1 to [`MAX_SECTION_NAME_LEN`] bytes and unique, at most
 /// [`MAX_SECTIONS`] of them; otherwise the error is [`StorageError::Format`].
+pub struct SnapshotWriter {
+    out: crate::mmap::MapWriter,
+    path: PathBuf,
+    header: SnapshotHeader,
+    names: Names,
+    /// The sections so far, the last one open while `open`: name, offset, length, crc.
+    entries: Vec<(String, u64, u64, u32)>,
+    open: bool,
+    /// crc of the open section's bytes so far.
+    crc: crc32fast::Hasher,
+    /// crc of the closed sections' bytes, back to back.
+    data_crc: crc32fast::Hasher,
+}
+
+impl std::fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWriter")
+            .field("path", &self.path)
+            .field("sections", &self.entries.len())
+            .field("bytes", &self.out.position())
+            .finish()
+    }
+}
+
+impl SnapshotWriter {
+    /// Creates (or truncates) the snapshot file `path`. With `spare`, a spare file is moved to
+    /// `path` and overwritten when there is one (its pages are still cached: see
+    /// [`SpareFiles`](crate::SpareFiles)), the one that fits `size_hint` bytes best;
+    /// `size_hint` (the length the file is expected to reach, e.g. the previous snapshot's)
+    /// also sizes the first window mapped.
+    pub fn create(
+        path: &Path,
+        header: &SnapshotHeader,
+        spare: Option<&crate::SpareFiles>,
+        size_hint: u64,
+    ) -> Result<SnapshotWriter, StorageError> {
+        let mut out = crate::mmap::MapWriter::create(path, spare, size_hint)?;
+        // The header, known only at the end, is written over these.
+        out.write(&[0; SNAPSHOT_HEADER_LEN])?;
+        Ok(SnapshotWriter {
+            out,
+            path: path.to_path_buf(),
+            header: *header,
+            names: Names::default(),
+            entries: Vec::new(),
+            open: false,
+            crc: crc32fast::Hasher::new(),
+            data_crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// Starts section `name` (ending the one before): the next [`SnapshotWriter::write`]s
+    /// append to it.
+    pub fn section(&mut self, name: &str) -> Result<(), StorageError> {
+        self.end_section();
+        self.names.add(name).map_err(format_err(&self.path))?;
+        self.entries
+            .push((name.to_owned(), self.out.position(), 0, 0));
+        self.open = true;
+        Ok(())
+    }
+
+    /// Appends `bytes` to the current section.
+    ///
+    /// # Panics
+    /// Before the first [`SnapshotWriter::section`].
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        assert!(self.open, "snapshot bytes written before any section");
+        self.crc.update(bytes);
+        self.out.write(bytes)?;
+        self.entries.last_mut().expect("open").2 += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn end_section(&mut self) {
+        if std::mem::take(&mut self.open) {
+            let crc = std::mem::take(&mut self.crc);
+            self.data_crc.combine(&crc);
+            self.entries.last_mut().expect("open").3 = crc.finalize();
+        }
+    }
+
+    /// Ends the last section, writes the index and the header, and makes the file durable:
+    /// unmaps it, cuts it to its length and `fsync`s it.
+    pub fn finish(mut self) -> Result<SnapshotInfo, StorageError> {
+        self.end_section();
+        let entries: Vec<SectionEntryRef<'_>> = self
+            .entries
+            .iter()
+            .map(|(name, offset, len, crc32)| SectionEntryRef {
+                name,
+                offset: *offset,
+                len: *len,
+                crc32: *crc32,
+            })
+            .collect();
+        let data_len = self.out.position() - SNAPSHOT_HEADER_LEN as u64;
+        let (index, index_len) = index_bytes(&entries).map_err(format_err(&self.path))?;
+        let header = header_bytes(&self.header, entries.len() as u32, data_len, index_len)
+            .map_err(format_err(&self.path))?;
+        let crc32 = file_crc(&header, &self.data_crc, &index);
+        let sections = entries.len();
+        drop(entries);
+        self.out.write(&index)?;
+        let bytes = self.out.position();
+        self.out.finish(&header)?;
+        Ok(SnapshotInfo {
+            path: self.path,
+            bytes,
+            crc32,
+            sections,
+        })
+    }
+}
+
+/// Writes a snapshot of the given sections through a [`SnapshotWriter`].
 pub fn write_snapshot_mmap(
     path: &Path,
     header: &SnapshotHeader,
@@ -249,29 +403,16 @@ pub fn write_snapshot_mmap_reusing(
     sections: &[(&str, &[u8])],
     spare: Option<&crate::SpareFiles>,
 ) -> Result<SnapshotInfo, StorageError> {
-    write_snapshot_mmap_pieces(path, header, one_piece(sections), spare)
-}
-
-/// [`write_snapshot_mmap_reusing`] with each section given in pieces, which are written back
-/// to back: the same file as with the pieces concatenated, without concatenating them first
-/// (a snapshot writer encodes a table's parts into several buffers).
-pub fn write_snapshot_mmap_pieces(
-    path: &Path,
-    header: &SnapshotHeader,
-    sections: Vec<(&str, &[&[u8]])>,
-    spare: Option<&crate::SpareFiles>,
-) -> Result<SnapshotInfo, StorageError> {
-    let plan = Plan::new(header, sections).map_err(format_err(path))?;
-    crate::mmap::write_file(path, plan.total_len, plan.pieces(), spare)?;
-    Ok(plan.info(path))
-}
-
-/// Sections of one piece each.
-fn one_piece<'a>(sections: &'a [(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [&'a [u8]])> {
-    sections
-        .iter()
-        .map(|(n, b)| (*n, std::slice::from_ref(b)))
-        .collect()
+    // Header and sections: all but the index (the spare file that fits best is at least
+    // this long).
+    let hint =
+        sections.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + SNAPSHOT_HEADER_LEN as u64;
+    let mut w = SnapshotWriter::create(path, header, spare, hint)?;
+    for (name, bytes) in sections {
+        w.section(name)?;
+        w.write(bytes)?;
+    }
+    w.finish()
 }
 
 /// Writes the same bytes as [`write_snapshot_mmap`] with plain buffered writes, then `fsync`s
@@ -282,7 +423,7 @@ pub fn write_snapshot_buffered(
     header: &SnapshotHeader,
     sections: &[(&str, &[u8])],
 ) -> Result<SnapshotInfo, StorageError> {
-    let plan = Plan::new(header, one_piece(sections)).map_err(format_err(path))?;
+    let plan = Plan::new(header, sections).map_err(format_err(path))?;
     let file = File::create(path).map_err(io_err("create snapshot file", path))?;
     let write = || -> Result<(), StorageError> {
         let mut w = BufWriter::with_capacity(1 << 20, file);

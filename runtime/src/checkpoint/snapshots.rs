@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use weir_storage::{CheckpointStore, SnapshotHeader};
+use weir_storage::{CheckpointStore, SnapshotHeader, SnapshotWriter};
 
 use super::decider::Ack;
 use super::messages::ToCoordinator;
-use crate::buffers::Pieces;
 use crate::error::JobError;
 use crate::operator::{Barrier, DurableWait, Section};
 
@@ -162,9 +161,11 @@ pub(crate) struct WriterSetup {
 
 /// Body of a worker's snapshot writer thread (never a worker core's thread).
 pub(crate) fn writer_loop(setup: WriterSetup, jobs: Receiver<SnapshotJob>) {
+    // The length of the last snapshot written: the next one is about as long.
+    let mut last_len = 0;
     while let Ok(job) = jobs.recv() {
         let id = job.id;
-        let msg = match write_one(&setup, job) {
+        let msg = match write_one(&setup, job, &mut last_len) {
             Ok(ack) => ToCoordinator::Ack(id, ack),
             Err(reason) => {
                 tracing::warn!(checkpoint = id, worker = setup.worker, %reason, "snapshot failed");
@@ -181,7 +182,7 @@ pub(crate) fn writer_loop(setup: WriterSetup, jobs: Receiver<SnapshotJob>) {
     }
 }
 
-fn write_one(setup: &WriterSetup, job: SnapshotJob) -> Result<Ack, String> {
+fn write_one(setup: &WriterSetup, job: SnapshotJob, last_len: &mut u64) -> Result<Ack, String> {
     let t = Instant::now();
     for wait in job.durable {
         wait().map_err(|e| format!("sink pre-commit failed: {e}"))?;
@@ -191,31 +192,22 @@ fn write_one(setup: &WriterSetup, job: SnapshotJob) -> Result<Ack, String> {
         .map_err(|e| format!("cannot create local directory `{}`: {e}", dir.display()))?;
     let name = format!("worker-{}.snap", setup.worker);
     let path = dir.join(&name);
-    // The asynchronous part: encode what was captured at the barrier.
-    let encoded: Vec<(String, Pieces)> = job
-        .sections
-        .into_iter()
-        .map(|(n, s)| match s {
-            Section::Bytes(b) => Ok((n, Pieces::from(b))),
-            Section::Deferred(f) => f().map(|p| (n, p)),
-        })
-        .collect::<Result<_, String>>()?;
-    let slices: Vec<Vec<&[u8]>> = encoded.iter().map(|(_, p)| p.slices()).collect();
-    let sections: Vec<(&str, &[&[u8]])> = encoded
-        .iter()
-        .zip(&slices)
-        .map(|((n, _), s)| (n.as_str(), s.as_slice()))
-        .collect();
     let header = SnapshotHeader {
         checkpoint_id: job.id,
         worker: setup.worker as u32,
     };
-    let info =
-        weir_storage::write_snapshot_mmap_pieces(&path, &header, sections, setup.spare.as_deref())
-            .map_err(|e| e.to_string())?;
-    drop(slices);
-    // The next checkpoint encodes into the same buffers (see `crate::buffers`).
-    crate::buffers::give(encoded.into_iter().flat_map(|(_, p)| p.into_buffers()));
+    // The asynchronous part: encode what was captured at the barrier, straight into the file.
+    let mut file = SnapshotWriter::create(&path, &header, setup.spare.as_deref(), *last_len)
+        .map_err(|e| e.to_string())?;
+    for (name, section) in job.sections {
+        file.section(&name).map_err(|e| e.to_string())?;
+        match section {
+            Section::Bytes(b) => file.write(&b).map_err(|e| e.to_string())?,
+            Section::Deferred(encode) => encode(&mut file)?,
+        }
+    }
+    let info = file.finish().map_err(|e| e.to_string())?;
+    *last_len = info.bytes;
     let uploaded = setup
         .store
         .put_file(job.id, &name, &path)

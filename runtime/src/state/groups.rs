@@ -33,7 +33,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::StateData;
-use crate::buffers::Pieces;
+use crate::encoding::{Deferred, SectionOut, Stream};
 
 /// Settings and progress shared by every keyed table of a job run that takes incremental
 /// checkpoints.
@@ -533,19 +533,42 @@ impl<K: Serialize, V: Serialize> Serialize for Values<'_, K, V> {
     }
 }
 
-/// The encoded form of a key group: its chain, then what this checkpoint wrote, as a
-/// length-prefixed part (postcard bytes: the length as a varint, then the part) so a restore
-/// can skip groups it does not need without decoding them. This is the head, up to and with
-/// the part's length; the part's bytes follow it in the file (see [`encode`]).
+/// A keyed table section starts with `(TABLE_MARK, layout)`: a first key group no table can
+/// have (layout 1, which has no such prefix, starts with the first key group), then the layout
+/// of what follows, [`TABLE_LAYOUT`].
+const TABLE_MARK: u32 = u32::MAX;
+
+/// The table layout this Weir writes: the parts first, in any order, then the groups' heads,
+/// which say where each part is, then the heads' offset (see `docs/checkpoint-format.md`).
+/// Layout 1 (written before 2026-11-28) put each head right before its part, so the part had
+/// to be encoded somewhere else first to know its length; layout 2 lets the snapshot writer
+/// encode parts straight into the file. Both are read.
+const TABLE_LAYOUT: u32 = 2;
+
+/// The encoded form of a key group in layout 2: its chain, and where the part this
+/// checkpoint wrote for it is (offsets from the start of the section).
 #[derive(Serialize)]
 struct GroupHead<'a> {
     ids: &'a [u64],
     base_len: u64,
     delta_entries: u64,
     kind: u8,
-    part_len: usize,
+    part_at: u64,
+    part_len: u64,
 }
 
+/// [`GroupHead`] as read.
+#[derive(Deserialize)]
+struct GroupHeadIn {
+    ids: Vec<u64>,
+    base_len: u64,
+    delta_entries: u64,
+    kind: u8,
+    part_at: u64,
+    part_len: u64,
+}
+
+/// A group as written in layout 1: the head, then its part, length-prefixed.
 #[derive(Deserialize)]
 struct GroupIn<'a> {
     ids: Vec<u64>,
@@ -562,12 +585,8 @@ pub(crate) type Earlier<'a> = dyn Fn(u64) -> Result<&'a [u8], String> + 'a;
 /// A table's capture for one checkpoint: the encoder to run off the worker, and the earlier
 /// checkpoints whose files it references.
 pub(crate) struct TableSnapshot {
-    pub(crate) encode: Box<dyn FnOnce() -> Result<Pieces, String> + Send>,
+    pub(crate) encode: Deferred,
     pub(crate) refs: BTreeSet<u64>,
-}
-
-fn encode_err(e: postcard::Error) -> String {
-    format!("cannot encode keyed state: {e}")
 }
 
 /// A delta part: the listed keys with their values in `map` (`None`: removed). A key repeats
@@ -642,98 +661,66 @@ impl<'m, K: Hash + Eq, V, I: Iterator<Item = &'m K>> Iterator for Looked<'m, K, 
     }
 }
 
-/// A buffer is filled up to about this many bytes before encoding goes on in the next one
-/// (unit tests spread even small tables over several buffers).
-const CHUNK: usize = if cfg!(test) { 64 } else { 32 << 20 };
-
-/// Encoded parts in buffers of about [`CHUNK`] bytes, taken from the writer's kept buffers
-/// (see [`crate::buffers`]). One buffer for everything would grow by doubling: each time a
-/// copy of all encoded so far into fresh memory, and for state that grows (a full copy
-/// larger at every checkpoint) beyond what the previous checkpoint left to reuse, so the
-/// kernel zeroed new pages at every checkpoint (Nexmark q19: 8% of its CPU time).
-#[derive(Default)]
-struct Chunks(Vec<Vec<u8>>);
-
-impl Chunks {
-    /// Appends the encoding of `value`; returns the buffer and range it went to.
-    fn append<T: Serialize>(&mut self, value: &T) -> Result<(usize, Range<usize>), String> {
-        if self.0.last().is_none_or(|b| b.len() >= CHUNK) {
-            self.0.push(crate::buffers::take());
-        }
-        let last = self.0.len() - 1;
-        let buf = std::mem::take(&mut self.0[last]);
-        let start = buf.len();
-        let buf = crate::buffers::append(value, buf).map_err(encode_err)?;
-        let end = buf.len();
-        self.0[last] = buf;
-        Ok((last, start..end))
-    }
-
-    /// Hands the buffers to `out`; returns their numbers there.
-    fn into_pieces(self, out: &mut Pieces) -> Vec<usize> {
-        self.0.into_iter().map(|b| out.buffer(b)).collect()
-    }
+/// The heads of a table's groups, each with where its part went.
+struct Heads<'a, K, V> {
+    captured: &'a [Captured<K, V>],
+    parts: &'a [(u8, u64, u64)],
 }
 
-/// Encodes captured groups, releasing each one's map as soon as it is read (a worker that
-/// writes to that group afterwards folds its overlay back right away). Deltas, which read a
-/// few keys per group, are encoded first, so that no group waits behind the full copies
-/// (which read whole maps) to be released. The parts stay in the buffers they were encoded
-/// into: the section is their heads and parts in group order, as [`Pieces`], written to the
-/// file without being copied together first.
-fn encode<K: StateData + Hash + Eq, V: StateData>(
-    first: u32,
-    mut captured: Vec<Captured<K, V>>,
-) -> Result<Pieces, String> {
-    // Each group's part kind, and its buffer and range in `deltas` or `fulls`.
-    let mut parts = vec![(UNCHANGED, 0, 0..0); captured.len()];
-    let mut deltas = Chunks::default();
-    for (c, (kind, buf, at)) in captured.iter_mut().zip(&mut parts) {
-        if let Part::Delta(map, keys) = &c.part {
-            (*buf, *at) = deltas.append(&DeltaOut { map, keys })?;
-            *kind = DELTA;
-            c.part = Part::Encoded;
-        }
-    }
-    let mut fulls = Chunks::default();
-    for (c, (kind, buf, at)) in captured.iter_mut().zip(&mut parts) {
-        if let Part::Full(map) = std::mem::replace(&mut c.part, Part::Encoded) {
-            (*buf, *at) = fulls.append(&Values(&map))?;
-            *kind = FULL;
-        }
-    }
-    // `(u32, Vec<Group>)`: postcard writes both the number and the vector's length as
-    // varints, then the elements one after the other.
-    let mut heads = crate::buffers::append(&(first, captured.len() as u64), crate::buffers::take())
-        .map_err(encode_err)?;
-    let mut head_at = Vec::with_capacity(captured.len());
-    for (c, (kind, _, at)) in captured.iter().zip(&parts) {
-        let start = heads.len();
-        heads = crate::buffers::append(
-            &GroupHead {
+impl<K, V> Serialize for Heads<'_, K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.captured.iter().zip(self.parts).map(
+            |(c, &(kind, part_at, part_len))| GroupHead {
                 ids: &c.chain.ids,
                 base_len: c.chain.base_len,
                 delta_entries: c.chain.delta_entries,
-                kind: *kind,
-                part_len: at.len(),
+                kind,
+                part_at,
+                part_len,
             },
-            heads,
-        )
-        .map_err(encode_err)?;
-        head_at.push(start..heads.len());
+        ))
     }
-    let mut out = Pieces::default();
-    let prefix = head_at.first().map_or(heads.len(), |r| r.start);
-    let h = out.buffer(heads);
-    let (d, f) = (deltas.into_pieces(&mut out), fulls.into_pieces(&mut out));
-    out.push(h, 0..prefix);
-    for (head, (kind, buf, part)) in head_at.into_iter().zip(parts) {
-        out.push(h, head);
-        if !part.is_empty() {
-            out.push(if kind == FULL { f[buf] } else { d[buf] }, part);
+}
+
+/// Encodes captured groups into `out` in table layout 2, releasing each one's map as soon as
+/// it is read (a worker that writes to that group afterwards folds its overlay back right
+/// away). Deltas, which read a few keys per group, are encoded first, so that no group waits
+/// behind the full copies (which read whole maps) to be released; the heads that follow say
+/// where each part is.
+fn encode<K: StateData + Hash + Eq, V: StateData>(
+    first: u32,
+    mut captured: Vec<Captured<K, V>>,
+    out: &mut dyn SectionOut,
+) -> Result<(), String> {
+    let mut s = Stream::new(out);
+    s.put(&(TABLE_MARK, TABLE_LAYOUT))?;
+    // Each group's part kind, offset and length.
+    let mut parts = vec![(UNCHANGED, 0, 0); captured.len()];
+    for (c, (kind, at, len)) in captured.iter_mut().zip(&mut parts) {
+        if let Part::Delta(map, keys) = &c.part {
+            *at = s.position();
+            s.put(&DeltaOut { map, keys })?;
+            (*kind, *len) = (DELTA, s.position() - *at);
+            c.part = Part::Encoded;
         }
     }
-    Ok(out)
+    for (c, (kind, at, len)) in captured.iter_mut().zip(&mut parts) {
+        if let Part::Full(map) = std::mem::replace(&mut c.part, Part::Encoded) {
+            *at = s.position();
+            s.put(&Values(&map))?;
+            (*kind, *len) = (FULL, s.position() - *at);
+        }
+    }
+    let heads_at = s.position();
+    s.put(&(
+        first,
+        Heads {
+            captured: &captured,
+            parts: &parts,
+        },
+    ))?;
+    s.raw(&heads_at.to_le_bytes())?;
+    s.finish()
 }
 
 impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
@@ -915,7 +902,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
     fn encoder(&self, captured: Vec<Captured<K, V>>, refs: BTreeSet<u64>) -> TableSnapshot {
         let first = self.first as u32;
         TableSnapshot {
-            encode: Box::new(move || encode(first, captured)),
+            encode: Box::new(move |out| encode(first, captured, out)),
             refs,
         }
     }
@@ -1109,8 +1096,67 @@ pub(crate) fn check_covers(
 
 /// Decodes the group headers of one table (parts stay undecoded) and checks it covers `range`.
 fn decode_table<'a>(bytes: &'a [u8], range: &Range<usize>) -> Result<Vec<GroupIn<'a>>, String> {
-    let (first, groups): (u32, Vec<GroupIn<'a>>) =
-        postcard::from_bytes(bytes).map_err(|e| format!("cannot decode keyed state: {e}"))?;
+    let bad = |e: &dyn std::fmt::Display| format!("cannot decode keyed state: {e}");
+    let (first, groups) = match postcard::take_from_bytes::<(u32, u32)>(bytes) {
+        Ok(((TABLE_MARK, layout), rest)) => {
+            if layout != TABLE_LAYOUT {
+                return Err(format!(
+                    "keyed state in table layout {layout}; this Weir reads layouts 1 and {TABLE_LAYOUT}"
+                ));
+            }
+            // Parts lie between the prefix and the heads; the heads' offset is the last 8 bytes.
+            let parts_at = (bytes.len() - rest.len()) as u64;
+            let Some(split) = bytes.len().checked_sub(8).filter(|&e| e as u64 >= parts_at) else {
+                return Err(bad(&"the table ends before its heads' offset"));
+            };
+            let (body, tail) = bytes.split_at(split);
+            let heads_at = u64::from_le_bytes(tail.try_into().expect("8 bytes"));
+            if heads_at < parts_at || heads_at > split as u64 {
+                return Err(bad(&format_args!(
+                    "heads at {heads_at}, outside the table's {parts_at}..{split}"
+                )));
+            }
+            let (first, heads): (u32, Vec<GroupHeadIn>) =
+                match postcard::take_from_bytes(&body[heads_at as usize..]) {
+                    Ok((v, [])) => v,
+                    Ok((_, left)) => {
+                        return Err(bad(&format_args!("{} bytes after the heads", left.len())))
+                    }
+                    Err(e) => return Err(bad(&e)),
+                };
+            let groups = heads
+                .into_iter()
+                .map(|h| {
+                    // An empty part (an unchanged group) is written at offset 0.
+                    let (start, end) = match h.part_len {
+                        0 => (0, Some(0)),
+                        len => (
+                            h.part_at,
+                            h.part_at
+                                .checked_add(len)
+                                .filter(|&end| h.part_at >= parts_at && end <= heads_at),
+                        ),
+                    };
+                    let Some(end) = end else {
+                        return Err(bad(&format_args!(
+                            "part {}..+{} outside the parts {parts_at}..{heads_at}",
+                            h.part_at, h.part_len
+                        )));
+                    };
+                    Ok(GroupIn {
+                        ids: h.ids,
+                        base_len: h.base_len,
+                        delta_entries: h.delta_entries,
+                        kind: h.kind,
+                        part: &bytes[start as usize..end as usize],
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            (first, groups)
+        }
+        // Layout 1: `(first, Vec<GroupIn>)`.
+        _ => postcard::from_bytes::<(u32, Vec<GroupIn<'a>>)>(bytes).map_err(|e| bad(&e))?,
+    };
     check_covers("keyed state", first, groups.len(), range)?;
     for (i, g) in groups.iter().enumerate() {
         let sorted = g.ids.windows(2).all(|w| w[0] < w[1]);
@@ -1210,10 +1256,16 @@ mod tests {
         }))
     }
 
-    /// A group's head and its part, written as two pieces, are the bytes of one record with a
-    /// length-prefixed part: what [`GroupIn`] (and every checkpoint written so far) reads.
-    #[test]
-    fn a_head_and_its_part_are_one_length_prefixed_record() {
+    /// Runs a table's encoder into a vector.
+    fn run(encode: Deferred) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out).unwrap();
+        out
+    }
+
+    /// A table of layout 2 rewritten in layout 1 (each group's head right before its
+    /// length-prefixed part), as Weir wrote tables before layout 2.
+    fn as_layout_1(bytes: &[u8], range: &Range<usize>) -> Vec<u8> {
         #[derive(Serialize)]
         struct Whole<'a> {
             ids: &'a [u64],
@@ -1222,39 +1274,150 @@ mod tests {
             kind: u8,
             part: &'a [u8],
         }
-        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
-            let part: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let ids = [3, 9, 1 << 40];
-            let mut bytes = crate::buffers::append(
-                &GroupHead {
-                    ids: &ids,
-                    base_len: 5,
-                    delta_entries: 300,
-                    kind: DELTA,
-                    part_len: len,
-                },
-                Vec::new(),
-            )
-            .unwrap();
-            bytes.extend_from_slice(&part);
-            let whole = Whole {
-                ids: &ids,
-                base_len: 5,
-                delta_entries: 300,
-                kind: DELTA,
-                part: &part,
-            };
-            assert_eq!(
-                bytes,
-                postcard::to_stdvec(&whole).unwrap(),
-                "part of {len} bytes"
-            );
-            let back: GroupIn<'_> = postcard::from_bytes(&bytes).unwrap();
-            assert_eq!(
-                (back.ids, back.kind, back.part),
-                (ids.to_vec(), DELTA, &part[..])
-            );
+        let groups = decode_table(bytes, range).unwrap();
+        let whole: Vec<Whole<'_>> = groups
+            .iter()
+            .map(|g| Whole {
+                ids: &g.ids,
+                base_len: g.base_len,
+                delta_entries: g.delta_entries,
+                kind: g.kind,
+                part: g.part,
+            })
+            .collect();
+        postcard::to_stdvec(&(range.start as u32, whole)).unwrap()
+    }
+
+    /// Tables written in layout 1 are still read, alone and in chains that mix both layouts
+    /// (a job upgraded between two checkpoints restores a delta of layout 2 on a full copy of
+    /// layout 1, and the reverse cannot happen but is read as well).
+    #[test]
+    fn tables_of_layout_1_are_still_read() {
+        let inc = inc(64, 1);
+        let mut t: KeyGroups<u64, String> = KeyGroups::new(4..12, inc.clone());
+        for k in 0..3_000u64 {
+            t.insert(4 + (k % 8) as usize, k, format!("v{k}"));
         }
+        let full = run(t.snapshot(1).encode);
+        inc.as_ref().unwrap().completed.store(1, Ordering::Release);
+        *t.get_mut(6, &2).unwrap() = "changed".into();
+        t.remove(7, &3);
+        let delta = run(t.snapshot(2).encode);
+        let range = 4..12;
+        let (full_1, delta_1) = (as_layout_1(&full, &range), as_layout_1(&delta, &range));
+        assert_ne!(full_1, full);
+        // The layout-2 prefix is varint(u32::MAX), varint(2); layout 1 starts with the first
+        // key group.
+        assert_eq!(full[..6], [0xff, 0xff, 0xff, 0xff, 0x0f, 2]);
+        assert_eq!(full_1[0], 4);
+        for (f, d) in [
+            (&full, &delta),
+            (&full_1, &delta_1),
+            (&full_1, &delta),
+            (&full, &delta_1),
+        ] {
+            let earlier = |id: u64| match id {
+                1 => Ok(f.as_slice()),
+                _ => Err(format!("no checkpoint {id}")),
+            };
+            let r: KeyGroups<u64, String> =
+                KeyGroups::decode(2, d, range.clone(), None, &earlier, 2).unwrap();
+            assert_eq!(r.len(), 2_999);
+            assert_eq!(r.get(6, &2).map(String::as_str), Some("changed"));
+            assert_eq!(r.get(7, &3), None);
+            assert_eq!(r.get(5, &9).map(String::as_str), Some("v9"));
+        }
+    }
+
+    /// A table of layout 2 whose heads' offset, parts or heads are damaged, or of a layout
+    /// this Weir does not know, is an error, never a panic; so is every truncation of it.
+    #[test]
+    fn damaged_tables_of_layout_2_are_errors() {
+        let mut t: KeyGroups<u64, u64> = KeyGroups::new(0..4, None);
+        for k in 0..50u64 {
+            t.insert((k % 4) as usize, k, k);
+        }
+        let good = run(t.snapshot(1).encode);
+        let decode = |b: &[u8]| KeyGroups::<u64, u64>::decode(1, b, 0..4, None, &no_earlier, 1);
+        assert_eq!(decode(&good).unwrap().len(), 50);
+        let n = good.len();
+        let with_tail = |v: u64| {
+            let mut b = good.clone();
+            b[n - 8..].copy_from_slice(&v.to_le_bytes());
+            b
+        };
+        let heads_at = u64::from_le_bytes(good[n - 8..].try_into().unwrap());
+        for (bytes, want) in [
+            (with_tail(u64::MAX), "outside the table"),
+            (with_tail(n as u64), "outside the table"),
+            (with_tail(0), "outside the table"),
+            (with_tail(heads_at + 1), "cannot decode keyed state"),
+            (with_tail(heads_at - 1), "cannot decode keyed state"),
+            (good[..9].to_vec(), "ends before its heads"),
+            (
+                {
+                    let mut b = good.clone();
+                    b[5] = 3;
+                    b
+                },
+                "table layout 3; this Weir reads layouts 1 and 2",
+            ),
+            (
+                {
+                    // Heads followed by a byte before the offset.
+                    let mut b = good[..n - 8].to_vec();
+                    b.push(0);
+                    b.extend_from_slice(&heads_at.to_le_bytes());
+                    b
+                },
+                "1 bytes after the heads",
+            ),
+        ] {
+            let e = decode(&bytes).err().expect("damaged");
+            assert!(e.contains(want), "{e}");
+        }
+        for len in 0..n {
+            assert!(decode(&good[..len]).is_err(), "truncated to {len}");
+        }
+        for at in 0..n {
+            for bit in 0..8 {
+                let mut b = good.clone();
+                b[at] ^= 1 << bit;
+                // Either an error or a table (a flipped value decodes fine), never a panic.
+                let _ = decode(&b);
+            }
+        }
+    }
+
+    /// A part outside the parts region (e.g. over the heads) is refused.
+    #[test]
+    fn a_part_outside_the_parts_is_refused() {
+        let mut t: KeyGroups<u64, u64> = KeyGroups::new(0..2, None);
+        t.insert(0, 1, 1);
+        t.insert(1, 2, 2);
+        let good = run(t.snapshot(1).encode);
+        let n = good.len();
+        let heads_at = u64::from_le_bytes(good[n - 8..].try_into().unwrap()) as usize;
+        let (first, mut heads): (u32, Vec<GroupHeadIn>) =
+            postcard::from_bytes(&good[heads_at..n - 8]).unwrap();
+        heads[1].part_at = heads_at as u64 - 1;
+        heads[1].part_len = 2;
+        let own: Vec<GroupHead<'_>> = heads
+            .iter()
+            .map(|h| GroupHead {
+                ids: &h.ids,
+                base_len: h.base_len,
+                delta_entries: h.delta_entries,
+                kind: h.kind,
+                part_at: h.part_at,
+                part_len: h.part_len,
+            })
+            .collect();
+        let mut bad = good[..heads_at].to_vec();
+        bad.extend(postcard::to_stdvec(&(first, own)).unwrap());
+        bad.extend_from_slice(&(heads_at as u64).to_le_bytes());
+        let e = decode_table(&bad, &(0..2)).err().expect("refused");
+        assert!(e.contains("outside the parts"), "{e}");
     }
 
     /// The stamp a write checks sits on the key's cache line: within 16 bytes of the key in
@@ -1286,7 +1449,7 @@ mod tests {
                 t.insert(kg, k, k * kg as u64);
             }
         }
-        let mut bytes = (t.snapshot(1).encode)().unwrap().concat();
+        let mut bytes = run(t.snapshot(1).encode);
         let at = {
             let groups = decode_table(&bytes, &(10..18)).unwrap();
             groups[5].part.as_ptr() as usize - bytes.as_ptr() as usize
@@ -1323,7 +1486,7 @@ mod tests {
         );
         assert_eq!(t.len(), 10);
         assert!(!t.groups[0].overlay.is_empty());
-        let bytes = (snap.encode)().unwrap().concat();
+        let bytes = run(snap.encode);
         let r = KeyGroups::<u64, u64>::decode(1, &bytes, 0..1, None, &no_earlier, 1).unwrap();
         let mut at_barrier = r.entries(0);
         at_barrier.sort_unstable();
@@ -1352,7 +1515,7 @@ mod tests {
             *t.get_mut((k % 4) as usize, &k).unwrap() += 1000;
         }
         t.insert(1, 999, 1);
-        let bytes = (snap.encode)().unwrap().concat();
+        let bytes = run(snap.encode);
         let restored: KeyGroups<u64, u64> =
             KeyGroups::decode(1, &bytes, 0..4, None, &no_earlier, 1).unwrap();
         for k in 0..100u64 {
@@ -1383,17 +1546,17 @@ mod tests {
             t.insert((k % 8) as usize, k, k);
         }
         let s1 = t.snapshot(1);
-        let full = (s1.encode)().unwrap().concat();
+        let full = run(s1.encode);
         assert!(full.len() > 20_000, "{}", full.len());
         inc.as_ref().unwrap().completed.store(1, Ordering::Release);
         let s2 = t.snapshot(2);
-        let unchanged = (s2.encode)().unwrap().concat();
+        let unchanged = run(s2.encode);
         assert!(unchanged.len() < 100, "{}", unchanged.len());
         assert_eq!(s2.refs, BTreeSet::from([1]));
         inc.as_ref().unwrap().completed.store(2, Ordering::Release);
         *t.get_mut(3, &3).unwrap() = 33;
         let s3 = t.snapshot(3);
-        let delta = (s3.encode)().unwrap().concat();
+        let delta = run(s3.encode);
         assert!(delta.len() < 120, "{}", delta.len());
         assert_eq!(s3.refs, BTreeSet::from([1]));
         let files: HashMap<u64, Vec<u8>> = HashMap::from([(1, full), (2, unchanged)]);
@@ -1424,7 +1587,7 @@ mod tests {
         for k in 0..100u64 {
             t.insert(0, k, k);
         }
-        let full = (t.snapshot(1).encode)().unwrap().concat();
+        let full = run(t.snapshot(1).encode);
         inc.as_ref().unwrap().completed.store(1, Ordering::Release);
         t.insert(0, 7, 70);
         t.remove(0, &7);
@@ -1432,7 +1595,7 @@ mod tests {
         t.remove(0, &8);
         assert_eq!(t.groups[0].dirty.keys, vec![7, 7, 8]);
         let s2 = t.snapshot(2);
-        let delta = (s2.encode)().unwrap().concat();
+        let delta = run(s2.encode);
         let own = decode_table(&delta, &(0..1)).unwrap();
         let entries: Vec<(u64, Option<u64>)> = postcard::from_bytes(own[0].part).unwrap();
         assert_eq!(entries, vec![(7, Some(700)), (7, Some(700)), (8, None)]);
@@ -1467,7 +1630,7 @@ mod tests {
         for k in 0..100u64 {
             t.insert(0, k, k);
         }
-        let _ = (t.snapshot(1).encode)().unwrap();
+        let _ = run(t.snapshot(1).encode);
         inc.as_ref().unwrap().completed.store(1, Ordering::Release);
         for i in 0..10 * DIRTY_MIN as u64 {
             let v = t.remove(0, &5).unwrap();
@@ -1476,7 +1639,7 @@ mod tests {
         }
         assert!(!t.groups[0].dirty.overflow);
         let s2 = t.snapshot(2);
-        let delta = (s2.encode)().unwrap().concat();
+        let delta = run(s2.encode);
         let own = decode_table(&delta, &(0..1)).unwrap();
         assert_eq!(own[0].kind, DELTA);
         let entries: Vec<(u64, Option<u64>)> = postcard::from_bytes(own[0].part).unwrap();
@@ -1549,14 +1712,14 @@ mod tests {
                 t.insert((k % groups as u64) as usize, k, k);
             }
             keys += n;
-            written += (t.snapshot(id).encode)().unwrap().concat().len();
+            written += run(t.snapshot(id).encode).len();
             inc.as_ref().unwrap().completed.store(id, Ordering::Release);
         }
         let mut once: KeyGroups<u64, u64> = KeyGroups::new(0..groups, None);
         for k in 0..keys {
             once.insert((k % groups as u64) as usize, k, k);
         }
-        let once = (once.snapshot(1).encode)().unwrap().concat().len();
+        let once = run(once.snapshot(1).encode).len();
         assert!(
             written * 10 <= once * 13,
             "growth 1/{growth}: {written} bytes written for a state of {once} bytes"
@@ -1640,7 +1803,7 @@ mod tests {
                     }
                     Op::Complete | Op::Abort => {
                         if let Some((id, (state, snap))) = in_flight.pop_first() {
-                            let (bytes, refs) = ((snap.encode)().unwrap().concat(), snap.refs);
+                            let (bytes, refs) = (run(snap.encode), snap.refs);
                             if matches!(op, Op::Complete) {
                                 // Everything it references is a completed checkpoint whose
                                 // files one of the newest `max_concurrent` completed

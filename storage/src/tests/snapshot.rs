@@ -102,35 +102,71 @@ fn mmap_and_buffered_writers_produce_identical_valid_files() {
     s.verify().unwrap();
 }
 
+/// A section written in several pieces is the same file as with the pieces concatenated,
+/// whatever the size hint (windows of the map fall anywhere in the pieces).
 #[test]
-fn sections_in_pieces_are_written_as_if_concatenated() {
+fn sections_written_in_pieces_are_as_if_concatenated() {
     let d = tempfile::tempdir().unwrap();
     // Every section split at every point into up to three pieces (empty ones included).
     for (i, (name, bytes)) in SECTIONS.iter().enumerate() {
         for cut in 0..=bytes.len() {
-            let (a, b) = bytes.split_at(cut);
-            let split: [&[u8]; 3] = [a, &[], b];
-            let sections: Vec<(&str, &[&[u8]])> = SECTIONS
-                .iter()
-                .enumerate()
-                .map(|(j, (n, b))| {
-                    (
-                        *n,
-                        if i == j {
-                            &split[..]
-                        } else {
-                            std::slice::from_ref(b)
-                        },
-                    )
-                })
-                .collect();
             let p = d.path().join(format!("{i}-{cut}.snap"));
-            let info = write_snapshot_mmap_pieces(&p, &HEADER, sections, None).unwrap();
+            let mut w = SnapshotWriter::create(&p, &HEADER, None, cut as u64).unwrap();
+            for (j, (n, b)) in SECTIONS.iter().enumerate() {
+                w.section(n).unwrap();
+                if i == j {
+                    let (a, b) = b.split_at(cut);
+                    for piece in [a, &[], b] {
+                        w.write(piece).unwrap();
+                    }
+                } else {
+                    w.write(b).unwrap();
+                }
+            }
+            let info = w.finish().unwrap();
             let written = std::fs::read(&p).unwrap();
             assert_eq!(written, small_snapshot(), "{name} cut at {cut}");
             assert_eq!((info.bytes, info.crc32), file_crc32(&p).unwrap());
         }
     }
+}
+
+/// Sections that cross the boundaries of the mapped windows (1 MiB, then doubling) and of the
+/// prefaulted chunks, written in pieces of odd sizes, read back as written; a size hint far
+/// too large or too small changes nothing about the bytes.
+#[test]
+fn pieces_across_map_windows_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..9_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let sections: [(&str, &[u8]); 3] = [("a", &big[..1_048_000]), ("b", &big), ("c", &big[..3])];
+    let expected = encode_snapshot(&HEADER, &sections).unwrap();
+    for hint in [0, 5 << 20, 1 << 40] {
+        let p = d.path().join(format!("w{hint}.snap"));
+        let mut w = SnapshotWriter::create(&p, &HEADER, None, hint).unwrap();
+        for (name, bytes) in sections {
+            w.section(name).unwrap();
+            for piece in bytes.chunks(100_003) {
+                w.write(piece).unwrap();
+            }
+        }
+        let info = w.finish().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), expected, "hint {hint}");
+        assert_eq!((info.bytes, info.crc32), file_crc32(&p).unwrap());
+        assert_eq!(info.sections, 3);
+    }
+}
+
+/// A writer dropped before `finish` (an encoder failed) leaves no file behind.
+#[test]
+fn an_unfinished_snapshot_is_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("u.snap");
+    let mut w = SnapshotWriter::create(&p, &HEADER, None, 0).unwrap();
+    w.section("a").unwrap();
+    w.write(&[1; 3 << 20]).unwrap();
+    assert!(p.exists());
+    drop(w);
+    assert!(!p.exists());
 }
 
 #[test]
