@@ -30,6 +30,7 @@
 //! one core for the writers (`io_cores = 1`) and runs a worker on each other core;
 //! WEIR_BENCH_ROUNDS; WEIR_BENCH_WINDOWS=1 prints the monotonic clock readings of each
 //! measured window and each restore, to cut a `perf record -k mono` profile to them;
+//! WEIR_BENCH_RESTORES=<n> restores timed per case, default 3 (0 for throughput alone);
 //! WEIR_BENCH_RESTORE_DIR=<dir> keeps the checkpoints in <dir>, or, if it exists, only times
 //! restores from it;
 //! WEIR_BENCH_OUT for the results directory, default `target/bench-results`). Results:
@@ -71,6 +72,11 @@ use common::median;
 
 struct RunResult {
     records_per_s: f64,
+    /// Records per second of the process's CPU time (user + system) in the window: unlike
+    /// the rate, not lowered by time the VM's host takes the cores away (steal).
+    records_per_cpu_s: f64,
+    /// CPU time of the snapshot writer threads in the window, per checkpoint completed in it.
+    writer_cpu_ms: f64,
     sync_ms: Vec<f64>,
     durations_ms: Vec<f64>,
     bytes: Vec<u64>,
@@ -87,6 +93,8 @@ impl RunResult {
             |f: fn(&RunResult) -> &Vec<u64>| runs.iter().flat_map(|r| f(r).clone()).collect();
         RunResult {
             records_per_s: median(runs.iter().map(|r| r.records_per_s).collect()),
+            records_per_cpu_s: median(runs.iter().map(|r| r.records_per_cpu_s).collect()),
+            writer_cpu_ms: median(runs.iter().map(|r| r.writer_cpu_ms).collect()),
             sync_ms: cat(|r| r.sync_ms.clone()),
             durations_ms: cat(|r| r.durations_ms.clone()),
             bytes: cat_u(|r| &r.bytes),
@@ -272,13 +280,20 @@ fn run(
     {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (t0, r0, c0) = (
+    let (t0, r0, c0, cpu0, w0) = (
         Instant::now(),
         h.metrics().source_records(),
         h.checkpoints().len(),
+        weir::nexmark::process_cpu_time(),
+        threads_cpu_s(WRITER_THREADS),
     );
     std::thread::sleep(window);
-    let (t1, r1) = (Instant::now(), h.metrics().source_records());
+    let (t1, r1, cpu1, w1) = (
+        Instant::now(),
+        h.metrics().source_records(),
+        weir::nexmark::process_cpu_time(),
+        threads_cpu_s(WRITER_THREADS),
+    );
     if std::env::var_os("WEIR_BENCH_WINDOWS").is_some() {
         // CLOCK_MONOTONIC readings, to cut a `perf record -k mono` profile to the window.
         println!("    window {t0:?} .. {t1:?}");
@@ -290,6 +305,8 @@ fn run(
     let _ = ticker.join();
     RunResult {
         records_per_s: (r1 - r0) as f64 / (t1 - t0).as_secs_f64(),
+        records_per_cpu_s: (r1 - r0) as f64 / (cpu1 - cpu0).as_secs_f64().max(1e-3),
+        writer_cpu_ms: (w1 - w0) * 1e3 / cps.len().max(1) as f64,
         sync_ms: cps.iter().map(|c| c.sync_max.as_secs_f64() * 1e3).collect(),
         durations_ms: cps.iter().map(|c| c.duration.as_secs_f64() * 1e3).collect(),
         bytes: cps.iter().map(|c| c.bytes).collect(),
@@ -297,6 +314,47 @@ fn run(
         uploaded: cps.iter().map(|c| c.bytes_uploaded).collect(),
         requests: cps.iter().map(|c| c.requests).collect(),
     }
+}
+
+/// The snapshot writer threads' names (`weir-snapshot-writer-<w>`) as `/proc` shows them (15
+/// bytes).
+const WRITER_THREADS: &str = "weir-snapshot-w";
+
+/// CPU time (user + system) of this process's threads whose name starts with `prefix`, from
+/// `/proc/self/task/*/stat` (0 where that is not readable).
+fn threads_cpu_s(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: the name may hold spaces, so split at the last `)`.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        // After the name: state is field 3, utime field 14 and stime field 15.
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    // Clock ticks per second (`getconf CLK_TCK`; 100 on Linux unless configured otherwise).
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let hz = *HZ.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    ticks as f64 / hz
 }
 
 /// Restores the job's latest checkpoint and returns the time until records flow again.
@@ -404,6 +462,9 @@ impl Measured {
     fn ratio(&self) -> f64 {
         self.with.records_per_s / self.base.records_per_s
     }
+    fn cpu_ratio(&self) -> f64 {
+        self.with.records_per_cpu_s / self.base.records_per_cpu_s
+    }
     fn name(&self) -> String {
         case_name(self.workload, self.layout)
     }
@@ -423,6 +484,10 @@ impl Measured {
             "throughput_ratio": self.ratio(),
             "throughput_ratio_per_round": self.pair_ratios(),
             "throughput_ratio_median_of_rounds": median(self.pair_ratios()),
+            "records_per_cpu_second_without_checkpoints": self.base.records_per_cpu_s,
+            "records_per_cpu_second_with_1s_checkpoints": w.records_per_cpu_s,
+            "records_per_cpu_second_ratio": self.cpu_ratio(),
+            "writer_cpu_ms_per_checkpoint": w.writer_cpu_ms,
             "rounds_without_checkpoints": self.base_rounds,
             "rounds_with_1s_checkpoints": self.with_rounds,
             "checkpoints": w.sync_ms.len(),
@@ -445,8 +510,9 @@ impl Measured {
         let n = self.name();
         format!(
             "| {n}: throughput with 1 s checkpoints / without (medians of {} rounds) | {:.3} ({:.2} / {:.2} M rec/s; per round {}) | >= 0.95 |\n\
+             | {n}: records per CPU-second with 1 s checkpoints / without (medians) | {:.3} ({:.2} / {:.2} M) | |\n\
              | {n}: sync pause p99 (p50) | {:.2} ms ({:.2} ms) | <= 10 ms |\n\
-             | {n}: checkpoint duration p50 / p99 | {:.0} / {:.0} ms | |\n\
+             | {n}: checkpoint duration p50 / p99; snapshot writer CPU per checkpoint (median of rounds) | {:.0} / {:.0} ms; {:.1} ms | |\n\
              | {n}: written per checkpoint p50 (referenced) | {:.1} MB ({:.0} MB) | |\n\
              | {n}: uploaded per checkpoint p50, requests p50 / max | {:.1} MB, {:.0} / {:.0} | |\n\
              | {n}: restore from local copy, median ({}) | {:.2} s | <= 2 s |\n",
@@ -459,10 +525,14 @@ impl Measured {
                 .map(|r| format!("{r:.2}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            self.cpu_ratio(),
+            w.records_per_cpu_s / 1e6,
+            self.base.records_per_cpu_s / 1e6,
             percentile(w.sync_ms.clone(), 0.99),
             percentile(w.sync_ms.clone(), 0.5),
             percentile(w.durations_ms.clone(), 0.5),
             percentile(w.durations_ms.clone(), 0.99),
+            w.writer_cpu_ms,
             Self::mb(&w.bytes, 0.5),
             Self::mb(&w.referenced, 0.5),
             Self::mb(&w.uploaded, 0.5),
@@ -508,18 +578,21 @@ fn measure(
     for round in 1..=rounds {
         let base = run(None, layout, keys, window, workload);
         println!(
-            "  {name} round {round}: without checkpoints {:.2} M rec/s",
-            base.records_per_s / 1e6
+            "  {name} round {round}: without checkpoints {:.2} M rec/s ({:.2} M per CPU-second)",
+            base.records_per_s / 1e6,
+            base.records_per_cpu_s / 1e6
         );
         bases.push(base);
         let _ = std::fs::remove_dir_all(&dir);
         let with = run(Some(&dir), layout, keys, window, workload);
         println!(
-            "  {name} round {round}: with 1 s checkpoints {:.2} M rec/s; {} checkpoints, written p50 {:.1} MB, referenced p50 {:.0} MB",
+            "  {name} round {round}: with 1 s checkpoints {:.2} M rec/s ({:.2} M per CPU-second); {} checkpoints, written p50 {:.1} MB, referenced p50 {:.0} MB, writer CPU {:.1} ms per checkpoint",
             with.records_per_s / 1e6,
+            with.records_per_cpu_s / 1e6,
             with.sync_ms.len(),
             Measured::mb(&with.bytes, 0.5),
             Measured::mb(&with.referenced, 0.5),
+            with.writer_cpu_ms,
         );
         withs.push(with);
     }
@@ -534,6 +607,22 @@ fn measure(
         base.records_per_s / 1e6,
         pairs,
     );
+    let cpu_pairs = pair_ratios(
+        &withs
+            .iter()
+            .map(|r| r.records_per_cpu_s)
+            .collect::<Vec<_>>(),
+        &bases
+            .iter()
+            .map(|r| r.records_per_cpu_s)
+            .collect::<Vec<_>>(),
+    );
+    println!(
+        "  {name}: records per CPU-second, ratio of medians {:.3} ({:.2} / {:.2} M); per round {cpu_pairs:.2?}",
+        with.records_per_cpu_s / base.records_per_cpu_s,
+        with.records_per_cpu_s / 1e6,
+        base.records_per_cpu_s / 1e6,
+    );
     println!(
         "  {name}: sync pause p50 {:.2} ms, p99 {:.2} ms; checkpoint duration p50 {:.0} ms, p99 {:.0} ms",
         percentile(with.sync_ms.clone(), 0.5),
@@ -544,7 +633,12 @@ fn measure(
     // The last run's checkpoints, restored three times.
     let mut restores = Vec::new();
     let mut restored = 0;
-    for _ in 0..3 {
+    // WEIR_BENCH_RESTORES=0 skips them (comparisons of throughput alone).
+    let restore_runs: usize = std::env::var("WEIR_BENCH_RESTORES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for _ in 0..restore_runs {
         let (s, id) = restore_time(&dir, layout, keys);
         restores.push(s);
         restored = id;

@@ -131,9 +131,10 @@ fn sections_written_in_pieces_are_as_if_concatenated() {
     }
 }
 
-/// Sections that cross the boundaries of the mapped windows (1 MiB, then doubling) and of the
-/// prefaulted chunks, written in pieces of odd sizes, read back as written; a size hint far
-/// too large or too small changes nothing about the bytes.
+/// Sections that cross the boundaries of the file's extensions (1 MiB, then doubling), of
+/// the prefaulted chunks and of the mapped windows (4 MiB in unit tests), written in pieces of
+/// odd sizes, read back as written; a size hint far too large or too small changes nothing
+/// about the bytes.
 #[test]
 fn pieces_across_map_windows_round_trip() {
     let d = tempfile::tempdir().unwrap();
