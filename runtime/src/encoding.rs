@@ -51,6 +51,13 @@ thread_local! {
 /// Postcard encoding into a [`SectionOut`] through a staging buffer (see the module docs).
 /// [`Stream::finish`] hands on what is still staged.
 pub(crate) struct Stream<'o> {
+    /// The serializer holds the staging buffer by value, as postcard's own flavors hold
+    /// theirs: each byte encoded then costs no more than a push onto a vector.
+    ser: postcard::Serializer<Staged<'o>>,
+}
+
+/// The postcard output of a [`Stream`]: the staging buffer and where it goes when full.
+struct Staged<'o> {
     buf: Vec<u8>,
     out: &'o mut dyn SectionOut,
     /// Bytes handed to `out` so far.
@@ -65,23 +72,30 @@ impl<'o> Stream<'o> {
         buf.clear();
         buf.reserve_exact(STAGE);
         Stream {
-            buf,
-            out,
-            handed: 0,
-            failed: None,
+            ser: postcard::Serializer {
+                output: Staged {
+                    buf,
+                    out,
+                    handed: 0,
+                    failed: None,
+                },
+            },
         }
     }
 
     /// Bytes encoded so far.
     pub(crate) fn position(&self) -> u64 {
-        self.handed + self.buf.len() as u64
+        let s = &self.ser.output;
+        s.handed + s.buf.len() as u64
     }
 
     /// Appends the postcard encoding of `value` (the same bytes as `postcard::to_stdvec`).
     pub(crate) fn put<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
-        match postcard::serialize_with_flavor(value, Into(self)) {
+        match value.serialize(&mut self.ser) {
             Ok(()) => Ok(()),
             Err(e) => Err(self
+                .ser
+                .output
                 .failed
                 .take()
                 .unwrap_or_else(|| format!("cannot encode state: {e}"))),
@@ -90,18 +104,21 @@ impl<'o> Stream<'o> {
 
     /// Appends `bytes` as they are.
     pub(crate) fn raw(&mut self, bytes: &[u8]) -> Result<(), String> {
-        if self.extend(bytes) {
+        let s = &mut self.ser.output;
+        if s.extend(bytes) {
             Ok(())
         } else {
-            Err(self.failed.take().expect("set on failure"))
+            Err(s.failed.take().expect("set on failure"))
         }
     }
 
     /// Hands on what is staged.
     pub(crate) fn finish(mut self) -> Result<(), String> {
-        self.flush()
+        self.ser.output.flush()
     }
+}
 
+impl Staged<'_> {
     fn flush(&mut self) -> Result<(), String> {
         if !self.buf.is_empty() {
             self.out.write(&self.buf)?;
@@ -138,33 +155,29 @@ impl<'o> Stream<'o> {
 
 impl Drop for Stream<'_> {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
+        let buf = std::mem::take(&mut self.ser.output.buf);
         KEPT.with(|k| *k.borrow_mut() = buf);
     }
 }
 
-/// The postcard output of a [`Stream`].
-struct Into<'s, 'o>(&'s mut Stream<'o>);
-
-impl postcard::ser_flavors::Flavor for Into<'_, '_> {
+impl postcard::ser_flavors::Flavor for Staged<'_> {
     type Output = ();
 
     #[inline(always)]
     fn try_push(&mut self, b: u8) -> postcard::Result<()> {
-        let s = &mut *self.0;
-        if s.buf.len() == STAGE {
-            if let Err(e) = s.flush() {
-                s.failed = Some(e);
+        if self.buf.len() == STAGE {
+            if let Err(e) = self.flush() {
+                self.failed = Some(e);
                 return Err(postcard::Error::SerializeBufferFull);
             }
         }
-        s.buf.push(b);
+        self.buf.push(b);
         Ok(())
     }
 
     #[inline(always)]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        if self.0.extend(bytes) {
+        if self.extend(bytes) {
             Ok(())
         } else {
             Err(postcard::Error::SerializeBufferFull)
