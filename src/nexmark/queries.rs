@@ -260,10 +260,16 @@ fn auctions_and_bids(events: &DataStream<Event>) -> DataStream<(i64, AuctionOrBi
 /// before their auction wait until the watermark passes them (by then the auction, which
 /// starts no later than the bid, has arrived); an auction is dropped once the watermark
 /// passes its expiry (no bid of its interval can follow).
+///
+/// The auction and its best bid live in two states: an auction never changes once it has
+/// arrived, while its best bid changes with every better bid, and an incremental checkpoint
+/// writes a changed key's whole value. Kept together, every new best bid would write the
+/// auction again (its strings make it about three times the size of a bid).
 #[derive(Clone)]
 struct WinningBid {
     better: fn(&Bid, &Bid) -> bool,
-    auction: Option<ValueState<(Auction, Option<Bid>)>>,
+    auction: Option<ValueState<Auction>>,
+    best: Option<ValueState<Bid>>,
     waiting: Option<ListState<Bid>>,
 }
 
@@ -272,27 +278,24 @@ impl WinningBid {
         WinningBid {
             better,
             auction: None,
+            best: None,
             waiting: None,
         }
     }
 
-    /// Offers `bid` to the auction's state; true if it became the best.
-    fn offer(&self, state: &mut (Auction, Option<Bid>), bid: Bid) -> bool {
-        let (a, best) = state;
+    /// Whether `bid` beats `best` for auction `a` (and was made while it was open).
+    fn beats(&self, a: &Auction, best: Option<&Bid>, bid: &Bid) -> bool {
         if bid.date_time < a.date_time || bid.date_time > a.expires {
             return false;
         }
-        if best.as_ref().is_some_and(|b| !(self.better)(&bid, b)) {
-            return false;
-        }
-        *best = Some(bid);
-        true
+        best.is_none_or(|b| (self.better)(bid, b))
     }
 }
 
 impl KeyedProcessFunction<i64, AuctionOrBid, (Auction, Bid)> for WinningBid {
     fn open(&mut self, ctx: &mut OpenContext<'_, i64>) -> Result<(), BoxError> {
         self.auction = Some(ctx.value_state("auction"));
+        self.best = Some(ctx.value_state("best-bid"));
         self.waiting = Some(ctx.list_state("bids"));
         Ok(())
     }
@@ -302,28 +305,31 @@ impl KeyedProcessFunction<i64, AuctionOrBid, (Auction, Bid)> for WinningBid {
         value: AuctionOrBid,
         ctx: &mut KeyedContext<'_, i64, (Auction, Bid)>,
     ) -> Result<(), BoxError> {
-        let (auction, waiting) = (
+        let (auction, best, waiting) = (
             self.auction.as_ref().unwrap(),
+            self.best.as_ref().unwrap(),
             self.waiting.as_ref().unwrap(),
         );
         match value {
             AuctionOrBid::Auction(a) => {
                 ctx.register_event_time_timer(a.expires);
-                let mut state = (a, None);
-                let mut changed = false;
+                let mut winner: Option<Bid> = None;
                 for bid in waiting.take(ctx) {
-                    changed |= self.offer(&mut state, bid);
+                    if self.beats(&a, winner.as_ref(), &bid) {
+                        winner = Some(bid);
+                    }
                 }
-                if changed {
-                    let best = state.1.clone().expect("changed");
-                    ctx.emit((state.0.clone(), best));
+                if let Some(w) = winner {
+                    ctx.emit((a.clone(), w.clone()));
+                    best.set(ctx, w);
                 }
-                auction.set(ctx, state);
+                auction.set(ctx, a);
             }
             AuctionOrBid::Bid(bid) => {
-                if let Some(state) = auction.get_mut(ctx) {
-                    if self.offer(state, bid) {
-                        let row = (state.0.clone(), state.1.clone().expect("offered"));
+                if let Some(a) = auction.get(ctx) {
+                    if self.beats(a, best.get(ctx), &bid) {
+                        let row = (a.clone(), bid.clone());
+                        best.set(ctx, bid);
                         ctx.emit(row);
                     }
                 } else if bid.date_time > ctx.watermark() {
@@ -339,13 +345,15 @@ impl KeyedProcessFunction<i64, AuctionOrBid, (Auction, Bid)> for WinningBid {
         &mut self,
         ctx: &mut KeyedContext<'_, i64, (Auction, Bid)>,
     ) -> Result<(), BoxError> {
-        let (auction, waiting) = (
+        let (auction, best, waiting) = (
             self.auction.as_ref().unwrap(),
+            self.best.as_ref().unwrap(),
             self.waiting.as_ref().unwrap(),
         );
         let wm = ctx.watermark();
-        if auction.get(ctx).is_some_and(|(a, _)| a.expires <= wm) {
+        if auction.get(ctx).is_some_and(|a| a.expires <= wm) {
             auction.clear(ctx);
+            best.clear(ctx);
         }
         if !waiting.get(ctx).is_empty() {
             let keep: Vec<Bid> = waiting
