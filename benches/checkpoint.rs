@@ -15,9 +15,13 @@
 //!    each workload (an incremental checkpoint restores its key groups' full copies plus their
 //!    deltas).
 //!
-//! This machine class is noisy (the same run varies by +-10% from one job to the next), so
-//! runs without and with checkpoints alternate (`WEIR_BENCH_ROUNDS` pairs, default 2) and the
-//! ratio is that of the medians; restores are timed 3 times and writes 5 times (medians).
+//! This machine class is noisy (the same run varies by up to a quarter from one job to the
+//! next), so runs without and with checkpoints alternate (`WEIR_BENCH_ROUNDS` pairs, default 2;
+//! odd rounds start without checkpoints, even rounds with them) and the ratio is that of the
+//! medians; restores are timed 3 times and writes 5 times (medians). Each run also reports how
+//! much of its memory got transparent huge pages. Full runs end with the speed at which fresh
+//! memory is backed, on small and huge pages, cold (after 10 s idle) and warm: what a restore
+//! pays to build its tables.
 //!
 //! Measured windows are the steady state: 20 s after a warm-up of 10 s (80 s with checkpoints,
 //! so that local copies are recycled: see `run`).
@@ -77,6 +81,10 @@ struct RunResult {
     records_per_cpu_s: f64,
     /// CPU time of the snapshot writer threads in the window, per checkpoint completed in it.
     writer_cpu_ms: f64,
+    /// The process's memory on transparent huge pages at the end of the window (MB): runs of
+    /// the same code differ by up to a quarter in throughput, and how much of the state got
+    /// huge pages is one thing that differs between them.
+    huge_mb: f64,
     sync_ms: Vec<f64>,
     durations_ms: Vec<f64>,
     bytes: Vec<u64>,
@@ -95,6 +103,7 @@ impl RunResult {
             records_per_s: median(runs.iter().map(|r| r.records_per_s).collect()),
             records_per_cpu_s: median(runs.iter().map(|r| r.records_per_cpu_s).collect()),
             writer_cpu_ms: median(runs.iter().map(|r| r.writer_cpu_ms).collect()),
+            huge_mb: median(runs.iter().map(|r| r.huge_mb).collect()),
             sync_ms: cat(|r| r.sync_ms.clone()),
             durations_ms: cat(|r| r.durations_ms.clone()),
             bytes: cat_u(|r| &r.bytes),
@@ -298,6 +307,7 @@ fn run(
         // CLOCK_MONOTONIC readings, to cut a `perf record -k mono` profile to the window.
         println!("    window {t0:?} .. {t1:?}");
     }
+    let huge_mb = anon_huge_mb();
     let cps: Vec<_> = h.checkpoints().into_iter().skip(c0).collect();
     h.cancel();
     let _ = h.join();
@@ -307,6 +317,7 @@ fn run(
         records_per_s: (r1 - r0) as f64 / (t1 - t0).as_secs_f64(),
         records_per_cpu_s: (r1 - r0) as f64 / (cpu1 - cpu0).as_secs_f64().max(1e-3),
         writer_cpu_ms: (w1 - w0) * 1e3 / cps.len().max(1) as f64,
+        huge_mb,
         sync_ms: cps.iter().map(|c| c.sync_max.as_secs_f64() * 1e3).collect(),
         durations_ms: cps.iter().map(|c| c.duration.as_secs_f64() * 1e3).collect(),
         bytes: cps.iter().map(|c| c.bytes).collect(),
@@ -314,6 +325,19 @@ fn run(
         uploaded: cps.iter().map(|c| c.bytes_uploaded).collect(),
         requests: cps.iter().map(|c| c.requests).collect(),
     }
+}
+
+/// `AnonHugePages` of this process in MB, from `/proc/self/smaps_rollup` (0 where that is not
+/// readable).
+fn anon_huge_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("AnonHugePages:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// The snapshot writer threads' names (`weir-snapshot-writer-<w>`) as `/proc` shows them (15
@@ -384,6 +408,42 @@ fn restore_time(dir: &Path, layout: Layout, keys: u64) -> (f64, u64) {
     h.cancel();
     let _ = h.join();
     (secs, restored)
+}
+
+/// How fast this machine backs memory the process touches for the first time (bytes/s), on
+/// ordinary 4 KiB pages and on transparent huge pages, right after the same amount was freed
+/// ("warm") and after `idle` without it ("cold"). A restore builds its tables in such memory.
+/// On virtual machines that return free memory to the host (free page reporting, which works
+/// on free blocks of 2 MiB and more), cold huge pages can cost several times more to fault in
+/// than small ones, and that shows in the first restore of a run.
+fn fresh_memory(bytes: usize, idle: Duration) -> Vec<(&'static str, f64)> {
+    use memmap2::{Advice, MmapMut};
+    let fill = |huge: bool| -> f64 {
+        let mut m = MmapMut::map_anon(bytes).unwrap();
+        if huge {
+            // THP `madvise` mode (the usual default) needs the advice; `never` ignores it.
+            let _ = m.advise(Advice::HugePage);
+        }
+        let t = Instant::now();
+        m.fill(1);
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(&m);
+        bytes as f64 / secs
+    };
+    let mut out = Vec::new();
+    for (huge, name) in [(false, "4 KiB pages"), (true, "huge pages")] {
+        std::thread::sleep(idle);
+        let cold = fill(huge);
+        let warm = fill(huge);
+        out.push((if huge { "huge_cold" } else { "small_cold" }, cold));
+        out.push((if huge { "huge_warm" } else { "small_warm" }, warm));
+        println!(
+            "  fresh memory, {name}: {:.2} GB/s after {idle:?} idle, {:.2} GB/s right after a free",
+            cold / 1e9,
+            warm / 1e9
+        );
+    }
+    out
 }
 
 /// Write speeds (bytes/s, medians of 5): through the memory map into a new file, through the
@@ -488,6 +548,8 @@ impl Measured {
             "records_per_cpu_second_with_1s_checkpoints": w.records_per_cpu_s,
             "records_per_cpu_second_ratio": self.cpu_ratio(),
             "writer_cpu_ms_per_checkpoint": w.writer_cpu_ms,
+            "huge_page_mb_without_checkpoints": self.base.huge_mb,
+            "huge_page_mb_with_1s_checkpoints": w.huge_mb,
             "rounds_without_checkpoints": self.base_rounds,
             "rounds_with_1s_checkpoints": self.with_rounds,
             "checkpoints": w.sync_ms.len(),
@@ -575,26 +637,36 @@ fn measure(
         .clone()
         .unwrap_or_else(|| tmp.join(name.replace(' ', "-")));
     let (mut bases, mut withs) = (Vec::new(), Vec::new());
+    // Odd rounds run without checkpoints first, even rounds with them first: whatever drifts
+    // over a run of several minutes (the host's load, memory the VM got back) then falls on
+    // both sides alike instead of always on the second run of a pair.
     for round in 1..=rounds {
-        let base = run(None, layout, keys, window, workload);
-        println!(
-            "  {name} round {round}: without checkpoints {:.2} M rec/s ({:.2} M per CPU-second)",
-            base.records_per_s / 1e6,
-            base.records_per_cpu_s / 1e6
-        );
-        bases.push(base);
-        let _ = std::fs::remove_dir_all(&dir);
-        let with = run(Some(&dir), layout, keys, window, workload);
-        println!(
-            "  {name} round {round}: with 1 s checkpoints {:.2} M rec/s ({:.2} M per CPU-second); {} checkpoints, written p50 {:.1} MB, referenced p50 {:.0} MB, writer CPU {:.1} ms per checkpoint",
-            with.records_per_s / 1e6,
-            with.records_per_cpu_s / 1e6,
-            with.sync_ms.len(),
-            Measured::mb(&with.bytes, 0.5),
-            Measured::mb(&with.referenced, 0.5),
-            with.writer_cpu_ms,
-        );
-        withs.push(with);
+        for with_checkpoints in [round % 2 == 0, round % 2 == 1] {
+            if !with_checkpoints {
+                let base = run(None, layout, keys, window, workload);
+                println!(
+                    "  {name} round {round}: without checkpoints {:.2} M rec/s ({:.2} M per CPU-second); {:.0} MB on huge pages",
+                    base.records_per_s / 1e6,
+                    base.records_per_cpu_s / 1e6,
+                    base.huge_mb,
+                );
+                bases.push(base);
+                continue;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            let with = run(Some(&dir), layout, keys, window, workload);
+            println!(
+                "  {name} round {round}: with 1 s checkpoints {:.2} M rec/s ({:.2} M per CPU-second); {} checkpoints, written p50 {:.1} MB, referenced p50 {:.0} MB, writer CPU {:.1} ms per checkpoint; {:.0} MB on huge pages",
+                with.records_per_s / 1e6,
+                with.records_per_cpu_s / 1e6,
+                with.sync_ms.len(),
+                Measured::mb(&with.bytes, 0.5),
+                Measured::mb(&with.referenced, 0.5),
+                with.writer_cpu_ms,
+                with.huge_mb,
+            );
+            withs.push(with);
+        }
     }
     let (base, with) = (RunResult::merge(&bases), RunResult::merge(&withs));
     let base_rounds: Vec<f64> = bases.iter().map(|r| r.records_per_s).collect();
@@ -720,6 +792,13 @@ fn main() {
         plain / 1e6
     );
 
+    // Not in quick runs: it idles for 20 s.
+    let memory = if quick {
+        Vec::new()
+    } else {
+        fresh_memory(1 << 30, Duration::from_secs(10))
+    };
+
     let mut rows = serde_json::json!({
         "quick": quick,
         "state_mb_target": mb,
@@ -735,6 +814,9 @@ fn main() {
         "mmap_new_file_vs_buffered": new_file_ratio,
         "targets": {"throughput_ratio": ">= 0.95", "sync_pause_ms_p99": "<= 10", "mmap_vs_buffered": ">= 0.8", "restore_seconds_local": "<= 2"},
     });
+    for (name, speed) in &memory {
+        rows["fresh_memory_bytes_per_s"][*name] = serde_json::json!(speed);
+    }
     let mut md = String::from("| metric | value | target |\n|---|---|---|\n");
     for r in &results {
         rows[r.name()] = r.json();
@@ -746,6 +828,17 @@ fn main() {
         plain / 1e6,
         mmap / 1e6
     ));
+    let speed = |n: &str| memory.iter().find(|(m, _)| *m == n).map(|(_, s)| s / 1e9);
+    if let (Some(sc), Some(sw), Some(hc), Some(hw)) = (
+        speed("small_cold"),
+        speed("small_warm"),
+        speed("huge_cold"),
+        speed("huge_warm"),
+    ) {
+        md.push_str(&format!(
+            "| fresh memory filled, cold / warm: 4 KiB pages | {sc:.2} / {sw:.2} GB/s | |\n| fresh memory filled, cold / warm: huge pages | {hc:.2} / {hw:.2} GB/s | |\n"
+        ));
+    }
     let out = common::out_dir();
     let name = if s3().is_some() {
         "checkpoint-s3"
