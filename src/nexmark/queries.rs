@@ -943,19 +943,33 @@ pub struct Q19 {
     pub rank_number: u32,
 }
 
-pub fn q19(events: &DataStream<Event>) -> DataStream<Q19> {
-    bids(events)
-        .key_by(|b: &Bid| b.auction)
-        .map_with_state("q19-top10", |top: &mut Option<Vec<Bid>>, b: Bid| {
-            let top = top.get_or_insert_with(Vec::new);
-            let at = top.partition_point(|t| t.price >= b.price);
-            if at >= 10 {
-                return Ok(None);
-            }
-            top.insert(at, b);
-            top.truncate(10);
-            // The rows from the new bid's rank down changed.
-            Ok(Some(
+/// Per auction: its ten highest bids, highest first. A bid that does not enter them only reads
+/// the state, so that a checkpoint writes the lists that changed, not every list that was
+/// offered a bid (most bids go to a few hot auctions whose lists they do not enter).
+#[derive(Clone, Default)]
+struct Top10 {
+    top: Option<ValueState<Vec<Bid>>>,
+}
+
+impl KeyedProcessFunction<i64, Bid, Q19> for Top10 {
+    fn open(&mut self, ctx: &mut OpenContext<'_, i64>) -> Result<(), BoxError> {
+        self.top = Some(ctx.value_state("q19-top10"));
+        Ok(())
+    }
+
+    fn process(&mut self, b: Bid, ctx: &mut KeyedContext<'_, i64, Q19>) -> Result<(), BoxError> {
+        let state = self.top.as_ref().unwrap();
+        let at = state
+            .get(ctx)
+            .map_or(0, |top| top.partition_point(|t| t.price >= b.price));
+        if at >= 10 {
+            return Ok(());
+        }
+        // The rows from the new bid's rank down changed.
+        let rows: Vec<Q19> = match state.get_mut(ctx) {
+            Some(top) => {
+                top.insert(at, b);
+                top.truncate(10);
                 top[at..]
                     .iter()
                     .enumerate()
@@ -963,10 +977,28 @@ pub fn q19(events: &DataStream<Event>) -> DataStream<Q19> {
                         bid: b.clone(),
                         rank_number: (at + i + 1) as u32,
                     })
-                    .collect::<Vec<_>>(),
-            ))
-        })
-        .flat_map(|rows| rows)
+                    .collect()
+            }
+            None => {
+                let row = Q19 {
+                    bid: b.clone(),
+                    rank_number: 1,
+                };
+                state.set(ctx, vec![b]);
+                vec![row]
+            }
+        };
+        for row in rows {
+            ctx.emit(row);
+        }
+        Ok(())
+    }
+}
+
+pub fn q19(events: &DataStream<Event>) -> DataStream<Q19> {
+    bids(events)
+        .key_by(|b: &Bid| b.auction)
+        .process("q19-top10", Top10::default())
 }
 
 /// q20, bids with their (category-10) auction.
