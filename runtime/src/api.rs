@@ -474,6 +474,12 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + StateData> KeyedStream<T,
 
     /// The general running aggregate: for each record, `f(state_of_its_key, record)` may update
     /// the key's state (setting it to `None` removes it) and emit one record.
+    ///
+    /// `f` gets the state to change, so every record counts as a change of its key's state,
+    /// and the next incremental checkpoint writes that key's state again. When most records
+    /// leave their key's state as it was (a top-N that a record rarely enters, a maximum it
+    /// rarely beats), a [`KeyedProcessFunction`](crate::KeyedProcessFunction) that reads with
+    /// `ValueState::get` and writes only on a change keeps checkpoints to what changed.
     pub fn map_with_state<S, O, F>(&self, name: &str, f: F) -> DataStream<O>
     where
         S: StateData,
