@@ -416,7 +416,7 @@ fn restore_time(dir: &Path, layout: Layout, keys: u64) -> (f64, u64) {
 /// On virtual machines that return free memory to the host (free page reporting, which works
 /// on free blocks of 2 MiB and more), cold huge pages can cost several times more to fault in
 /// than small ones, and that shows in the first restore of a run.
-fn fresh_memory(bytes: usize, idle: Duration) -> Vec<(&'static str, f64)> {
+fn fresh_memory(bytes: usize, idle: Duration) -> FreshMemory {
     use memmap2::{Advice, MmapMut};
     let fill = |huge: bool| -> f64 {
         let mut m = MmapMut::map_anon(bytes).unwrap();
@@ -430,20 +430,26 @@ fn fresh_memory(bytes: usize, idle: Duration) -> Vec<(&'static str, f64)> {
         std::hint::black_box(&m);
         bytes as f64 / secs
     };
-    let mut out = Vec::new();
-    for (huge, name) in [(false, "4 KiB pages"), (true, "huge pages")] {
+    let cold_warm = |huge: bool, name: &str| {
         std::thread::sleep(idle);
-        let cold = fill(huge);
-        let warm = fill(huge);
-        out.push((if huge { "huge_cold" } else { "small_cold" }, cold));
-        out.push((if huge { "huge_warm" } else { "small_warm" }, warm));
+        let (cold, warm) = (fill(huge), fill(huge));
         println!(
             "  fresh memory, {name}: {:.2} GB/s after {idle:?} idle, {:.2} GB/s right after a free",
             cold / 1e9,
             warm / 1e9
         );
+        (cold, warm)
+    };
+    FreshMemory {
+        small: cold_warm(false, "4 KiB pages"),
+        huge: cold_warm(true, "huge pages"),
     }
-    out
+}
+
+/// [`fresh_memory`]'s fill speeds (bytes/s), each `(cold, warm)`.
+struct FreshMemory {
+    small: (f64, f64),
+    huge: (f64, f64),
 }
 
 /// Write speeds (bytes/s, medians of 5): through the memory map into a new file, through the
@@ -793,11 +799,7 @@ fn main() {
     );
 
     // Not in quick runs: it idles for 20 s.
-    let memory = if quick {
-        Vec::new()
-    } else {
-        fresh_memory(1 << 30, Duration::from_secs(10))
-    };
+    let memory = (!quick).then(|| fresh_memory(1 << 30, Duration::from_secs(10)));
 
     let mut rows = serde_json::json!({
         "quick": quick,
@@ -814,8 +816,11 @@ fn main() {
         "mmap_new_file_vs_buffered": new_file_ratio,
         "targets": {"throughput_ratio": ">= 0.95", "sync_pause_ms_p99": "<= 10", "mmap_vs_buffered": ">= 0.8", "restore_seconds_local": "<= 2"},
     });
-    for (name, speed) in &memory {
-        rows["fresh_memory_bytes_per_s"][*name] = serde_json::json!(speed);
+    if let Some(m) = &memory {
+        rows["fresh_memory_bytes_per_s"] = serde_json::json!({
+            "small_cold": m.small.0, "small_warm": m.small.1,
+            "huge_cold": m.huge.0, "huge_warm": m.huge.1,
+        });
     }
     let mut md = String::from("| metric | value | target |\n|---|---|---|\n");
     for r in &results {
@@ -828,15 +833,17 @@ fn main() {
         plain / 1e6,
         mmap / 1e6
     ));
-    let speed = |n: &str| memory.iter().find(|(m, _)| *m == n).map(|(_, s)| s / 1e9);
-    if let (Some(sc), Some(sw), Some(hc), Some(hw)) = (
-        speed("small_cold"),
-        speed("small_warm"),
-        speed("huge_cold"),
-        speed("huge_warm"),
-    ) {
+    if let Some(FreshMemory {
+        small: (sc, sw),
+        huge: (hc, hw),
+    }) = memory
+    {
         md.push_str(&format!(
-            "| fresh memory filled, cold / warm: 4 KiB pages | {sc:.2} / {sw:.2} GB/s | |\n| fresh memory filled, cold / warm: huge pages | {hc:.2} / {hw:.2} GB/s | |\n"
+            "| fresh memory filled, cold / warm: 4 KiB pages | {:.2} / {:.2} GB/s | |\n| fresh memory filled, cold / warm: huge pages | {:.2} / {:.2} GB/s | |\n",
+            sc / 1e9,
+            sw / 1e9,
+            hc / 1e9,
+            hw / 1e9
         ));
     }
     let out = common::out_dir();
