@@ -39,6 +39,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use memmap2::MmapOptions;
 
@@ -411,6 +412,17 @@ pub(crate) fn read_file(path: &Path) -> Result<Bytes, StorageError> {
 /// usual default); smaller ones go to the system allocator unchanged. Where huge pages are
 /// off or unavailable the advice fails silently and the memory stays on ordinary pages.
 ///
+/// A large block that is freed is kept for reuse for a while instead of going back
+/// to the system at once: the next allocation of the same size (hash tables come in powers of
+/// two, so sizes repeat) gets memory that is already backed, where a new mapping has every
+/// page zeroed by the kernel first. That matters most on virtual machines that hand free
+/// memory back to their host (free page reporting): there, backing a fresh huge page can cost
+/// several times more than the zeroing, and a restore that rebuilds gigabytes of tables after
+/// an in-process restart pays it for every page. Kept blocks go back to the system after
+/// 10 s unused (checked whenever a large block is allocated or freed), and at most
+/// a quarter of the machine's memory is kept (`WEIR_RETAIN_MB=<n>` sets another bound, 0
+/// turns keeping off).
+///
 /// `WEIR_HUGE_PAGES=0` in the environment turns it off (every allocation then goes to the
 /// system allocator as is). The `weir` binary uses it; an embedding program opts in with
 /// `#[global_allocator] static A: weir::HugePageAlloc = weir::HugePageAlloc;`.
@@ -460,10 +472,20 @@ impl HugePageAlloc {
     unsafe fn make(
         layout: std::alloc::Layout,
         how: unsafe fn(&std::alloc::System, std::alloc::Layout) -> *mut u8,
+        zeroed: bool,
     ) -> *mut u8 {
         match Self::huge(layout) {
-            // SAFETY: `big` has the caller's non-zero size and a valid, larger alignment.
+            // SAFETY: `big` has the caller's non-zero size and a valid, larger alignment; a
+            // kept block was made by `System` with exactly `big` and is no longer in use.
             Some(big) => unsafe {
+                release(RETAINED.expired(Instant::now()));
+                // A kept block holds old bytes: zeroed allocations take fresh memory (the
+                // system's zero pages cost nothing until touched).
+                if !zeroed {
+                    if let Some(p) = RETAINED.take(big) {
+                        return p;
+                    }
+                }
                 let p = how(&std::alloc::System, big);
                 Self::advise(p, big.size());
                 p
@@ -490,6 +512,184 @@ impl HugePageAlloc {
     fn advise(_ptr: *mut u8, _size: usize) {}
 }
 
+/// How long a freed large block is kept for reuse by [`HugePageAlloc`] (jemalloc's default
+/// decay of freed pages is the same).
+const RETAIN_FOR: Duration = Duration::from_secs(10);
+
+/// Largest number of blocks kept at once.
+const RETAIN_SLOTS: usize = 512;
+
+/// Largest number of expired blocks released by one allocation or free.
+const RELEASE_AT_ONCE: usize = 8;
+
+/// A freed block kept for reuse: its address and the layout `System` made it with.
+#[derive(Clone, Copy)]
+struct Kept {
+    ptr: usize,
+    layout: std::alloc::Layout,
+    since: Instant,
+}
+
+/// Freed large blocks of [`HugePageAlloc`] kept for reuse. A spin lock guards it: large blocks
+/// are allocated and freed a few times per second at most (a restore: a few hundred), and
+/// an allocator cannot use a lock that might allocate.
+struct Retained {
+    lock: std::sync::atomic::AtomicBool,
+    inner: std::cell::UnsafeCell<Shelf>,
+    /// Most bytes kept; `usize::MAX` until read from the environment.
+    limit: std::sync::atomic::AtomicUsize,
+}
+
+/// The state behind [`Retained`]'s lock.
+struct Shelf {
+    bytes: usize,
+    slots: [Option<Kept>; RETAIN_SLOTS],
+}
+
+// SAFETY: `inner` is only reached through `with`, which holds the spin lock, so at most one
+// thread touches it at a time; the addresses it holds are plain numbers.
+unsafe impl Sync for Retained {}
+
+static RETAINED: Retained = Retained::new();
+
+/// Expired blocks taken out of [`Retained`], to be freed outside its lock.
+type Expired = [Option<Kept>; RELEASE_AT_ONCE];
+
+impl Retained {
+    const fn new() -> Self {
+        Retained {
+            lock: std::sync::atomic::AtomicBool::new(false),
+            inner: std::cell::UnsafeCell::new(Shelf {
+                bytes: 0,
+                slots: [None; RETAIN_SLOTS],
+            }),
+            limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Shelf) -> R) -> R {
+        use std::sync::atomic::Ordering;
+        let mut spins = 0u32;
+        while self
+            .lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        // SAFETY: the lock is held (taken above, released below), so this is the only
+        // reference to `inner`.
+        let r = f(unsafe { &mut *self.inner.get() });
+        self.lock.store(false, Ordering::Release);
+        r
+    }
+
+    /// Most bytes kept: `WEIR_RETAIN_MB`, or a quarter of the machine's memory. Read once
+    /// (reading the environment allocates only small blocks, which never come here).
+    fn limit(&self) -> usize {
+        use std::sync::atomic::Ordering;
+        let l = self.limit.load(Ordering::Relaxed);
+        if l != usize::MAX {
+            return l;
+        }
+        let l = match std::env::var("WEIR_RETAIN_MB")
+            .ok()
+            .map(|v| v.trim().parse::<usize>())
+        {
+            Some(Ok(mb)) => mb.saturating_mul(1 << 20).min(usize::MAX - 1),
+            _ => physical_memory() / 4,
+        };
+        self.limit.store(l, Ordering::Relaxed);
+        l
+    }
+
+    /// Keeps a freed block made with `layout`; false when there is no room (the caller frees
+    /// it).
+    fn keep(&self, ptr: *mut u8, layout: std::alloc::Layout, now: Instant) -> bool {
+        let limit = self.limit();
+        self.with(|k| {
+            if k.bytes + layout.size() > limit {
+                return false;
+            }
+            let Some(slot) = k.slots.iter_mut().find(|s| s.is_none()) else {
+                return false;
+            };
+            *slot = Some(Kept {
+                ptr: ptr as usize,
+                layout,
+                since: now,
+            });
+            k.bytes += layout.size();
+            true
+        })
+    }
+
+    /// A kept block made with exactly `layout` (the most recently freed one), taken out.
+    fn take(&self, layout: std::alloc::Layout) -> Option<*mut u8> {
+        self.with(|k| {
+            let i = (0..RETAIN_SLOTS)
+                .filter(|i| k.slots[*i].is_some_and(|s| s.layout == layout))
+                .max_by_key(|i| k.slots[*i].map(|s| s.since))?;
+            let s = k.slots[i].take()?;
+            k.bytes -= s.layout.size();
+            Some(s.ptr as *mut u8)
+        })
+    }
+
+    /// Blocks kept for longer than [`RETAIN_FOR`] at `now` (up to [`RELEASE_AT_ONCE`]), taken
+    /// out.
+    fn expired(&self, now: Instant) -> Expired {
+        let mut out: Expired = [None; RELEASE_AT_ONCE];
+        self.with(|k| {
+            let mut n = 0;
+            for slot in k.slots.iter_mut() {
+                if n == RELEASE_AT_ONCE {
+                    break;
+                }
+                if slot.is_some_and(|s| now.saturating_duration_since(s.since) >= RETAIN_FOR) {
+                    out[n] = slot.take();
+                    k.bytes -= out[n].map_or(0, |s| s.layout.size());
+                    n += 1;
+                }
+            }
+        });
+        out
+    }
+}
+
+/// Gives expired blocks back to the system.
+fn release(blocks: Expired) {
+    for b in blocks.into_iter().flatten() {
+        // SAFETY: a kept block was made by `System` with `b.layout`, freed by its owner, and
+        // taken out of the cache, so nothing else refers to it.
+        unsafe { std::alloc::GlobalAlloc::dealloc(&std::alloc::System, b.ptr as *mut u8, b.layout) }
+    }
+}
+
+/// The machine's memory in bytes (0 if unknown).
+fn physical_memory() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: `sysconf` only reads system configuration.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        (pages.max(0) as usize).saturating_mul(page.max(0) as usize)
+    }
+    #[cfg(not(unix))]
+    {
+        0
+    }
+}
+
 // SAFETY: every allocation is made by `System` with a layout that is the caller's or the same
 // size with a larger alignment (a valid layout: `huge` only accepts what `Layout` accepts), and
 // is freed by `System` with exactly the layout it was made with, which `huge` recomputes from
@@ -498,19 +698,30 @@ impl HugePageAlloc {
 unsafe impl std::alloc::GlobalAlloc for HugePageAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: the caller's layout, forwarded to `System::alloc`.
-        unsafe { Self::make(layout, std::alloc::GlobalAlloc::alloc) }
+        unsafe { Self::make(layout, std::alloc::GlobalAlloc::alloc, false) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: as in `alloc` (an over-aligned block is zeroed by `System` with a memset,
         // which large zeroed allocations, rare in the engine, pay once).
-        unsafe { Self::make(layout, std::alloc::GlobalAlloc::alloc_zeroed) }
+        unsafe { Self::make(layout, std::alloc::GlobalAlloc::alloc_zeroed, true) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         // SAFETY: `ptr` came from `alloc`/`alloc_zeroed` with the caller's `layout`, hence from
-        // `System` with the layout recomputed here.
-        unsafe { std::alloc::System.dealloc(ptr, Self::huge(layout).unwrap_or(layout)) }
+        // `System` with the layout recomputed here; a block that is kept is freed the same way
+        // later (`release`), and handed out again only with that layout (`take`).
+        unsafe {
+            match Self::huge(layout) {
+                Some(big) => {
+                    release(RETAINED.expired(Instant::now()));
+                    if !RETAINED.keep(ptr, big, Instant::now()) {
+                        std::alloc::System.dealloc(ptr, big)
+                    }
+                }
+                None => std::alloc::System.dealloc(ptr, layout),
+            }
+        }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
@@ -581,6 +792,43 @@ mod tests {
                 a.dealloc(r, l);
             }
         }
+    }
+
+    #[test]
+    fn freed_large_blocks_are_reused_by_exact_layout_within_bounds_and_expire() {
+        use std::alloc::Layout;
+        use std::sync::atomic::Ordering;
+        let r = Retained::new();
+        r.limit.store(10 << 20, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let a = Layout::from_size_align(4 << 20, HUGE_PAGE).unwrap();
+        let b = Layout::from_size_align(6 << 20, HUGE_PAGE).unwrap();
+        // Addresses are only numbers to the cache: nothing is dereferenced.
+        let (pa, pa2, pb) = (
+            0x1000_0000 as *mut u8,
+            0x2000_0000 as *mut u8,
+            0x3000_0000 as *mut u8,
+        );
+        assert!(r.keep(pa, a, t0));
+        assert!(r.keep(pb, b, t0 + Duration::from_secs(1)));
+        // 4 + 6 MiB kept: another 4 MiB is over the 10 MiB bound.
+        assert!(!r.keep(pa2, a, t0 + Duration::from_secs(2)));
+        // Only the exact layout matches.
+        let c = Layout::from_size_align(4 << 20, 2 * HUGE_PAGE).unwrap();
+        assert_eq!(r.take(c), None);
+        assert_eq!(r.take(a), Some(pa));
+        assert_eq!(r.take(a), None);
+        assert!(r.keep(pa2, a, t0 + Duration::from_secs(3)));
+        // Nothing is released before it was kept for RETAIN_FOR.
+        let none = r.expired(t0 + RETAIN_FOR);
+        assert!(none.iter().all(|e| e.is_none()));
+        let one = r.expired(t0 + Duration::from_secs(1) + RETAIN_FOR);
+        let out: Vec<usize> = one.iter().flatten().map(|k| k.ptr).collect();
+        assert_eq!(out, vec![pb as usize]);
+        assert_eq!(r.take(b), None);
+        assert_eq!(r.with(|k| k.bytes), 4 << 20);
+        assert_eq!(r.take(a), Some(pa2));
+        assert_eq!(r.with(|k| k.bytes), 0);
     }
 
     #[test]
