@@ -790,6 +790,16 @@ mod tests {
                 let r = a.realloc(q, gl, size);
                 assert!((0..size).all(|i| *r.add(i) == (i % 251) as u8));
                 a.dealloc(r, l);
+                if size >= HUGE_PAGE_MIN {
+                    // A freed large block is kept: the next allocation of its layout gets it
+                    // back, but a zeroed one never sees its old bytes.
+                    let z = a.alloc_zeroed(l);
+                    assert!(std::slice::from_raw_parts(z, size).iter().all(|b| *b == 0));
+                    let again = a.alloc(l);
+                    assert_eq!(again, r, "the kept block is reused");
+                    a.dealloc(again, l);
+                    a.dealloc(z, l);
+                }
             }
         }
     }
