@@ -420,7 +420,8 @@ pub(crate) fn read_file(path: &Path) -> Result<Bytes, StorageError> {
 /// several times more than the zeroing, and a restore that rebuilds gigabytes of tables after
 /// an in-process restart pays it for every page. Kept blocks go back to the system after
 /// 10 s unused (checked whenever a large block is allocated or freed), and at most
-/// a quarter of the machine's memory is kept (`WEIR_RETAIN_MB=<n>` sets another bound, 0
+/// a quarter of the memory the process may use (the machine's, or its container's limit) is
+/// kept (`WEIR_RETAIN_MB=<n>` sets another bound, 0
 /// turns keeping off).
 ///
 /// `WEIR_HUGE_PAGES=0` in the environment turns it off (every allocation then goes to the
@@ -589,7 +590,8 @@ impl Retained {
         r
     }
 
-    /// Most bytes kept: `WEIR_RETAIN_MB`, or a quarter of the machine's memory. Read once
+    /// Most bytes kept: `WEIR_RETAIN_MB`, or a quarter of the memory the process may use (the
+    /// machine's, or its container's limit). Read once
     /// (reading the environment allocates only small blocks, which never come here).
     fn limit(&self) -> usize {
         use std::sync::atomic::Ordering;
@@ -602,7 +604,7 @@ impl Retained {
             .map(|v| v.trim().parse::<usize>())
         {
             Some(Ok(mb)) => mb.saturating_mul(1 << 20).min(usize::MAX - 1),
-            _ => physical_memory() / 4,
+            _ => memory_bound() / 4,
         };
         self.limit.store(l, Ordering::Relaxed);
         l
@@ -669,6 +671,22 @@ fn release(blocks: Expired) {
         // taken out of the cache, so nothing else refers to it.
         unsafe { std::alloc::GlobalAlloc::dealloc(&std::alloc::System, b.ptr as *mut u8, b.layout) }
     }
+}
+
+/// The memory this process may use: the machine's, or less where its control group sets a
+/// limit (a container), in bytes (0 if unknown).
+fn memory_bound() -> usize {
+    // cgroup v2, then v1; "max" or an unreadable file means no limit.
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|f| std::fs::read_to_string(f).ok())
+    .filter_map(|v| v.trim().parse::<usize>().ok())
+    .min();
+    let machine = physical_memory();
+    cgroup.map_or(machine, |c| c.min(machine))
 }
 
 /// The machine's memory in bytes (0 if unknown).
