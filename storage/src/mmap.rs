@@ -860,6 +860,43 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_block_goes_to_one_thread_at_a_time() {
+        use std::alloc::{GlobalAlloc, Layout};
+        // Sizes no other test uses, so that test's check of reuse is not disturbed.
+        let layouts: Vec<Layout> = [5usize, 6, 7]
+            .iter()
+            .map(|mb| Layout::from_size_align(mb << 20, 64).unwrap())
+            .collect();
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let layouts = &layouts;
+                s.spawn(move || {
+                    let a = HugePageAlloc;
+                    for i in 0..300usize {
+                        let l = layouts[(i + t as usize) % layouts.len()];
+                        let mark = t.wrapping_mul(61).wrapping_add(i as u8) | 1;
+                        // SAFETY (test): a non-zero layout; bytes within the block are
+                        // written and read, and it is freed with its layout.
+                        unsafe {
+                            let p = a.alloc(l);
+                            assert!(!p.is_null());
+                            let at = [0, l.size() / 2, l.size() - 1];
+                            for o in at {
+                                *p.add(o) = mark;
+                            }
+                            std::thread::yield_now();
+                            for o in at {
+                                assert_eq!(*p.add(o), mark, "another thread wrote to the block");
+                            }
+                            a.dealloc(p, l);
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
     fn streaming_copies_are_exact_at_every_alignment_and_length() {
         let src: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut dst = vec![0u8; 5100];
