@@ -412,10 +412,12 @@ fn restore_time(dir: &Path, layout: Layout, keys: u64) -> (f64, u64) {
 
 /// How fast this machine backs memory the process touches for the first time (bytes/s), on
 /// ordinary 4 KiB pages and on transparent huge pages, right after the same amount was freed
-/// ("warm") and after `idle` without it ("cold"). A restore builds its tables in such memory.
-/// On virtual machines that return free memory to the host (free page reporting, which works
-/// on free blocks of 2 MiB and more), cold huge pages can cost several times more to fault in
-/// than small ones, and that shows in the first restore of a run.
+/// ("warm") and after `idle` without it ("cold"). A restore in a new process builds its
+/// tables in such memory (the bench's restores, in the process that ran the job, reuse the
+/// tables it freed, which `HugePageAlloc` keeps for a while). On virtual machines that return
+/// free memory to the host (free page reporting, which works on free blocks of 2 MiB and
+/// more), cold huge pages can cost several times more to fault in than small ones. The maps
+/// here are made directly, not through the allocator, so they are always fresh.
 fn fresh_memory(bytes: usize, idle: Duration) -> FreshMemory {
     use memmap2::{Advice, MmapMut};
     let fill = |huge: bool| -> f64 {
