@@ -419,10 +419,9 @@ pub(crate) fn read_file(path: &Path) -> Result<Bytes, StorageError> {
 /// memory back to their host (free page reporting): there, backing a fresh huge page can cost
 /// several times more than the zeroing, and a restore that rebuilds gigabytes of tables after
 /// an in-process restart pays it for every page. Kept blocks go back to the system after
-/// 10 s unused (checked whenever a large block is allocated or freed), and at most
-/// a quarter of the memory the process may use (the machine's, or its container's limit) is
-/// kept (`WEIR_RETAIN_MB=<n>` sets another bound, 0
-/// turns keeping off).
+/// 10 s unused (checked whenever a large block is allocated or freed), and at most a quarter
+/// of the memory the process may use (the machine's, or its container's limit) is kept
+/// (`WEIR_RETAIN_MB=<n>` sets another bound, 0 turns keeping off).
 ///
 /// `WEIR_HUGE_PAGES=0` in the environment turns it off (every allocation then goes to the
 /// system allocator as is). The `weir` binary uses it; an embedding program opts in with
@@ -543,8 +542,14 @@ struct Retained {
 
 /// The state behind [`Retained`]'s lock.
 struct Shelf {
-    bytes: usize,
     slots: [Option<Kept>; RETAIN_SLOTS],
+}
+
+impl Shelf {
+    /// Bytes kept.
+    fn bytes(&self) -> usize {
+        self.slots.iter().flatten().map(|k| k.layout.size()).sum()
+    }
 }
 
 // SAFETY: `inner` is only reached through `with`, which holds the spin lock, so at most one
@@ -561,7 +566,6 @@ impl Retained {
         Retained {
             lock: std::sync::atomic::AtomicBool::new(false),
             inner: std::cell::UnsafeCell::new(Shelf {
-                bytes: 0,
                 slots: [None; RETAIN_SLOTS],
             }),
             limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
@@ -591,8 +595,8 @@ impl Retained {
     }
 
     /// Most bytes kept: `WEIR_RETAIN_MB`, or a quarter of the memory the process may use (the
-    /// machine's, or its container's limit). Read once
-    /// (reading the environment allocates only small blocks, which never come here).
+    /// machine's, or its container's limit). Read once (reading the environment allocates only
+    /// small blocks, which never come here).
     fn limit(&self) -> usize {
         use std::sync::atomic::Ordering;
         let l = self.limit.load(Ordering::Relaxed);
@@ -615,7 +619,7 @@ impl Retained {
     fn keep(&self, ptr: *mut u8, layout: std::alloc::Layout, now: Instant) -> bool {
         let limit = self.limit();
         self.with(|k| {
-            if k.bytes + layout.size() > limit {
+            if k.bytes() + layout.size() > limit {
                 return false;
             }
             let Some(slot) = k.slots.iter_mut().find(|s| s.is_none()) else {
@@ -626,7 +630,6 @@ impl Retained {
                 layout,
                 since: now,
             });
-            k.bytes += layout.size();
             true
         })
     }
@@ -637,9 +640,7 @@ impl Retained {
             let i = (0..RETAIN_SLOTS)
                 .filter(|i| k.slots[*i].is_some_and(|s| s.layout == layout))
                 .max_by_key(|i| k.slots[*i].map(|s| s.since))?;
-            let s = k.slots[i].take()?;
-            k.bytes -= s.layout.size();
-            Some(s.ptr as *mut u8)
+            k.slots[i].take().map(|s| s.ptr as *mut u8)
         })
     }
 
@@ -655,7 +656,6 @@ impl Retained {
                 }
                 if slot.is_some_and(|s| now.saturating_duration_since(s.since) >= RETAIN_FOR) {
                     out[n] = slot.take();
-                    k.bytes -= out[n].map_or(0, |s| s.layout.size());
                     n += 1;
                 }
             }
@@ -732,8 +732,9 @@ unsafe impl std::alloc::GlobalAlloc for HugePageAlloc {
         unsafe {
             match Self::huge(layout) {
                 Some(big) => {
-                    release(RETAINED.expired(Instant::now()));
-                    if !RETAINED.keep(ptr, big, Instant::now()) {
+                    let now = Instant::now();
+                    release(RETAINED.expired(now));
+                    if !RETAINED.keep(ptr, big, now) {
                         std::alloc::System.dealloc(ptr, big)
                     }
                 }
@@ -854,9 +855,9 @@ mod tests {
         let out: Vec<usize> = one.iter().flatten().map(|k| k.ptr).collect();
         assert_eq!(out, vec![pb as usize]);
         assert_eq!(r.take(b), None);
-        assert_eq!(r.with(|k| k.bytes), 4 << 20);
+        assert_eq!(r.with(|k| k.bytes()), 4 << 20);
         assert_eq!(r.take(a), Some(pa2));
-        assert_eq!(r.with(|k| k.bytes), 0);
+        assert_eq!(r.with(|k| k.bytes()), 0);
     }
 
     #[test]
