@@ -577,6 +577,12 @@ fn run_worker(
         control,
     };
     let result = catch_unwind(AssertUnwindSafe(|| {
+        // Tables the restore builds go on small pages, moved onto huge pages once every
+        // worker has built its tasks (see `HugePageAlloc::restoring`).
+        let restoring = plan
+            .restore
+            .is_some()
+            .then(weir_storage::HugePageAlloc::restoring);
         let mut b = Builder {
             plan,
             eps: &mut eps,
@@ -596,6 +602,7 @@ fn run_worker(
                 blocked_since: None,
             });
         }
+        drop(restoring);
         // Pinned only now: building the tasks restores their state, on threads (spawned from
         // this one, inheriting its affinity) that must be free to use every core.
         pin(core, w, "worker thread");

@@ -481,13 +481,25 @@ impl HugePageAlloc {
                 release(RETAINED.expired(Instant::now()));
                 // A kept block holds old bytes: zeroed allocations take fresh memory (the
                 // system's zero pages cost nothing until touched).
+                // During a restore a kept block still on small pages will do: it is noted
+                // again for the move onto huge pages. Otherwise it would stay small.
+                let restoring = RESTORING.load(std::sync::atomic::Ordering::Relaxed) > 0;
                 if !zeroed {
-                    if let Some(p) = RETAINED.take(big) {
+                    if let Some((p, small)) = RETAINED.take(big, restoring) {
+                        if small && !RETAINED.note_small(p, big.size()) {
+                            advise(p, big.size(), libc_advice::HUGEPAGE);
+                        }
                         return p;
                     }
                 }
                 let p = how(&std::alloc::System, big);
-                Self::advise(p, big.size());
+                if !p.is_null() {
+                    if restoring && RETAINED.note_small(p, big.size()) {
+                        prefault_small(p, big.size());
+                    } else {
+                        advise(p, big.size(), libc_advice::HUGEPAGE);
+                    }
+                }
                 p
             },
             // SAFETY: the caller's layout, forwarded.
@@ -495,21 +507,136 @@ impl HugePageAlloc {
         }
     }
 
-    #[cfg(target_os = "linux")]
-    fn advise(ptr: *mut u8, size: usize) {
-        if ptr.is_null() {
-            return;
-        }
-        // SAFETY: `ptr` is the start of a live allocation of at least `size` bytes, aligned to
-        // HUGE_PAGE; the advice covers whole huge pages inside it and changes only how the
-        // kernel backs them (never their contents). A failure (THP off) is harmless.
-        unsafe {
-            libc::madvise(ptr.cast(), size & !(HUGE_PAGE - 1), libc::MADV_HUGEPAGE);
+    /// Marks a restore in progress until the returned guard (and every other one) is dropped.
+    ///
+    /// Meanwhile, large blocks that need fresh memory are put on ordinary 4 KiB pages and
+    /// prefaulted in one call each (`MADV_POPULATE_WRITE`), instead of on huge pages; when the
+    /// last guard is dropped, a background thread (`weir-huge-pages`) moves those still in use
+    /// onto huge pages (`MADV_COLLAPSE`, which keeps their contents; concurrent access is
+    /// safe, as it is with the kernel's own `khugepaged`). Kept blocks (see above) are used
+    /// as always: they are backed already.
+    ///
+    /// Why: on a virtual machine that hands free memory back to its host (free page
+    /// reporting), fresh huge pages are exactly what the host took back, and backing them
+    /// again costs several times what small pages cost (0.5 against 3 GB/s here), so a
+    /// restore in a new process spent most of its time waiting for the host. The collapse
+    /// afterwards pays that cost off the restore's critical path, while the job already runs.
+    ///
+    /// Without this allocator installed, or with `WEIR_HUGE_PAGES=0`, the guard does nothing.
+    pub fn restoring() -> Restoring {
+        RESTORING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Restoring { _private: () }
+    }
+}
+
+/// A restore in progress: see [`HugePageAlloc::restoring`].
+#[derive(Debug)]
+#[must_use = "the restore ends when the guard is dropped"]
+pub struct Restoring {
+    _private: (),
+}
+
+impl Drop for Restoring {
+    fn drop(&mut self) {
+        if RESTORING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+            start_collapse();
         }
     }
+}
 
+/// Restores in progress (guards of [`HugePageAlloc::restoring`] alive).
+static RESTORING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// True while the `weir-huge-pages` thread runs.
+static COLLAPSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The `madvise` advice this module gives (`libc` 0.2.191 lacks `MADV_COLLAPSE`).
+mod libc_advice {
+    pub(super) const HUGEPAGE: libc::c_int = libc::MADV_HUGEPAGE;
+    pub(super) const NOHUGEPAGE: libc::c_int = libc::MADV_NOHUGEPAGE;
+    pub(super) const POPULATE_WRITE: libc::c_int = 23;
+    /// Linux 6.1 and later: makes the range's pages huge now, in the caller's thread.
+    pub(super) const COLLAPSE: libc::c_int = 25;
+}
+
+/// Gives `advice` for the whole huge pages of `[ptr, ptr + size)`; errors are ignored (huge
+/// pages off, an older kernel: the memory stays as it is).
+fn advise(ptr: *mut u8, size: usize, advice: libc::c_int) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: the advice given here (HUGEPAGE, NOHUGEPAGE, POPULATE_WRITE, COLLAPSE) only
+    // changes how the kernel backs the range, never what a program reads from it, whatever
+    // the range holds now: even a range that was freed and reused since it was noted (see
+    // `collapse_noted`) is left with its contents. Unmapped addresses make it fail, harmlessly.
+    unsafe {
+        libc::madvise(ptr.cast(), size & !(HUGE_PAGE - 1), advice);
+    }
     #[cfg(not(target_os = "linux"))]
-    fn advise(_ptr: *mut u8, _size: usize) {}
+    let _ = (ptr, size, advice);
+}
+
+/// Puts a fresh block on small pages and backs every page now (see
+/// [`HugePageAlloc::restoring`]).
+fn prefault_small(ptr: *mut u8, size: usize) {
+    advise(ptr, size, libc_advice::NOHUGEPAGE);
+    advise(ptr, size, libc_advice::POPULATE_WRITE);
+}
+
+/// Starts the `weir-huge-pages` thread unless it runs or nothing is noted.
+fn start_collapse() {
+    use std::sync::atomic::Ordering;
+    if RETAINED.with(|s| s.small.iter().all(Option::is_none)) {
+        return;
+    }
+    if COLLAPSING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("weir-huge-pages".into())
+        .spawn(|| loop {
+            collapse_noted();
+            COLLAPSING.store(false, Ordering::Release);
+            // A restore that ended after the last look, while this thread still ran, found
+            // it running and left its blocks here.
+            let more = RESTORING.load(Ordering::Relaxed) == 0
+                && RETAINED.with(|s| s.small.iter().any(Option::is_some));
+            if !more || COLLAPSING.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        });
+    if let Err(e) = spawned {
+        COLLAPSING.store(false, Ordering::Release);
+        tracing::warn!(error = %e, "cannot start the thread that moves restored state onto huge pages; it stays on small pages");
+    }
+}
+
+/// Moves the noted small-page blocks onto huge pages, one at a time, while no restore runs,
+/// unless transparent huge pages are `never` on this system.
+fn collapse_noted() {
+    let never = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[never]"));
+    let started = Instant::now();
+    let (mut blocks, mut bytes) = (0usize, 0usize);
+    while RESTORING.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        let Some((ptr, size)) = RETAINED.with(|s| s.small.iter_mut().find_map(Option::take)) else {
+            break;
+        };
+        if never {
+            continue;
+        }
+        let ptr = ptr as *mut u8;
+        advise(ptr, size, libc_advice::HUGEPAGE);
+        advise(ptr, size, libc_advice::COLLAPSE);
+        blocks += 1;
+        bytes += size;
+    }
+    if blocks > 0 {
+        tracing::info!(
+            blocks,
+            mb = bytes >> 20,
+            seconds = started.elapsed().as_secs_f64(),
+            "restored state moved onto huge pages"
+        );
+    }
 }
 
 /// How long a freed large block is kept for reuse by [`HugePageAlloc`] (jemalloc's default
@@ -528,6 +655,8 @@ struct Kept {
     ptr: usize,
     layout: std::alloc::Layout,
     since: Instant,
+    /// Made during a restore and not yet moved onto huge pages.
+    small: bool,
 }
 
 /// Freed large blocks of [`HugePageAlloc`] kept for reuse. A spin lock guards it: large blocks
@@ -543,7 +672,13 @@ struct Retained {
 /// The state behind [`Retained`]'s lock.
 struct Shelf {
     slots: [Option<Kept>; RETAIN_SLOTS],
+    /// Blocks (address, size) made on small pages during a restore and not yet moved onto
+    /// huge pages (see [`HugePageAlloc::restoring`]).
+    small: [Option<(usize, usize)>; SMALL_SLOTS],
 }
+
+/// Largest number of small-page blocks noted at once; blocks beyond it go on huge pages.
+const SMALL_SLOTS: usize = 1024;
 
 impl Shelf {
     /// Bytes kept.
@@ -567,6 +702,7 @@ impl Retained {
             lock: std::sync::atomic::AtomicBool::new(false),
             inner: std::cell::UnsafeCell::new(Shelf {
                 slots: [None; RETAIN_SLOTS],
+                small: [None; SMALL_SLOTS],
             }),
             limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
         }
@@ -614,9 +750,9 @@ impl Retained {
         l
     }
 
-    /// Keeps a freed block made with `layout`; false when there is no room (the caller frees
-    /// it).
-    fn keep(&self, ptr: *mut u8, layout: std::alloc::Layout, now: Instant) -> bool {
+    /// Keeps a freed block made with `layout` (on small pages: `small`); false when there is
+    /// no room (the caller frees it).
+    fn keep(&self, ptr: *mut u8, layout: std::alloc::Layout, now: Instant, small: bool) -> bool {
         let limit = self.limit();
         self.with(|k| {
             if k.bytes() + layout.size() > limit {
@@ -629,18 +765,44 @@ impl Retained {
                 ptr: ptr as usize,
                 layout,
                 since: now,
+                small,
             });
             true
         })
     }
 
-    /// A kept block made with exactly `layout` (the most recently freed one), taken out.
-    fn take(&self, layout: std::alloc::Layout) -> Option<*mut u8> {
+    /// Notes a block made on small pages during a restore; false when there is no room.
+    fn note_small(&self, ptr: *mut u8, size: usize) -> bool {
+        self.with(|s| match s.small.iter_mut().find(|b| b.is_none()) {
+            Some(free) => {
+                *free = Some((ptr as usize, size));
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Forgets a freed block if it is noted as on small pages; true if it was.
+    fn forget_small(&self, ptr: *mut u8) -> bool {
+        self.with(|s| {
+            s.small
+                .iter_mut()
+                .find(|b| b.is_some_and(|(p, _)| p == ptr as usize))
+                .map(Option::take)
+                .is_some()
+        })
+    }
+
+    /// A kept block made with exactly `layout` (the most recently freed one; one on small
+    /// pages only if `small_ok`), taken out, and whether it is on small pages.
+    fn take(&self, layout: std::alloc::Layout, small_ok: bool) -> Option<(*mut u8, bool)> {
         self.with(|k| {
             let i = (0..RETAIN_SLOTS)
-                .filter(|i| k.slots[*i].is_some_and(|s| s.layout == layout))
+                .filter(|i| {
+                    k.slots[*i].is_some_and(|s| s.layout == layout && (small_ok || !s.small))
+                })
                 .max_by_key(|i| k.slots[*i].map(|s| s.since))?;
-            k.slots[i].take().map(|s| s.ptr as *mut u8)
+            k.slots[i].take().map(|s| (s.ptr as *mut u8, s.small))
         })
     }
 
@@ -734,7 +896,9 @@ unsafe impl std::alloc::GlobalAlloc for HugePageAlloc {
                 Some(big) => {
                     let now = Instant::now();
                     release(RETAINED.expired(now));
-                    if !RETAINED.keep(ptr, big, now) {
+                    // A block still on small pages is kept as such: only a restore takes it.
+                    let small = RETAINED.forget_small(ptr);
+                    if !RETAINED.keep(ptr, big, now, small) {
                         std::alloc::System.dealloc(ptr, big)
                     }
                 }
@@ -769,8 +933,17 @@ unsafe impl std::alloc::GlobalAlloc for HugePageAlloc {
 mod tests {
     use super::*;
 
+    /// Held by the tests that use the process's allocator state ([`RETAINED`],
+    /// [`RESTORING`]): a restore in one would change what another is handed.
+    static ALLOCATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn allocator() -> std::sync::MutexGuard<'static, ()> {
+        ALLOCATOR.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn the_huge_page_allocator_keeps_contents_and_aligns_large_blocks() {
+        let _serial = allocator();
         use std::alloc::{GlobalAlloc, Layout};
         let a = HugePageAlloc;
         for (size, align) in [
@@ -823,6 +996,114 @@ mod tests {
         }
     }
 
+    /// The `Rss` and `AnonHugePages` (bytes) of the mapping that holds `addr`.
+    #[cfg(target_os = "linux")]
+    fn backing(addr: usize) -> (usize, usize) {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let (mut rss, mut huge) = (None, None);
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = first.split_once('-') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    if rss.is_some() && huge.is_some() {
+                        break;
+                    }
+                    inside = (a..b).contains(&addr);
+                    continue;
+                }
+            }
+            if inside {
+                let kb = || {
+                    line.split_whitespace()
+                        .nth(1)
+                        .unwrap()
+                        .parse::<usize>()
+                        .unwrap()
+                        << 10
+                };
+                if line.starts_with("Rss:") {
+                    rss = Some(kb());
+                } else if line.starts_with("AnonHugePages:") {
+                    huge = Some(kb());
+                }
+            }
+        }
+        (
+            rss.expect("a mapping holds the block"),
+            huge.expect("AnonHugePages"),
+        )
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn blocks_made_during_a_restore_are_prefaulted_on_small_pages_then_made_huge() {
+        let _serial = allocator();
+        use std::alloc::{GlobalAlloc, Layout};
+        use std::sync::atomic::Ordering;
+        let a = HugePageAlloc;
+        // A size no other test allocates, so no kept block of another test is handed out.
+        let size = 22 << 20;
+        let l = Layout::from_size_align(size, 8).unwrap();
+        let big = HugePageAlloc::huge(l).unwrap();
+        let never = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| s.contains("[never]"));
+        let restoring = HugePageAlloc::restoring();
+        // SAFETY (test): non-zero layouts; blocks are written and read within their size and
+        // freed with their layout.
+        unsafe {
+            // A block freed during the restore is kept as one on small pages, and given to
+            // the next allocation of the restore, which notes it again.
+            let first = a.alloc(l);
+            assert!(!first.is_null());
+            let noted = |p: *mut u8| RETAINED.with(|s| s.small.contains(&Some((p as usize, size))));
+            assert!(noted(first));
+            a.dealloc(first, l);
+            assert!(!noted(first));
+            assert!(RETAINED.with(|s| s
+                .slots
+                .iter()
+                .flatten()
+                .any(|k| k.ptr == first as usize && k.small)));
+            let p = a.alloc(l);
+            assert_eq!(p, first, "the kept block is reused by the restore");
+            assert!(noted(p));
+            let (rss, huge) = backing(p as usize);
+            assert!(rss >= size, "prefaulted: {rss} bytes resident of {size}");
+            assert_eq!(huge, 0, "on small pages while the restore runs");
+            for i in (0..size).step_by(4096) {
+                *p.add(i) = (i / 4096 % 253) as u8;
+            }
+            drop(restoring);
+            // The background thread moves it onto huge pages (or leaves it where the system
+            // has them off) before it ends: checked as soon as it has, so that the kernel's
+            // own slow scan (`khugepaged`) cannot be what did it.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while RETAINED.with(|s| s.small.contains(&Some((p as usize, size))))
+                || COLLAPSING.load(Ordering::Acquire)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the move did not end within 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (_, huge) = backing(p as usize);
+            assert_eq!(huge, if never { 0 } else { size }, "bytes on huge pages");
+            assert!(
+                (0..size)
+                    .step_by(4096)
+                    .all(|i| *p.add(i) == (i / 4096 % 253) as u8),
+                "contents survive the move"
+            );
+            a.dealloc(p, l);
+            // On huge pages now: kept as such.
+            assert_eq!(RETAINED.take(big, false), Some((p, false)));
+            std::alloc::System.dealloc(p, big);
+        }
+    }
+
     #[test]
     fn freed_large_blocks_are_reused_by_exact_layout_within_bounds_and_expire() {
         use std::alloc::Layout;
@@ -838,30 +1119,35 @@ mod tests {
             0x2000_0000 as *mut u8,
             0x3000_0000 as *mut u8,
         );
-        assert!(r.keep(pa, a, t0));
-        assert!(r.keep(pb, b, t0 + Duration::from_secs(1)));
+        assert!(r.keep(pa, a, t0, false));
+        assert!(r.keep(pb, b, t0 + Duration::from_secs(1), false));
         // 4 + 6 MiB kept: another 4 MiB is over the 10 MiB bound.
-        assert!(!r.keep(pa2, a, t0 + Duration::from_secs(2)));
+        assert!(!r.keep(pa2, a, t0 + Duration::from_secs(2), false));
         // Only the exact layout matches.
         let c = Layout::from_size_align(4 << 20, 2 * HUGE_PAGE).unwrap();
-        assert_eq!(r.take(c), None);
-        assert_eq!(r.take(a), Some(pa));
-        assert_eq!(r.take(a), None);
-        assert!(r.keep(pa2, a, t0 + Duration::from_secs(3)));
+        assert_eq!(r.take(c, false), None);
+        assert_eq!(r.take(a, false), Some((pa, false)));
+        assert_eq!(r.take(a, false), None);
+        assert!(r.keep(pa2, a, t0 + Duration::from_secs(3), false));
         // Nothing is released before it was kept for RETAIN_FOR.
         let none = r.expired(t0 + RETAIN_FOR);
         assert!(none.iter().all(|e| e.is_none()));
         let one = r.expired(t0 + Duration::from_secs(1) + RETAIN_FOR);
         let out: Vec<usize> = one.iter().flatten().map(|k| k.ptr).collect();
         assert_eq!(out, vec![pb as usize]);
-        assert_eq!(r.take(b), None);
+        assert_eq!(r.take(b, false), None);
         assert_eq!(r.with(|k| k.bytes()), 4 << 20);
-        assert_eq!(r.take(a), Some(pa2));
+        assert_eq!(r.take(a, false), Some((pa2, false)));
         assert_eq!(r.with(|k| k.bytes()), 0);
+        // A block on small pages (made during a restore) goes only to a restore.
+        assert!(r.keep(pa, a, t0 + Duration::from_secs(4), true));
+        assert_eq!(r.take(a, false), None);
+        assert_eq!(r.take(a, true), Some((pa, true)));
     }
 
     #[test]
     fn a_kept_block_goes_to_one_thread_at_a_time() {
+        let _serial = allocator();
         use std::alloc::{GlobalAlloc, Layout};
         // Sizes no other test uses, so that test's check of reuse is not disturbed.
         let layouts: Vec<Layout> = [5usize, 6, 7]
