@@ -479,11 +479,11 @@ impl HugePageAlloc {
             // kept block was made by `System` with exactly `big` and is no longer in use.
             Some(big) => unsafe {
                 release(RETAINED.expired(Instant::now()));
-                // A kept block holds old bytes: zeroed allocations take fresh memory (the
-                // system's zero pages cost nothing until touched).
                 // During a restore a kept block still on small pages will do: it is noted
                 // again for the move onto huge pages. Otherwise it would stay small.
                 let restoring = RESTORING.load(std::sync::atomic::Ordering::Relaxed) > 0;
+                // A kept block holds old bytes: zeroed allocations take fresh memory (the
+                // system's zero pages cost nothing until touched).
                 if !zeroed {
                     if let Some((p, small)) = RETAINED.take(big, restoring) {
                         if small && !RETAINED.note_small(p, big.size()) {
