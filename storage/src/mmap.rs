@@ -584,7 +584,7 @@ fn prefault_small(ptr: *mut u8, size: usize) {
 /// Starts the `weir-huge-pages` thread unless it runs or nothing is noted.
 fn start_collapse() {
     use std::sync::atomic::Ordering;
-    if RETAINED.with(|s| s.small.iter().all(Option::is_none)) {
+    if !RETAINED.with(|s| s.any_small()) {
         return;
     }
     if COLLAPSING.swap(true, Ordering::AcqRel) {
@@ -597,8 +597,7 @@ fn start_collapse() {
             COLLAPSING.store(false, Ordering::Release);
             // A restore that ended after the last look, while this thread still ran, found
             // it running and left its blocks here.
-            let more = RESTORING.load(Ordering::Relaxed) == 0
-                && RETAINED.with(|s| s.small.iter().any(Option::is_some));
+            let more = RESTORING.load(Ordering::Relaxed) == 0 && RETAINED.with(|s| s.any_small());
             if !more || COLLAPSING.swap(true, Ordering::AcqRel) {
                 return;
             }
@@ -609,11 +608,16 @@ fn start_collapse() {
     }
 }
 
+/// True where transparent huge pages are turned off for the whole system (`never`).
+fn huge_pages_never() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[never]"))
+}
+
 /// Moves the noted small-page blocks onto huge pages, one at a time, while no restore runs,
 /// unless transparent huge pages are `never` on this system.
 fn collapse_noted() {
-    let never = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .is_ok_and(|s| s.contains("[never]"));
+    let never = huge_pages_never();
     let started = Instant::now();
     let (mut blocks, mut bytes) = (0usize, 0usize);
     while RESTORING.load(std::sync::atomic::Ordering::Relaxed) == 0 {
@@ -684,6 +688,11 @@ impl Shelf {
     /// Bytes kept.
     fn bytes(&self) -> usize {
         self.slots.iter().flatten().map(|k| k.layout.size()).sum()
+    }
+
+    /// True if some block is noted as on small pages.
+    fn any_small(&self) -> bool {
+        self.small.iter().any(Option::is_some)
     }
 }
 
@@ -1047,8 +1056,7 @@ mod tests {
         let size = 22 << 20;
         let l = Layout::from_size_align(size, 8).unwrap();
         let big = HugePageAlloc::huge(l).unwrap();
-        let never = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .is_ok_and(|s| s.contains("[never]"));
+        let never = huge_pages_never();
         let restoring = HugePageAlloc::restoring();
         // SAFETY (test): non-zero layouts; blocks are written and read within their size and
         // freed with their layout.
@@ -1080,9 +1088,7 @@ mod tests {
             // has them off) before it ends: checked as soon as it has, so that the kernel's
             // own slow scan (`khugepaged`) cannot be what did it.
             let deadline = Instant::now() + Duration::from_secs(60);
-            while RETAINED.with(|s| s.small.contains(&Some((p as usize, size))))
-                || COLLAPSING.load(Ordering::Acquire)
-            {
+            while noted(p) || COLLAPSING.load(Ordering::Acquire) {
                 assert!(
                     Instant::now() < deadline,
                     "the move did not end within 60 s"
