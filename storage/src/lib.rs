@@ -32,7 +32,7 @@ pub use metadata::{
     decode_metadata, encode_metadata, CheckpointMetadata, CheckpointStats, FileEntry,
     OperatorEntry, CHECKPOINT_FORMAT_VERSION, METADATA_FORMAT_VERSION, METADATA_MAGIC,
 };
-pub use mmap::{HugePageAlloc, HUGE_PAGE_MIN};
+pub use mmap::{prefetch, HugePageAlloc, HUGE_PAGE_MIN};
 pub use snapshot::{
     encode_snapshot, file_crc32, write_snapshot_buffered, write_snapshot_mmap,
     write_snapshot_mmap_reusing, Snapshot, SnapshotHeader, SnapshotInfo, SnapshotWriter,

@@ -1,4 +1,6 @@
-//! Writing and reading files through memory maps. All of the crate's `unsafe` code lives here.
+//! Writing and reading files through memory maps, the allocator for large state tables
+//! ([`HugePageAlloc`]) and a prefetch hint ([`prefetch`]). All of the crate's `unsafe` code
+//! lives here.
 //!
 //! Reading ([`read_file`]) maps a snapshot file read-only: a restore of gigabytes of state
 //! reads the page cache's pages in place instead of copying them into freshly zeroed memory.
@@ -310,6 +312,35 @@ fn fence_streaming() {
     unsafe {
         std::arch::x86_64::_mm_sfence();
     }
+}
+
+/// Asks the CPU to start loading every cache line `value` occupies (its own bytes, not what
+/// it points to), without waiting for them: a loop that looks up many entries of a large
+/// table, then reads them, lets their misses overlap (used by the snapshot writers' delta
+/// lookups, whose table entries straddle two cache lines). A hint only: it changes no value,
+/// and does nothing on other architectures.
+#[inline(always)]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = (value as *const T).cast::<i8>();
+        let size = std::mem::size_of::<T>();
+        // Every 64 bytes from the start, then the last byte: one address in each line.
+        let mut at = 0;
+        while at < size {
+            // SAFETY: `prefetch` reads nothing a program can observe and cannot fault, even on
+            // an invalid address; these are inside `value`, which is borrowed and alive.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(at)) };
+            at += 64;
+        }
+        if size > 0 {
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(size - 1)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 #[cfg(target_os = "linux")]
