@@ -276,6 +276,10 @@ fn run_reports_json_and_writes_the_rows() {
     assert_eq!(r["query"], "q2");
     assert_eq!(r["events"], 200_000);
     assert!(r["checkpoints"].as_u64().unwrap() >= 1);
+    // The CPU time is measured (getrusage), not left at zero.
+    let cpu = r["cpu_seconds"].as_f64().unwrap();
+    assert!(cpu > 0.0 && cpu < 600.0, "cpu_seconds {cpu}");
+    assert!(r["events_per_cpu_second"].as_f64().unwrap() > 0.0, "{r}");
     let lines = json_lines(&rows);
     assert_eq!(lines.len() as u64, r["rows_out"].as_u64().unwrap());
     assert!(!lines.is_empty());

@@ -159,18 +159,19 @@ pub struct RunReport {
     pub restore_seconds: Option<f64>,
 }
 
-/// CPU time (user + system) this process used so far.
+/// CPU time (user + system) this process used so far (zero if the system cannot say).
 pub fn process_cpu_time() -> Duration {
-    // SAFETY: `getrusage` writes one `rusage` into the zeroed struct we pass and reads
-    // nothing else.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: see above; RUSAGE_SELF is a valid `who`, `&mut u` a valid pointer.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    if rc != 0 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) else {
         return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::new(
+            t.tv_sec().max(0) as u64,
+            t.tv_usec().clamp(0, 999_999) as u32 * 1000,
+        )
+    };
+    tv(u.user_time()) + tv(u.system_time())
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> Option<f64> {
