@@ -171,12 +171,7 @@ impl<'o> Stream<'o> {
     /// Postcard's varint: 7 bits a byte, least significant first, the high bit set on every
     /// byte but the last.
     #[inline(always)]
-    fn varint(&mut self, v: u64) -> Result {
-        self.varint128(v as u128)
-    }
-
-    #[inline(always)]
-    fn varint128(&mut self, mut v: u128) -> Result {
+    fn varint(&mut self, mut v: u64) -> Result {
         self.room()?;
         let mut at = self.len;
         while v >= 0x80 {
@@ -187,6 +182,17 @@ impl<'o> Stream<'o> {
         self.buf[at] = v as u8;
         self.len = at + 1;
         Ok(())
+    }
+
+    /// [`Stream::varint`] of a `u128`: the groups above 64 bits one by one (what is left of
+    /// a varint after a group is the varint of what is left of the value), then a `u64`'s.
+    #[inline]
+    fn varint128(&mut self, mut v: u128) -> Result {
+        while v > u64::MAX as u128 {
+            self.byte(v as u8 | 0x80)?;
+            v >>= 7;
+        }
+        self.varint(v as u64)
     }
 
     /// Stages `bytes` (handing them on directly when they are at least a buffer).
