@@ -32,8 +32,8 @@ use serde::ser::{self, Serialize};
 /// Bytes staged before they are handed on: a fraction of a core's L2 cache.
 const STAGE: usize = if cfg!(test) { 64 } else { 256 << 10 };
 
-/// Room past [`STAGE`] for one primitive written without a check: the longest is a `u128`
-/// varint (19 bytes).
+/// Room past [`STAGE`] for one primitive written after a single check: the longest is a `u64`
+/// varint (10 bytes; a `u128` checks again for each group above 64 bits).
 const SLACK: usize = 32;
 
 /// Where a deferred section's bytes go, in order.
