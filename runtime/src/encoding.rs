@@ -215,7 +215,11 @@ impl<'o> Stream<'o> {
     #[inline]
     fn length(&mut self, len: Option<usize>) -> Result {
         let len = len.ok_or_else(|| {
-            EncodeError::Value("a sequence or map that does not know its length".into())
+            EncodeError::Value(
+                "a sequence or map that does not know its length (the format writes the \
+                 length first: its Serialize must give an exact size)"
+                    .into(),
+            )
         })?;
         self.varint(len as u64)
     }

@@ -162,16 +162,12 @@ pub struct RunReport {
 /// CPU time (user + system) this process used so far (zero if the system cannot say).
 pub fn process_cpu_time() -> Duration {
     use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
     let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) else {
         return Duration::ZERO;
     };
-    let tv = |t: nix::sys::time::TimeVal| {
-        Duration::new(
-            t.tv_sec().max(0) as u64,
-            t.tv_usec().clamp(0, 999_999) as u32 * 1000,
-        )
-    };
-    tv(u.user_time()) + tv(u.system_time())
+    let micros = u.user_time().num_microseconds() + u.system_time().num_microseconds();
+    Duration::from_micros(micros.max(0) as u64)
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> Option<f64> {
