@@ -6,7 +6,9 @@
 //! `cargo bench --bench nexmark` (also `scripts/nexmark.sh`). Environment:
 //! `WEIR_NEXMARK_EVENTS` (events per run, default 50 000 000), `WEIR_NEXMARK_QUERIES`
 //! (comma-separated, default all), `WEIR_NEXMARK_ROUNDS` (runs per query and mode, default 1;
-//! medians are reported), `WEIR_NEXMARK_RECOVERY=0` to skip the kill -9 runs.
+//! medians are reported), `WEIR_NEXMARK_RECOVERY=0` to skip the kill -9 runs,
+//! `WEIR_NEXMARK_LOCAL_CACHE` (`checkpoint.local_cache` of the runs with checkpoints, e.g.
+//! `0` or `512MiB`; default unlimited).
 //!
 //! Per-core throughput is events per CPU second of the whole process (workers, checkpoint
 //! writers, coordinator): what the reference reports as throughput divided by cores used.
@@ -72,6 +74,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+fn local_cache() -> Option<u64> {
+    std::env::var("WEIR_NEXMARK_LOCAL_CACHE").map_or(None, |v| {
+        weir::job::parse_local_cache(&v).unwrap_or_else(|e| panic!("WEIR_NEXMARK_LOCAL_CACHE: {e}"))
+    })
+}
+
 fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -87,6 +95,7 @@ fn run(query: &str, events: u64, interval: Option<Duration>, dir: &Path) -> RunR
         parallelism: w,
         checkpoint_interval: interval,
         checkpoint_dir: dir.to_path_buf(),
+        local_cache: local_cache(),
         output: None,
         restore: false,
     })

@@ -291,6 +291,7 @@ impl Live {
                     "requests": c.requests,
                     "files_referenced": c.files_referenced,
                     "bytes_referenced": c.bytes_referenced,
+                    "local_cached_bytes": c.local_cached_bytes,
                     "is_final": c.is_final,
                     "location": c.location,
                 })
@@ -450,6 +451,11 @@ impl Live {
                     "weir_last_checkpoint_requests",
                     "requests",
                     "Store requests of the newest completed checkpoint.",
+                ),
+                (
+                    "weir_local_cache_bytes",
+                    "local_cached_bytes",
+                    "Bytes of local snapshot copies kept in the page cache (checkpoint.local_cache bounds it), at the newest completed checkpoint.",
                 ),
             ] {
                 metric(name, "gauge", help, vec![(jl.clone(), f(&last[key]))]);

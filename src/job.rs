@@ -1620,6 +1620,7 @@ const CHECKPOINT_KEYS: &[&str] = &[
     "local_dir",
     "incremental",
     "max_delta_chain",
+    "local_cache",
 ];
 
 /// Flink's option names, as `(table, key, [checkpoint] key it sets)`.
@@ -1849,6 +1850,7 @@ fn checkpoint(top: &Tbl, dir: &Path) -> Res<Option<CheckpointConfig>> {
             "max_delta_chain" => {
                 config.max_delta_chain = to_usize(int(key, v, 1, i64::MAX, POSITIVE)?);
             }
+            "local_cache" => config.local_cache = local_cache(key, v)?,
             _ => {} // storage: done above
         }
     }
@@ -1962,14 +1964,41 @@ fn s3_options(v: &Val) -> Res<weir_storage::s3::S3Options> {
     Ok(o)
 }
 
-/// A size in bytes: an integer, or a string with a unit (`"16MiB"`, `"8 MB"`, `"1GiB"`).
-fn byte_size(key: &str, v: &Val) -> Res<u64> {
-    const WHAT: &str = "a size such as \"16MiB\" or a number of bytes";
-    let s = match v {
-        Val::Int(i) if *i > 0 => return Ok(to_u64(*i)),
-        Val::Str(s) => s.trim(),
-        other => return fail(key, format!("expected {WHAT}, found {}", describe(other))),
+/// `checkpoint.local_cache`: `"unlimited"` (no bound), `0`, or a size.
+fn local_cache(key: &str, v: &Val) -> Res<Option<u64>> {
+    let text = match v {
+        Val::Str(s) => s.clone(),
+        Val::Int(i) if *i >= 0 => i.to_string(),
+        other => {
+            return fail(
+                key,
+                format!("expected {CACHE_WHAT}, found {}", describe(other)),
+            )
+        }
     };
+    parse_local_cache(&text).or_else(|e| fail(key, e))
+}
+
+const CACHE_WHAT: &str = "\"unlimited\", 0 or a size such as \"2GiB\"";
+const SIZE_WHAT: &str = "a size such as \"16MiB\" or a number of bytes";
+
+/// A `local_cache` bound as written in a job file or on the command line: `"unlimited"`
+/// (`None`), `0`, or a size (`"512MiB"`, `"2GB"`, a number of bytes).
+pub fn parse_local_cache(s: &str) -> Result<Option<u64>, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    if s == "0" {
+        return Ok(Some(0));
+    }
+    size(s)
+        .map(Some)
+        .ok_or_else(|| format!("expected {CACHE_WHAT}, found {}", quote(s)))
+}
+
+/// A positive size: digits and an optional unit (`"16MiB"`, `"8 MB"`, `"1GiB"`, `"4096"`).
+fn size(s: &str) -> Option<u64> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -1980,12 +2009,30 @@ fn byte_size(key: &str, v: &Val) -> Res<u64> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        _ => return fail(key, format!("expected {WHAT}, found {}", quote(s))),
+        _ => return None,
     };
-    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
-        Some(n) if n > 0 => Ok(n),
-        _ => fail(key, format!("expected {WHAT}, found {}", quote(s))),
-    }
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+}
+
+/// A size in bytes: an integer, or a string with a unit (`"16MiB"`, `"8 MB"`, `"1GiB"`).
+fn byte_size(key: &str, v: &Val) -> Res<u64> {
+    let s = match v {
+        Val::Int(i) if *i > 0 => return Ok(to_u64(*i)),
+        Val::Str(s) => s.trim(),
+        other => {
+            return fail(
+                key,
+                format!("expected {SIZE_WHAT}, found {}", describe(other)),
+            )
+        }
+    };
+    size(s).map_or_else(
+        || fail(key, format!("expected {SIZE_WHAT}, found {}", quote(s))),
+        Ok,
+    )
 }
 
 /// A duration: Weir's syntax under `[checkpoint]`; Flink's forms (and a bare
@@ -3210,7 +3257,7 @@ storage = "/var/lib/weir/ck"
     #[test]
     fn checkpoint_full_table() {
         let text = format!(
-            "{MIN}[checkpoint]\ninterval = \"200ms\"\nmode = \"at-least-once\"\nmin_pause = \"1.5s\"\ntimeout = \"2m\"\nmax_concurrent = 2\ntolerable_failures = 5\nretained = 7\non_cancel = \"delete\"\nstorage = \"file:///var/lib/weir/checkpoints\"\nlocal_dir = \"/var/lib/weir/local\"\nincremental = false\nmax_delta_chain = 10\n[checkpoint.s3]\nendpoint = \"http://127.0.0.1:9100\"\nregion = \"eu-west-1\"\npath_style = true\naccess_key_id = \"AK\"\nsecret_access_key = \"SK\"\nchecksums = \"when_required\"\npart_size = \"8MiB\"\nconcurrency = 8\nmax_attempts = 3\n"
+            "{MIN}[checkpoint]\ninterval = \"200ms\"\nmode = \"at-least-once\"\nmin_pause = \"1.5s\"\ntimeout = \"2m\"\nmax_concurrent = 2\ntolerable_failures = 5\nretained = 7\non_cancel = \"delete\"\nstorage = \"file:///var/lib/weir/checkpoints\"\nlocal_dir = \"/var/lib/weir/local\"\nincremental = false\nmax_delta_chain = 10\nlocal_cache = \"512MiB\"\n[checkpoint.s3]\nendpoint = \"http://127.0.0.1:9100\"\nregion = \"eu-west-1\"\npath_style = true\naccess_key_id = \"AK\"\nsecret_access_key = \"SK\"\nchecksums = \"when_required\"\npart_size = \"8MiB\"\nconcurrency = 8\nmax_attempts = 3\n"
         );
         let job = parse_job(&text, Path::new("/srv/jobs/sums.toml"), &[]).unwrap();
         assert_eq!(
@@ -3228,6 +3275,7 @@ storage = "/var/lib/weir/ck"
                 local_dir: PathBuf::from("/var/lib/weir/local"),
                 incremental: false,
                 max_delta_chain: 10,
+                local_cache: Some(512 << 20),
                 store: weir_runtime::StoreOptions {
                     s3: weir_runtime::S3Options {
                         endpoint: Some("http://127.0.0.1:9100".into()),
@@ -3271,6 +3319,19 @@ storage = "/var/lib/weir/ck"
             None
         );
         assert_eq!(ck_top("execution = {}\nstate = {}\n").unwrap(), None);
+        let cache = |v: &str| {
+            ck(&format!(
+                "[checkpoint]\nstorage = \"file:///ck\"\nlocal_cache = {v}\n"
+            ))
+            .unwrap()
+            .unwrap()
+            .local_cache
+        };
+        assert_eq!(cache("\"unlimited\""), None);
+        assert_eq!(cache("0"), Some(0));
+        assert_eq!(cache("\"0\""), Some(0));
+        assert_eq!(cache("\"2GiB\""), Some(2 << 30));
+        assert_eq!(cache("4096"), Some(4096));
     }
 
     #[test]
@@ -3565,6 +3626,18 @@ storage = "/var/lib/weir/ck"
             "jobs/job.toml: checkpoint.max_delta_chain: expected a positive integer, found 0"
         );
         assert_eq!(
+            c("local_cache = true\n"),
+            "jobs/job.toml: checkpoint.local_cache: expected \"unlimited\", 0 or a size such as \"2GiB\", found boolean true"
+        );
+        assert_eq!(
+            c("local_cache = \"lots\"\n"),
+            "jobs/job.toml: checkpoint.local_cache: expected \"unlimited\", 0 or a size such as \"2GiB\", found \"lots\""
+        );
+        assert_eq!(
+            c("local_cache = -1\n"),
+            "jobs/job.toml: checkpoint.local_cache: expected \"unlimited\", 0 or a size such as \"2GiB\", found integer -1"
+        );
+        assert_eq!(
             c("local_dir = \"\"\n"),
             "jobs/job.toml: checkpoint.local_dir: expected a directory path (a non-empty string), found \"\""
         );
@@ -3597,7 +3670,7 @@ storage = "/var/lib/weir/ck"
         // Unknown keys and wrong table types.
         assert_eq!(
             c("intervall = \"1s\"\n"),
-            "jobs/job.toml: checkpoint.intervall: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain, s3"
+            "jobs/job.toml: checkpoint.intervall: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain, local_cache, s3"
         );
         assert_eq!(
             f("unaligned = true\n"),
@@ -3621,7 +3694,7 @@ storage = "/var/lib/weir/ck"
         );
         assert_eq!(
             ck_err("[checkpoint]\nstorage = \"/c\"\nexecution.checkpointing.interval = \"1s\"\n"),
-            "jobs/job.toml: checkpoint.execution: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain, s3"
+            "jobs/job.toml: checkpoint.execution: unknown key; expected one of: interval, mode, min_pause, timeout, max_concurrent, tolerable_failures, retained, on_cancel, storage, local_dir, incremental, max_delta_chain, local_cache, s3"
         );
         assert_eq!(
             ck_top_err("checkpoint = \"file:///c\"\n"),

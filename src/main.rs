@@ -89,6 +89,11 @@ enum NexmarkCommand {
         /// directory, removed afterwards).
         #[arg(long)]
         checkpoint_dir: Option<PathBuf>,
+        /// Bytes of local snapshot copies kept in the page cache (`checkpoint.local_cache`):
+        /// "unlimited" (the default), 0 or a size such as 512MiB.
+        #[arg(long, value_name = "SIZE", value_parser = local_cache_arg,
+              requires = "checkpoint_interval")]
+        local_cache: Option<LocalCache>,
         /// Write the query's rows to FILE as JSON lines (else they are dropped).
         #[arg(long)]
         output: Option<PathBuf>,
@@ -207,6 +212,7 @@ fn main() -> ExitCode {
                     events,
                     checkpoint_interval,
                     checkpoint_dir,
+                    local_cache,
                     output,
                     json,
                     restore_latest,
@@ -228,6 +234,7 @@ fn main() -> ExitCode {
                     parallelism: parallelism.map_or(workers, |p| p as usize),
                     checkpoint_interval,
                     checkpoint_dir: PathBuf::new(),
+                    local_cache: local_cache.and_then(|c| c.0),
                     output,
                     restore: restore_latest,
                 },
@@ -243,6 +250,14 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A parsed `--local-cache` (`None` inside: unlimited).
+#[derive(Debug, Clone, Copy)]
+struct LocalCache(Option<u64>);
+
+fn local_cache_arg(s: &str) -> Result<LocalCache, String> {
+    weir::job::parse_local_cache(s).map(LocalCache)
 }
 
 fn nexmark_generate(

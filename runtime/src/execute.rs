@@ -356,10 +356,10 @@ pub(crate) fn start(
     // Retired local copies that later snapshots overwrite instead of new files (see
     // `weir_storage::SpareFiles`): two per worker, so each write finds one in steady state.
     let spare = ckpt.as_ref().map(|c| {
-        Arc::new(weir_storage::SpareFiles::new(
-            c.local_dir.join(SPARE_DIR),
-            2 * workers,
-        ))
+        Arc::new(
+            weir_storage::SpareFiles::new(c.local_dir.join(SPARE_DIR), 2 * workers)
+                .with_cache_limit(c.cfg.local_cache),
+        )
     });
     let mut per_worker: Vec<Endpoints> = (0..workers).map(|_| Endpoints::default()).collect();
     let chain_of = |mut node: NodeId| {

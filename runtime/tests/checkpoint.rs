@@ -210,12 +210,75 @@ fn run_with(
     restore: bool,
     stage: Stage,
 ) -> Result<Option<u64>, JobError> {
-    let env = StreamEnv::new(config);
-    let mut cfg = CheckpointConfig::new(format!("file://{}", dir.join("store").display()));
-    cfg.interval = Duration::from_millis(50);
-    cfg.local_dir = dir.join("local");
-    cfg.mode = mode;
-    env.enable_checkpointing(cfg);
+    let run = Run {
+        config,
+        mode,
+        panic_at,
+        restore,
+        stage,
+        local_cache: None,
+    };
+    run.go(dir, ext).0
+}
+
+/// A run of the test job, and what of its checkpoint settings the tests vary.
+struct Run {
+    config: RuntimeConfig,
+    mode: CheckpointMode,
+    panic_at: Option<u64>,
+    restore: bool,
+    stage: Stage,
+    local_cache: Option<u64>,
+}
+
+impl Run {
+    /// Runs the job to its end: the checkpoint it restored or the error, and per completed
+    /// checkpoint the bytes of local copies left in the page cache.
+    fn go(
+        self,
+        dir: &std::path::Path,
+        ext: Arc<Mutex<External>>,
+    ) -> (Result<Option<u64>, JobError>, Vec<u64>) {
+        let Run {
+            config,
+            mode,
+            panic_at,
+            restore,
+            stage,
+            local_cache,
+        } = self;
+        let env = StreamEnv::new(config);
+        let mut cfg = CheckpointConfig::new(format!("file://{}", dir.join("store").display()));
+        cfg.interval = Duration::from_millis(50);
+        cfg.local_dir = dir.join("local");
+        cfg.mode = mode;
+        cfg.local_cache = local_cache;
+        env.enable_checkpointing(cfg);
+        build(&env, ext, panic_at, restore, stage);
+        let handle = match env.start("cp-test") {
+            Ok(h) => h,
+            Err(e) => return (Err(e), Vec::new()),
+        };
+        let monitor = handle.monitor();
+        let restored = handle.restored_from();
+        let end = handle.join().map(|_| restored);
+        let cached = monitor
+            .checkpoints()
+            .iter()
+            .map(|c| c.local_cached_bytes)
+            .collect();
+        (end, cached)
+    }
+}
+
+/// Sets up the test job's dataflow in `env`.
+fn build(
+    env: &StreamEnv,
+    ext: Arc<Mutex<External>>,
+    panic_at: Option<u64>,
+    restore: bool,
+    stage: Stage,
+) {
     if restore {
         env.restore_from(RestoreFrom::Latest);
     }
@@ -275,10 +338,6 @@ fn run_with(
             ext,
         })
     });
-    let handle = env.start("cp-test")?;
-    let restored = handle.restored_from();
-    handle.join()?;
-    Ok(restored)
 }
 
 fn reference() -> HashMap<u64, Vec<u64>> {
@@ -339,6 +398,49 @@ fn exactly_once_after_injected_panic() {
         ext.staged.keys()
     );
     assert_eq!(grouped(&ext.committed), reference());
+}
+
+/// With `local_cache = 0` no local copy stays counted in the page cache once durable, and
+/// the restore reads its local copy back from the disk: still exactly once. Unbounded, the
+/// local copies stay counted.
+#[test]
+fn local_copies_dropped_from_the_page_cache_restore_exactly_once() {
+    let d = tempfile::tempdir().unwrap();
+    let ext = Arc::new(Mutex::new(External::default()));
+    let run = |panic_at, restore| Run {
+        config: two_workers(),
+        mode: CheckpointMode::ExactlyOnce,
+        panic_at,
+        restore,
+        stage: running_sum,
+        local_cache: Some(0),
+    };
+    let (end, cached) = run(Some(N / 2), false).go(d.path(), ext.clone());
+    assert!(matches!(end, Err(JobError::Panic { .. })), "{end:?}");
+    assert!(
+        !cached.is_empty(),
+        "no checkpoint completed before the failure"
+    );
+    assert!(cached.iter().all(|&b| b == 0), "cached: {cached:?}");
+    let (end, cached) = run(None, true).go(d.path(), ext.clone());
+    assert!(end.unwrap().is_some(), "the second run must restore");
+    assert!(cached.iter().all(|&b| b == 0), "cached: {cached:?}");
+    let e = ext.lock().unwrap();
+    assert!(e.staged.is_empty(), "uncommitted: {:?}", e.staged.keys());
+    assert_eq!(grouped(&e.committed), reference());
+
+    let d = tempfile::tempdir().unwrap();
+    let ext = Arc::new(Mutex::new(External::default()));
+    let (end, cached) = Run {
+        local_cache: None,
+        ..run(None, false)
+    }
+    .go(d.path(), ext);
+    end.unwrap();
+    assert!(
+        cached.last().is_some_and(|&b| b > 0),
+        "unbounded, the local copies stay counted: {cached:?}"
+    );
 }
 
 /// Runs `stage` (whose output names each window once, with its sum) until a panic mid-stream,

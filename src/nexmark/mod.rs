@@ -125,6 +125,8 @@ pub struct RunOptions {
     pub checkpoint_interval: Option<Duration>,
     /// Checkpoint storage and local copies go under this directory.
     pub checkpoint_dir: PathBuf,
+    /// [`CheckpointConfig::local_cache`].
+    pub local_cache: Option<u64>,
     /// Rows as JSON lines to this file (else they are dropped).
     pub output: Option<PathBuf>,
     /// Restore the newest checkpoint under `checkpoint_dir` (after a crash); the generator
@@ -141,6 +143,8 @@ pub struct RunReport {
     pub parallelism: usize,
     /// Checkpoint interval in ms (absent: checkpoints off).
     pub checkpoint_interval_ms: Option<u64>,
+    /// `checkpoint.local_cache` in bytes (absent: unlimited, or checkpoints off).
+    pub local_cache_bytes: Option<u64>,
     pub wall_seconds: f64,
     /// CPU time of the whole process (user + system) during the job.
     pub cpu_seconds: f64,
@@ -206,6 +210,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         ));
         c.interval = interval;
         c.local_dir = opts.checkpoint_dir.join("local");
+        c.local_cache = opts.local_cache;
         c.on_cancel = crate::OnCancel::Delete;
         env.enable_checkpointing(c);
         if opts.restore {
@@ -255,6 +260,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         workers: opts.workers,
         parallelism: opts.parallelism,
         checkpoint_interval_ms: opts.checkpoint_interval.map(|d| d.as_millis() as u64),
+        local_cache_bytes: opts.checkpoint_interval.and(opts.local_cache),
         wall_seconds: wall,
         cpu_seconds: cpu,
         events_per_second: opts.events as f64 / wall,

@@ -969,6 +969,35 @@ unsafe impl std::alloc::GlobalAlloc for HugePageAlloc {
     }
 }
 
+/// How many pages of `path` are in the page cache (tests of the cache bound of `SpareFiles`).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn resident_pages(path: &Path) -> std::io::Result<usize> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(0);
+    }
+    // SAFETY: the tests map files they wrote, synced and closed; nothing changes them while
+    // this map is alive. Without `populate` mapping faults nothing in, so it does not change
+    // what it measures.
+    let map = unsafe { MmapOptions::new().map(&file) }?;
+    // One byte per page; 4 KiB is the smallest page size Linux has, so this is enough.
+    let mut resident = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: `map` is a live mapping of `len` bytes at a page-aligned address, and `resident`
+    // holds at least one byte per page of it, as mincore(2) requires.
+    let r = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            len,
+            resident.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(resident.iter().filter(|&&b| b & 1 == 1).count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,4 @@
-//! Spare snapshot files: local copies of retired checkpoints, kept to be overwritten by a later
-//! snapshot instead of deleted.
+//! Spare snapshot files and the page cache of local copies.
 //!
 //! Writing a snapshot into a new file through a memory map makes the kernel find a fresh page
 //! of page cache for every 4 KiB, zero it (the file's blocks are holes or unwritten extents)
@@ -14,21 +13,128 @@
 //! store links the local copy) is deleted instead. The directory holds at most `max` files;
 //! the rest are deleted. A crash leaves at worst some spare files behind, which a later run
 //! reuses or a `delete` on cancel removes with the local directory.
+//!
+//! **The cache bound.** The local copies a job keeps (for local recovery) stay in the page
+//! cache: as much memory again as the state they hold, and for a growing state that memory
+//! is new every checkpoint. With a bound ([`SpareFiles::with_cache_limit`]), the files a
+//! snapshot writer hands to [`SpareFiles::admit`] once they are durable are counted, and when
+//! their bytes pass the bound the oldest files' pages are dropped
+//! (`posix_fadvise(POSIX_FADV_DONTNEED)`), newest kept. Their bytes stay on disk: a restore
+//! reads them from there, slower than from memory. A file whose pages were dropped is deleted
+//! when retired, never kept as spare: overwriting it through a map would read every page back
+//! from disk first.
 
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 
+use parking_lot::Mutex;
+
 /// A directory of spare snapshot files, shared by a job's retention (which adds) and snapshot
-/// writers (which take).
+/// writers (which take); it also bounds the page cache of the local copies they write.
 #[derive(Debug)]
 pub struct SpareFiles {
     dir: PathBuf,
     max: usize,
+    cache: Mutex<Cache>,
+}
+
+/// The local copies counted against the bound.
+#[derive(Debug, Default)]
+struct Cache {
+    /// `None`: unbounded.
+    limit: Option<u64>,
+    /// Admitted files whose pages are kept, oldest first, with their lengths.
+    files: VecDeque<(PathBuf, u64)>,
+    /// Sum of the lengths in `files`.
+    bytes: u64,
+    /// Files whose pages were dropped and that still exist (as far as this knows).
+    dropped: HashSet<PathBuf>,
+    /// Bytes whose pages were dropped since the start.
+    dropped_bytes: u64,
 }
 
 impl SpareFiles {
-    /// Spare files kept in `dir` (created when the first one arrives), at most `max` of them.
+    /// Spare files kept in `dir` (created when the first one arrives), at most `max` of them;
+    /// the page cache of local copies is not bounded.
     pub fn new(dir: PathBuf, max: usize) -> Self {
-        SpareFiles { dir, max }
+        SpareFiles {
+            dir,
+            max,
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    /// Bounds the bytes of admitted local copies whose pages are kept in the page cache
+    /// (`None`: no bound; `Some(0)`: every file's pages are dropped once it is durable).
+    pub fn with_cache_limit(self, limit: Option<u64>) -> Self {
+        self.cache.lock().limit = limit;
+        self
+    }
+
+    /// Counts `path`, a local copy of `bytes` bytes that is durable (fsync'd and uploaded: only
+    /// a restore reads it again), as cached; then, over the bound, drops the pages of the
+    /// oldest files, this one last. A file that cannot be advised stays counted as dropped
+    /// (its pages are then left to the kernel), with a warning.
+    pub fn admit(&self, path: &Path, bytes: u64) {
+        let victims = {
+            let mut c = self.cache.lock();
+            c.files.push_back((path.to_path_buf(), bytes));
+            c.bytes += bytes;
+            let mut victims = Vec::new();
+            while c.limit.is_some_and(|l| c.bytes > l) {
+                let Some((p, b)) = c.files.pop_front() else {
+                    break;
+                };
+                c.bytes -= b;
+                c.dropped_bytes += b;
+                c.dropped.insert(p.clone());
+                victims.push((p, b));
+            }
+            victims
+        };
+        for (p, b) in victims {
+            match drop_pages(&p) {
+                Ok(()) => {
+                    tracing::debug!(path = %p.display(), bytes = b, "dropped the page cache of a local copy")
+                }
+                // Deleted meanwhile (retention): nothing to drop.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    path = %p.display(),
+                    error = %e,
+                    "cannot drop the page cache of a local copy; the kernel evicts it when it needs the memory"
+                ),
+            }
+        }
+    }
+
+    /// Bytes of admitted local copies whose pages are kept.
+    pub fn cached_bytes(&self) -> u64 {
+        self.cache.lock().bytes
+    }
+
+    /// Bytes of local copies whose pages the bound dropped since the start.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.cache.lock().dropped_bytes
+    }
+
+    /// Deletes `path`, a local copy that nothing needs any more (not kept as spare).
+    pub fn discard(&self, path: &Path) -> std::io::Result<()> {
+        self.forget(path);
+        std::fs::remove_file(path)
+    }
+
+    /// Takes `path` out of the count; true unless the bound dropped its pages.
+    fn forget(&self, path: &Path) -> bool {
+        let mut c = self.cache.lock();
+        if c.dropped.remove(path) {
+            return false;
+        }
+        if let Some(i) = c.files.iter().position(|(p, _)| p == path) {
+            let (_, b) = c.files.remove(i).expect("position is in range");
+            c.bytes -= b;
+        }
+        true
     }
 
     /// The directory the spare files live in.
@@ -37,10 +143,11 @@ impl SpareFiles {
     }
 
     /// Hands over `path`, a local snapshot file that no checkpoint needs any more: moved into
-    /// the spare directory when it has no other hard link and there is room, deleted
-    /// otherwise. Returns whether it was kept.
+    /// the spare directory when its pages are cached (the bound did not drop them), it has no
+    /// other hard link and there is room; deleted otherwise. Returns whether it was kept.
     pub fn retire(&self, path: &Path) -> std::io::Result<bool> {
-        if self.has_room() && single_link(path)? {
+        let cached = self.forget(path);
+        if cached && self.has_room() && single_link(path)? {
             let name = spare_name(path);
             std::fs::create_dir_all(&self.dir)?;
             if std::fs::rename(path, self.dir.join(name)).is_ok() {
@@ -92,6 +199,22 @@ fn spare_name(path: &Path) -> String {
         (None, Some(f)) => f,
         _ => "spare".to_string(),
     }
+}
+
+/// Asks the kernel to drop the (clean) cached pages of `path`.
+#[cfg(target_os = "linux")]
+fn drop_pages(path: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    let file = std::fs::File::open(path)?;
+    // Offset 0, length 0: the whole file.
+    posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+        .map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_pages(_path: &Path) -> std::io::Result<()> {
+    // No portable way: the pages are left to the kernel's eviction.
+    Ok(())
 }
 
 #[cfg(unix)]

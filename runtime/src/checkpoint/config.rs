@@ -57,6 +57,13 @@ pub struct CheckpointConfig {
     /// half this length). Bounds restore work and the files a checkpoint references.
     /// Default 64.
     pub max_delta_chain: usize,
+    /// Bytes of local copies (the snapshot files under `local_dir` this run wrote) whose pages
+    /// stay in the page cache once they are durable; past it, the oldest files' pages are
+    /// dropped (their bytes stay on disk, so local recovery reads them from the disk instead
+    /// of memory). `None`: no bound, the kernel evicts them when it needs the memory.
+    /// Default `None`. A bound saves the memory (and, for a growing state, the cost of fresh
+    /// memory every checkpoint) that a second copy of the state in the page cache takes.
+    pub local_cache: Option<u64>,
     /// Settings of remote storage (`s3://`); unset ones come from the environment.
     pub store: weir_storage::StoreOptions,
 }
@@ -77,6 +84,7 @@ impl CheckpointConfig {
             local_dir: std::env::temp_dir().join("weir").join("local"),
             incremental: true,
             max_delta_chain: 64,
+            local_cache: None,
             store: weir_storage::StoreOptions::default(),
         }
     }

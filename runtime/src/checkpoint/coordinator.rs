@@ -44,6 +44,9 @@ pub struct CompletedCheckpoint {
     pub files_referenced: u64,
     /// Bytes of those files.
     pub bytes_referenced: u64,
+    /// Bytes of this run's local copies kept in the page cache once this checkpoint completed
+    /// (what [`crate::CheckpointConfig::local_cache`] bounds).
+    pub local_cached_bytes: u64,
     /// The final checkpoint of a bounded job.
     pub is_final: bool,
     /// Where it is stored.
@@ -343,6 +346,7 @@ fn execute(
                 requests: acks.iter().map(|a| a.uploaded.requests).sum::<u64>() + 1,
                 files_referenced: referenced.len() as u64,
                 bytes_referenced: referenced.iter().map(|f| f.bytes).sum(),
+                local_cached_bytes: s.spare.as_ref().map_or(0, |c| c.cached_bytes()),
                 is_final,
                 location: s.store.location(id),
             };
@@ -408,6 +412,7 @@ fn execute(
                 requests = stats.requests,
                 files_referenced = stats.files_referenced,
                 bytes_referenced = stats.bytes_referenced,
+                local_cached_bytes = stats.local_cached_bytes,
                 is_final,
                 "checkpoint completed"
             );
@@ -528,7 +533,8 @@ impl Retainer {
             .collect();
         for id in local_checkpoints(&self.local_dir) {
             if id < newest && !retained.contains(&id) && ids.binary_search(&id).is_err() {
-                prune_local(&self.local_dir.join(format!("chk-{id}")), &kept(id), None);
+                let dir = self.local_dir.join(format!("chk-{id}"));
+                prune_local(&dir, &kept(id), self.spare.as_deref(), false);
             }
         }
         for id in weir_storage::retention_plan(&complete_ids, &incomplete, self.retained) {
@@ -548,11 +554,9 @@ impl Retainer {
             };
             // The files of a checkpoint of this run that completed (its uploads are over), once
             // gone from the store, are read by nothing any more.
-            let spare = self
-                .spare
-                .as_deref()
-                .filter(|_| deleted && id >= self.first_id && self.ever_complete.contains(&id));
-            prune_local(&self.local_dir.join(format!("chk-{id}")), &kept, spare);
+            let reuse = deleted && id >= self.first_id && self.ever_complete.contains(&id);
+            let dir = self.local_dir.join(format!("chk-{id}"));
+            prune_local(&dir, &kept, self.spare.as_deref(), reuse);
         }
     }
 }
@@ -574,9 +578,10 @@ fn local_checkpoints(local_dir: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// Removes a local checkpoint copy except the files named in `keep`; with `spare`, the files
-/// go there (or are deleted when it has no room).
-fn prune_local(dir: &Path, keep: &[&str], spare: Option<&weir_storage::SpareFiles>) {
+/// Removes a local checkpoint copy except the files named in `keep`; with `reuse`, its files
+/// are retired to `spare` (which deletes those it has no room for), else deleted (and taken out
+/// of `spare`'s page-cache count).
+fn prune_local(dir: &Path, keep: &[&str], spare: Option<&weir_storage::SpareFiles>, reuse: bool) {
     let result = std::fs::read_dir(dir).and_then(|entries| {
         for e in entries {
             let e = e?;
@@ -585,9 +590,10 @@ fn prune_local(dir: &Path, keep: &[&str], spare: Option<&weir_storage::SpareFile
             }
             let kind = e.file_type()?;
             match spare {
-                Some(s) if kind.is_file() => {
+                Some(s) if kind.is_file() && reuse => {
                     s.retire(&e.path())?;
                 }
+                Some(s) if kind.is_file() => s.discard(&e.path())?,
                 _ if kind.is_dir() => std::fs::remove_dir_all(e.path())?,
                 _ => std::fs::remove_file(e.path())?,
             }

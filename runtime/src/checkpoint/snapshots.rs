@@ -153,7 +153,8 @@ impl WorkerCheckpoints {
 pub(crate) struct WriterSetup {
     pub(crate) worker: usize,
     pub(crate) local_dir: PathBuf,
-    /// Retired local copies to overwrite instead of creating new files.
+    /// Retired local copies to overwrite instead of creating new files; bounds the page cache
+    /// of the local copies written.
     pub(crate) spare: Option<Arc<weir_storage::SpareFiles>>,
     pub(crate) store: Arc<dyn CheckpointStore>,
     pub(crate) events: Sender<ToCoordinator>,
@@ -212,6 +213,10 @@ fn write_one(setup: &WriterSetup, job: SnapshotJob, last_len: &mut u64) -> Resul
         .store
         .put_file(job.id, &name, &path)
         .map_err(|e| e.to_string())?;
+    // Durable in the store: only a restore reads the local copy again.
+    if let Some(spare) = &setup.spare {
+        spare.admit(&path, info.bytes);
+    }
     Ok(Ack {
         worker: setup.worker,
         file: name,
