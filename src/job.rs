@@ -1966,17 +1966,14 @@ fn s3_options(v: &Val) -> Res<weir_storage::s3::S3Options> {
 
 /// `checkpoint.local_cache`: `"unlimited"` (no bound), `0`, or a size.
 fn local_cache(key: &str, v: &Val) -> Res<Option<u64>> {
-    let text = match v {
-        Val::Str(s) => s.clone(),
-        Val::Int(i) if *i >= 0 => i.to_string(),
-        other => {
-            return fail(
-                key,
-                format!("expected {CACHE_WHAT}, found {}", describe(other)),
-            )
-        }
-    };
-    parse_local_cache(&text).or_else(|e| fail(key, e))
+    match v {
+        Val::Str(s) => parse_local_cache(s).or_else(|e| fail(key, e)),
+        Val::Int(i) if *i >= 0 => Ok(Some(to_u64(*i))),
+        other => fail(
+            key,
+            format!("expected {CACHE_WHAT}, found {}", describe(other)),
+        ),
+    }
 }
 
 const CACHE_WHAT: &str = "\"unlimited\", 0 or a size such as \"2GiB\"";

@@ -35,14 +35,14 @@ use parking_lot::Mutex;
 pub struct SpareFiles {
     dir: PathBuf,
     max: usize,
+    /// Bound on the bytes in `cache.files`; `None`: unbounded.
+    cache_limit: Option<u64>,
     cache: Mutex<Cache>,
 }
 
 /// The local copies counted against the bound.
 #[derive(Debug, Default)]
 struct Cache {
-    /// `None`: unbounded.
-    limit: Option<u64>,
     /// Admitted files whose pages are kept, oldest first, with their lengths.
     files: VecDeque<(PathBuf, u64)>,
     /// Sum of the lengths in `files`.
@@ -60,6 +60,7 @@ impl SpareFiles {
         SpareFiles {
             dir,
             max,
+            cache_limit: None,
             cache: Mutex::new(Cache::default()),
         }
     }
@@ -67,8 +68,10 @@ impl SpareFiles {
     /// Bounds the bytes of admitted local copies whose pages are kept in the page cache
     /// (`None`: no bound; `Some(0)`: every file's pages are dropped once it is durable).
     pub fn with_cache_limit(self, limit: Option<u64>) -> Self {
-        self.cache.lock().limit = limit;
-        self
+        SpareFiles {
+            cache_limit: limit,
+            ..self
+        }
     }
 
     /// Counts `path`, a local copy of `bytes` bytes that is durable (fsync'd and uploaded: only
@@ -81,7 +84,7 @@ impl SpareFiles {
             c.files.push_back((path.to_path_buf(), bytes));
             c.bytes += bytes;
             let mut victims = Vec::new();
-            while c.limit.is_some_and(|l| c.bytes > l) {
+            while self.cache_limit.is_some_and(|l| c.bytes > l) {
                 let Some((p, b)) = c.files.pop_front() else {
                     break;
                 };
