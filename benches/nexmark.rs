@@ -93,6 +93,7 @@ fn run(query: &str, events: u64, interval: Option<Duration>, dir: &Path) -> RunR
         generator: GeneratorConfig::default(),
         workers: w,
         parallelism: w,
+        io_cores: 0,
         checkpoint_interval: interval,
         checkpoint_dir: dir.to_path_buf(),
         local_cache: local_cache(),

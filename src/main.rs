@@ -103,9 +103,12 @@ enum NexmarkCommand {
         /// Resume from the newest checkpoint under --checkpoint-dir (after a crash).
         #[arg(long, requires_all = ["checkpoint_dir", "checkpoint_interval"])]
         restore_latest: bool,
-        /// Worker threads (default: the number of cores).
+        /// Worker threads (default: the cores not reserved by --io-cores).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
         workers: Option<u32>,
+        /// Cores reserved for the snapshot writers (`io_cores`); the workers run on the others.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=4095))]
+        io_cores: u32,
         /// Parallelism of every operator (default: the number of workers).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=32768))]
         parallelism: Option<u32>,
@@ -217,12 +220,17 @@ fn main() -> ExitCode {
                     json,
                     restore_latest,
                     workers,
+                    io_cores,
                     parallelism,
                     generator,
                 },
         } => {
+            let io_cores = io_cores as usize;
             let workers = workers.map_or_else(
-                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                || {
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    cores.saturating_sub(io_cores).max(1)
+                },
                 |w| w as usize,
             );
             nexmark_run(
@@ -232,6 +240,7 @@ fn main() -> ExitCode {
                     generator: generator.config(),
                     workers,
                     parallelism: parallelism.map_or(workers, |p| p as usize),
+                    io_cores,
                     checkpoint_interval,
                     checkpoint_dir: PathBuf::new(),
                     local_cache: local_cache.and_then(|c| c.0),

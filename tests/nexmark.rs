@@ -307,3 +307,37 @@ fn bad_arguments_are_refused_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a positive number"));
 }
+
+/// `--io-cores N` reserves cores for the snapshot writers: the workers default to the other
+/// cores, the report says so, and reserving every core is refused with the setting's name.
+#[test]
+fn io_cores_reserve_cores_for_the_snapshot_writers() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = |io: usize| {
+        weir()
+            .args(["nexmark", "run", "--query", "q18", "--events", "200000"])
+            .args(["--checkpoint-interval", "50ms", "--json"])
+            .args(["--io-cores", &io.to_string()])
+            .output()
+            .unwrap()
+    };
+    if cores >= 2 {
+        let out = run(1);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["io_cores"], 1, "{r}");
+        assert_eq!(r["workers"].as_u64(), Some(cores as u64 - 1), "{r}");
+        assert!(r["checkpoints"].as_u64().unwrap() >= 1, "{r}");
+    }
+    let out = run(cores);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("io_cores") && err.contains("every one of"),
+        "{err}"
+    );
+}

@@ -121,6 +121,9 @@ pub struct RunOptions {
     /// Worker threads (one per core).
     pub workers: usize,
     pub parallelism: usize,
+    /// Cores reserved for the snapshot writers ([`RuntimeConfig::io_cores`]); the workers
+    /// run on the others.
+    pub io_cores: usize,
     /// `None`: no checkpoints.
     pub checkpoint_interval: Option<Duration>,
     /// Checkpoint storage and local copies go under this directory.
@@ -141,6 +144,8 @@ pub struct RunReport {
     pub events: u64,
     pub workers: usize,
     pub parallelism: usize,
+    /// Cores reserved for the snapshot writers.
+    pub io_cores: usize,
     /// Checkpoint interval in ms (absent: checkpoints off).
     pub checkpoint_interval_ms: Option<u64>,
     /// `checkpoint.local_cache` in bytes (absent: unlimited, or checkpoints off).
@@ -201,6 +206,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
     let env = StreamEnv::new(RuntimeConfig {
         workers: opts.workers,
         parallelism: opts.parallelism,
+        io_cores: opts.io_cores,
         ..Default::default()
     });
     if let Some(interval) = opts.checkpoint_interval {
@@ -259,6 +265,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         events: opts.events,
         workers: opts.workers,
         parallelism: opts.parallelism,
+        io_cores: opts.io_cores,
         checkpoint_interval_ms: opts.checkpoint_interval.map(|d| d.as_millis() as u64),
         local_cache_bytes: opts.checkpoint_interval.and(opts.local_cache),
         wall_seconds: wall,

@@ -125,7 +125,8 @@ type Overlay<K, V> = FxHashMap<K, Option<Entry<V>>>;
 
 /// The keys of a group written since the last capture, in the order they were first written
 /// in this epoch: a log, not a set. Entry stamps keep a key from being logged twice while its
-/// entry lives, so a key repeats only when it was removed and inserted again within one epoch
+/// entry lives, and `Group::removed` while it is taken out and put back, so a key repeats only
+/// when it was removed and inserted again within one epoch with another key removed between
 /// (or while a checkpoint encodes its group: writes to the overlay do not look at stamps); a
 /// delta then lists it twice with the same value, which a restore applies idempotently. (A
 /// set cost every insert of a new key a probe and an insert into a second hash table: 4.5% of
@@ -201,6 +202,13 @@ struct Group<K, V> {
     /// Keys written since the last capture (when incremental tracking is on). Invariant: an
     /// entry stamped with the current epoch has its key here (or `overflow` is set).
     dirty: Dirty<K>,
+    /// The key last removed from the owned map while changes were tracked, and the epoch it
+    /// was removed in: that key is in `dirty` for that epoch (or `dirty` overflowed), so
+    /// inserting it again within the epoch need not log it twice. Code that takes a value
+    /// out and puts it back (`ValueState::clear`, change, `set`) would otherwise push every
+    /// write onto the log, not every key. Epochs only grow, and the log is replaced exactly
+    /// when the epoch changes (`snapshot`), so a stale entry never matches.
+    removed: Option<(K, u64)>,
     /// How the newest completed checkpoint stores this group (empty: none does).
     committed: Chain,
     /// Captures of checkpoints that may still complete, oldest first.
@@ -242,6 +250,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
             slot: Slot::Owned(map),
             overlay: FxHashMap::default(),
             dirty: Dirty::default(),
+            removed: None,
             committed: Chain::default(),
             pending: Vec::new(),
         }
@@ -287,6 +296,12 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         (len, &mut self.slot, &mut self.overlay, &mut self.dirty)
     }
 
+    /// True if `k` was removed in epoch `track` and is therefore already logged in it.
+    #[inline]
+    fn logged_on_removal(removed: &Option<(K, u64)>, k: &K, track: Option<u64>) -> bool {
+        matches!((removed, track), (Some((rk, re)), Some(e)) if *re == e && rk == k)
+    }
+
     #[inline]
     fn get_mut(&mut self, k: &K, track: Option<u64>) -> Option<&mut V> {
         let (len, slot, overlay, dirty) = self.parts();
@@ -310,7 +325,13 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
 
     #[inline]
     fn insert(&mut self, k: K, v: V, track: Option<u64>) {
-        let (len, slot, overlay, dirty) = self.parts();
+        let len = self.map().len();
+        let (slot, overlay, dirty, removed) = (
+            &mut self.slot,
+            &mut self.overlay,
+            &mut self.dirty,
+            &self.removed,
+        );
         match owned(slot, overlay) {
             Some(map) => match map.entry(k) {
                 std::collections::hash_map::Entry::Occupied(mut o) => {
@@ -320,7 +341,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
                     o.get_mut().value = v;
                 }
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    if track.is_some() {
+                    if track.is_some() && !Self::logged_on_removal(removed, slot.key(), track) {
                         dirty.record(slot.key(), len);
                     }
                     slot.insert(Entry::new(v, track));
@@ -341,9 +362,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
     fn remove(&mut self, k: &K, track: Option<u64>) -> Option<V> {
         let (len, slot, overlay, dirty) = self.parts();
         if let Some(map) = owned(slot, overlay) {
-            let mut e = map.remove(k)?;
+            let (key, mut e) = map.remove_entry(k)?;
             if e.restamp(track) {
-                dirty.record(k, len);
+                dirty.record(&key, len);
+            }
+            // The key is logged in this epoch now; the removed key is kept (no clone) to
+            // recognise it when it is inserted again.
+            if let Some(epoch) = track {
+                self.removed = Some((key, epoch));
             }
             return Some(e.value);
         }
@@ -1582,11 +1608,9 @@ mod tests {
         assert!(e.contains("no checkpoint 1"), "{e}");
     }
 
-    /// A key removed and inserted again between two checkpoints is logged twice: its delta
-    /// lists it twice with its one value, and a restore ends with that value. Logs of captures
-    /// that can no longer complete are merged without repeats.
-    #[test]
-    fn a_key_written_again_after_its_removal_is_restored_with_its_last_value() {
+    /// One key group holding keys 0..100 (value = key), written in full by checkpoint 1,
+    /// which completed; and that checkpoint's bytes.
+    fn one_group_committed() -> (KeyGroups<u64, u64>, Vec<u8>) {
         let inc = inc(64, 1);
         let mut t: KeyGroups<u64, u64> = KeyGroups::new(0..1, inc.clone());
         for k in 0..100u64 {
@@ -1594,16 +1618,26 @@ mod tests {
         }
         let full = run(t.snapshot(1).encode);
         inc.as_ref().unwrap().completed.store(1, Ordering::Release);
+        (t, full)
+    }
+
+    /// A key removed and inserted again between two checkpoints, with another key removed in
+    /// between, is logged twice: its delta lists it twice with its one value, and a restore
+    /// ends with that value. Logs of captures that can no longer complete are merged without
+    /// repeats.
+    #[test]
+    fn a_key_written_again_after_its_removal_is_restored_with_its_last_value() {
+        let (mut t, full) = one_group_committed();
         t.insert(0, 7, 70);
         t.remove(0, &7);
-        t.insert(0, 7, 700);
         t.remove(0, &8);
-        assert_eq!(t.groups[0].dirty.keys, vec![7, 7, 8]);
+        t.insert(0, 7, 700);
+        assert_eq!(t.groups[0].dirty.keys, vec![7, 8, 7]);
         let s2 = t.snapshot(2);
         let delta = run(s2.encode);
         let own = decode_table(&delta, &(0..1)).unwrap();
         let entries: Vec<(u64, Option<u64>)> = postcard::from_bytes(own[0].part).unwrap();
-        assert_eq!(entries, vec![(7, Some(700)), (7, Some(700)), (8, None)]);
+        assert_eq!(entries, vec![(7, Some(700)), (8, None), (7, Some(700))]);
         let files = HashMap::from([(1u64, full)]);
         let earlier = |id: u64| {
             files
@@ -1625,18 +1659,43 @@ mod tests {
         assert_eq!(merged, vec![7, 8]);
     }
 
+    /// Taking a key's value out and putting it back (`ValueState::clear`, change, `set`) logs
+    /// the key once per epoch, however often it is done; the next epoch logs it again, and
+    /// the delta holds its last value.
+    #[test]
+    fn a_value_taken_out_and_put_back_is_logged_once_per_epoch() {
+        let (mut t, _) = one_group_committed();
+        for i in 0..50 {
+            let v = t.remove(0, &5).unwrap();
+            t.insert(0, 5, v + i);
+        }
+        // A key never there before: logged on insert, not again after remove + insert.
+        t.insert(0, 500, 1);
+        let v = t.remove(0, &500).unwrap();
+        t.insert(0, 500, v + 1);
+        assert_eq!(t.remove(0, &500), Some(2));
+        assert_eq!(t.groups[0].dirty.keys, vec![5, 500]);
+        let own_delta = run(t.snapshot(2).encode);
+        let own = decode_table(&own_delta, &(0..1)).unwrap();
+        let entries: Vec<(u64, Option<u64>)> = postcard::from_bytes(own[0].part).unwrap();
+        assert_eq!(
+            entries,
+            vec![(5, Some(5 + (0..50).sum::<u64>())), (500, None)]
+        );
+        // The next epoch: key 500, removed in the last one, is logged when inserted again
+        // (the memo of its removal is stale), and the pattern logs key 5 once more.
+        t.insert(0, 500, 3);
+        let v = t.remove(0, &5).unwrap();
+        t.insert(0, 5, v);
+        assert_eq!(t.groups[0].dirty.keys, vec![500, 5]);
+    }
+
     /// A key taken out and put back many times within one epoch (a list drained and refilled)
     /// keeps its group's log short and the group a delta: repeats are removed as the log
     /// grows, and only distinct keys count toward the overflow bound.
     #[test]
     fn a_key_rewritten_many_times_within_an_epoch_stays_one_delta_entry() {
-        let inc = inc(64, 1);
-        let mut t: KeyGroups<u64, u64> = KeyGroups::new(0..1, inc.clone());
-        for k in 0..100u64 {
-            t.insert(0, k, k);
-        }
-        let _ = run(t.snapshot(1).encode);
-        inc.as_ref().unwrap().completed.store(1, Ordering::Release);
+        let (mut t, _) = one_group_committed();
         for i in 0..10 * DIRTY_MIN as u64 {
             let v = t.remove(0, &5).unwrap();
             t.insert(0, 5, v + i);
