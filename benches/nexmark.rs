@@ -12,6 +12,8 @@
 //!
 //! Per-core throughput is events per CPU second of the whole process (workers, checkpoint
 //! writers, coordinator): what the reference reports as throughput divided by cores used.
+//! Each run is a `weir nexmark run --json` process of its own; every other round runs the
+//! modes in reverse order.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use plotters::prelude::*;
 use serde_json::{json, Value};
 use weir::nexmark::queries::QUERIES;
-use weir::nexmark::{GeneratorConfig, RunOptions, RunReport};
+use weir::nexmark::RunReport;
 
 mod common;
 use common::median;
@@ -74,9 +76,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn local_cache() -> Option<u64> {
-    std::env::var("WEIR_NEXMARK_LOCAL_CACHE").map_or(None, |v| {
-        weir::job::parse_local_cache(&v).unwrap_or_else(|e| panic!("WEIR_NEXMARK_LOCAL_CACHE: {e}"))
+/// `--local-cache` for the runs with checkpoints, from `WEIR_NEXMARK_LOCAL_CACHE` (checked
+/// here, so that a bad value stops the suite at once).
+fn local_cache() -> Option<String> {
+    std::env::var("WEIR_NEXMARK_LOCAL_CACHE").ok().inspect(|v| {
+        if let Err(e) = weir::job::parse_local_cache(v) {
+            panic!("WEIR_NEXMARK_LOCAL_CACHE: {e}")
+        }
     })
 }
 
@@ -84,25 +90,30 @@ fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Runs one query in a `weir nexmark run --json` process of its own: every run measures the
+/// shipped binary (its allocator included) and starts from a fresh process, not from the
+/// heap and threads an earlier run left behind.
 fn run(query: &str, events: u64, interval: Option<Duration>, dir: &Path) -> RunReport {
     let _ = std::fs::remove_dir_all(dir);
-    let w = workers();
-    let r = weir::nexmark::run(&RunOptions {
-        query: query.to_string(),
-        events,
-        generator: GeneratorConfig::default(),
-        workers: w,
-        parallelism: w,
-        io_cores: 0,
-        checkpoint_interval: interval,
-        checkpoint_dir: dir.to_path_buf(),
-        local_cache: local_cache(),
-        output: None,
-        restore: false,
-    })
-    .unwrap_or_else(|e| panic!("{query}: {e}"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["nexmark", "run", "--query", query, "--json"])
+        .args(["--events", &events.to_string()])
+        .arg("--checkpoint-dir")
+        .arg(dir);
+    if let Some(i) = interval {
+        cmd.args(["--checkpoint-interval", &format!("{}ms", i.as_millis())]);
+        if let Some(c) = local_cache() {
+            cmd.args(["--local-cache", &c]);
+        }
+    }
+    let out = cmd.output().expect("start weir");
+    assert!(
+        out.status.success(),
+        "{query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(dir);
-    r
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{query}: --json output: {e}"))
 }
 
 struct QueryResult {
@@ -127,6 +138,13 @@ impl QueryResult {
             .iter()
             .filter(move |(m, _)| *m == mode)
             .flat_map(|(_, r)| r.iter())
+    }
+    /// Per round: events per CPU second in mode `a` divided by that in mode `b`.
+    fn round_ratios(&self, a: &str, b: &str) -> Vec<f64> {
+        self.reports(a)
+            .zip(self.reports(b))
+            .map(|(x, y)| x.events_per_cpu_second / y.events_per_cpu_second)
+            .collect()
     }
     fn checkpoint_ms(&self, mode: &str, p99: bool) -> Option<f64> {
         let v: Vec<f64> = self
@@ -226,8 +244,10 @@ fn markdown(results: &[QueryResult], recoveries: &[Recovery], events: u64) -> St
          {events} events per run at 10M events/s of event time (the reference's setting), \
          {w} workers and parallelism {w} on {w} cores; rows to a blackhole sink. Per core = \
          events per CPU second of the whole process. Checkpoints: local file store, \
-         incremental, exactly-once.\n\n\
-         | query | off: per core | 1 s: per core | 10 s: per core | 1 s / off | checkpoint p50 / p99 (1 s) | Flink per core | 1 s vs Flink | target 10x Flink |\n\
+         incremental, exactly-once. Each run is a `weir nexmark run` process of its own; every \
+         other round runs the modes in reverse order. Medians of the rounds; `1 s / off` is \
+         the ratio of the medians, and each round's own ratio follows it.\n\n\
+         | query | off: per core | 1 s: per core | 10 s: per core | 1 s / off (per round) | checkpoint p50 / p99 (1 s) | Flink per core | 1 s vs Flink | target 10x Flink |\n\
          |---|---|---|---|---|---|---|---|---|\n",
         w = workers()
     );
@@ -235,12 +255,17 @@ fn markdown(results: &[QueryResult], recoveries: &[Recovery], events: u64) -> St
         let (off, one, ten) = (r.per_cpu("off"), r.per_cpu("1s"), r.per_cpu("10s"));
         let f = flink(&r.query);
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {} / {} ms | {} | {:.0}x | {} |\n",
+            "| {} | {} | {} | {} | {:.2} ({}) | {} / {} ms | {} | {:.0}x | {} |\n",
             r.query,
             fmt_rate(off),
             fmt_rate(one),
             fmt_rate(ten),
             one / off,
+            r.round_ratios("1s", "off")
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             opt_ms(r.checkpoint_ms("1s", false)),
             opt_ms(r.checkpoint_ms("1s", true)),
             fmt_rate(f),
@@ -462,8 +487,15 @@ fn main() {
     for q in &queries {
         let mut runs: Vec<(&'static str, Vec<RunReport>)> =
             MODES.iter().map(|(m, _)| (*m, Vec::new())).collect();
-        for _ in 0..rounds {
-            for (i, (mode, interval)) in MODES.iter().enumerate() {
+        for round in 0..rounds {
+            // Every other round runs the modes in reverse order, so that a machine that
+            // slows down or speeds up during a query's runs favours no mode.
+            let mut order: Vec<usize> = (0..MODES.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let (mode, interval) = &MODES[i];
                 let r = run(q, events, *interval, &scratch);
                 println!(
                     "{q} {mode:>3}: {:.2} s, {} events/s, {} per CPU second, {} checkpoints (p50 {} ms)",

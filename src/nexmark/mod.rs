@@ -138,7 +138,7 @@ pub struct RunOptions {
 }
 
 /// What a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunReport {
     pub query: String,
     pub events: u64,
