@@ -125,7 +125,7 @@ type Overlay<K, V> = FxHashMap<K, Option<Entry<V>>>;
 
 /// The keys of a group written since the last capture, in the order they were first written
 /// in this epoch: a log, not a set. Entry stamps keep a key from being logged twice while its
-/// entry lives, and `Group::removed` while it is taken out and put back, so a key repeats only
+/// entry lives, and `removed` while it is taken out and put back, so a key repeats only
 /// when it was removed and inserted again within one epoch with another key removed between
 /// (or while a checkpoint encodes its group: writes to the overlay do not look at stamps); a
 /// delta then lists it twice with the same value, which a restore applies idempotently. (A
@@ -146,6 +146,12 @@ struct Dirty<K> {
     overflow: bool,
     /// Log length from which repeats are removed (and the overflow bound checked).
     check_at: usize,
+    /// The key last removed from the owned map in this epoch: it is in `keys` (or the log
+    /// overflowed), so inserting it again need not log it twice. Code that takes a value out
+    /// and puts it back (`ValueState::clear`, change, `set`) would otherwise push every
+    /// write onto the log, not every key. The log is replaced when the epoch changes, and
+    /// this with it.
+    removed: Option<K>,
 }
 
 impl<K> Default for Dirty<K> {
@@ -155,6 +161,7 @@ impl<K> Default for Dirty<K> {
             start_len: 0,
             overflow: false,
             check_at: 0,
+            removed: None,
         }
     }
 }
@@ -202,13 +209,6 @@ struct Group<K, V> {
     /// Keys written since the last capture (when incremental tracking is on). Invariant: an
     /// entry stamped with the current epoch has its key here (or `overflow` is set).
     dirty: Dirty<K>,
-    /// The key last removed from the owned map while changes were tracked, and the epoch it
-    /// was removed in: that key is in `dirty` for that epoch (or `dirty` overflowed), so
-    /// inserting it again within the epoch need not log it twice. Code that takes a value
-    /// out and puts it back (`ValueState::clear`, change, `set`) would otherwise push every
-    /// write onto the log, not every key. Epochs only grow, and the log is replaced exactly
-    /// when the epoch changes (`snapshot`), so a stale entry never matches.
-    removed: Option<(K, u64)>,
     /// How the newest completed checkpoint stores this group (empty: none does).
     committed: Chain,
     /// Captures of checkpoints that may still complete, oldest first.
@@ -250,7 +250,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
             slot: Slot::Owned(map),
             overlay: FxHashMap::default(),
             dirty: Dirty::default(),
-            removed: None,
             committed: Chain::default(),
             pending: Vec::new(),
         }
@@ -296,12 +295,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         (len, &mut self.slot, &mut self.overlay, &mut self.dirty)
     }
 
-    /// True if `k` was removed in epoch `track` and is therefore already logged in it.
-    #[inline]
-    fn logged_on_removal(removed: &Option<(K, u64)>, k: &K, track: Option<u64>) -> bool {
-        matches!((removed, track), (Some((rk, re)), Some(e)) if *re == e && rk == k)
-    }
-
     #[inline]
     fn get_mut(&mut self, k: &K, track: Option<u64>) -> Option<&mut V> {
         let (len, slot, overlay, dirty) = self.parts();
@@ -325,13 +318,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
 
     #[inline]
     fn insert(&mut self, k: K, v: V, track: Option<u64>) {
-        let len = self.map().len();
-        let (slot, overlay, dirty, removed) = (
-            &mut self.slot,
-            &mut self.overlay,
-            &mut self.dirty,
-            &self.removed,
-        );
+        let (len, slot, overlay, dirty) = self.parts();
         match owned(slot, overlay) {
             Some(map) => match map.entry(k) {
                 std::collections::hash_map::Entry::Occupied(mut o) => {
@@ -341,7 +328,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
                     o.get_mut().value = v;
                 }
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    if track.is_some() && !Self::logged_on_removal(removed, slot.key(), track) {
+                    if track.is_some() && dirty.removed.as_ref() != Some(slot.key()) {
                         dirty.record(slot.key(), len);
                     }
                     slot.insert(Entry::new(v, track));
@@ -368,8 +355,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
             }
             // The key is logged in this epoch now; the removed key is kept (no clone) to
             // recognise it when it is inserted again.
-            if let Some(epoch) = track {
-                self.removed = Some((key, epoch));
+            if track.is_some() {
+                dirty.removed = Some(key);
             }
             return Some(e.value);
         }
@@ -870,6 +857,7 @@ impl<K: StateData + Hash + Eq, V: StateData> KeyGroups<K, V> {
                     start_len,
                     overflow: false,
                     check_at: 0,
+                    removed: None,
                 },
             );
             let keys = (!dirty.overflow).then(|| Arc::new(dirty.keys));
