@@ -26,7 +26,13 @@ pub const METADATA_FORMAT_VERSION: u16 = 1;
 /// operators, now a keyed table like keyed state (versions 1 and 2 held the panes, encoded at
 /// the barrier). Readers of sections get the version from the metadata and still decode the
 /// older panes.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
+///
+/// Version 4 keeps version 2's metadata layout too; what changed is the state of keyed
+/// process functions: their event-time timers are a keyed table of their own (section
+/// `<node>/<subtask>/timers`), and their `state` section holds only the number of state
+/// tables (versions 1 to 3 held that number and every timer, encoded at the barrier).
+/// Readers still decode the older timers.
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 4;
 
 const PREFIX_LEN: usize = 8 + 2 + 4;
 const CRC_LEN: usize = 4;
@@ -191,7 +197,9 @@ pub fn decode_metadata(bytes: &[u8]) -> Result<CheckpointMetadata, FormatError> 
     // The payload starts with `format_version`, which decides the layout of the rest.
     let (version, _) = postcard::take_from_bytes::<u32>(payload).map_err(decode_err)?;
     let (m, rest) = match version {
-        2 | CHECKPOINT_FORMAT_VERSION => postcard::take_from_bytes::<CheckpointMetadata>(payload),
+        2 | 3 | CHECKPOINT_FORMAT_VERSION => {
+            postcard::take_from_bytes::<CheckpointMetadata>(payload)
+        }
         1 => postcard::take_from_bytes::<v1::CheckpointMetadata>(payload)
             .map(|(m, rest)| (m.upgrade(), rest)),
         found => {

@@ -345,6 +345,38 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         }
     }
 
+    /// Inserts `k` unless it is present; true if it was inserted.
+    #[inline]
+    fn insert_new(&mut self, k: K, v: V, track: Option<u64>) -> bool {
+        let (len, slot, overlay, dirty) = self.parts();
+        match owned(slot, overlay) {
+            Some(map) => match map.entry(k) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    if track.is_some() && dirty.removed.as_ref() != Some(slot.key()) {
+                        dirty.record(slot.key(), len);
+                    }
+                    slot.insert(Entry::new(v, track));
+                    true
+                }
+            },
+            None => {
+                let present = match overlay.get(&k) {
+                    Some(e) => e.is_some(),
+                    None => self_map(slot).contains_key(&k),
+                };
+                if present {
+                    return false;
+                }
+                if track.is_some() {
+                    dirty.record(&k, len);
+                }
+                overlay.insert(k, Some(Entry::new(v, track)));
+                true
+            }
+        }
+    }
+
     #[inline]
     fn remove(&mut self, k: &K, track: Option<u64>) -> Option<V> {
         let (len, slot, overlay, dirty) = self.parts();
@@ -467,6 +499,13 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
     pub(crate) fn insert(&mut self, kg: usize, key: K, value: V) {
         let track = self.track();
         self.group_mut(kg).insert(key, value, track);
+    }
+
+    /// Sets the value of `key` unless it has one; true if it was set.
+    #[inline]
+    pub(crate) fn insert_new(&mut self, kg: usize, key: K, value: V) -> bool {
+        let track = self.track();
+        self.group_mut(kg).insert_new(key, value, track)
     }
 
     /// Removes `key` and returns its value.
@@ -1518,6 +1557,35 @@ mod tests {
             (t.get(0, &1), t.get(0, &2), t.len()),
             (Some(&100), None, 11)
         );
+    }
+
+    /// `insert_new` sets only absent keys, logs only what it set, and sees removals and
+    /// inserts in the overlay while a checkpoint holds the group.
+    #[test]
+    fn insert_new_sets_only_absent_keys() {
+        let (mut t, _) = one_group_committed();
+        assert!(!t.insert_new(0, 5, 50));
+        assert!(t.insert_new(0, 500, 1));
+        assert!(!t.insert_new(0, 500, 2));
+        assert_eq!((t.get(0, &5), t.get(0, &500)), (Some(&5), Some(&1)));
+        assert_eq!(t.groups[0].dirty.keys, vec![500]);
+        let snap = t.snapshot(2);
+        // The group is held: the overlay answers.
+        assert!(!t.insert_new(0, 500, 3));
+        assert_eq!(t.remove(0, &6), Some(6));
+        assert!(t.insert_new(0, 6, 60));
+        assert!(t.insert_new(0, 600, 1));
+        assert!(!t.insert_new(0, 600, 2));
+        assert!(!t.insert_new(0, 7, 70));
+        assert_eq!(
+            (t.get(0, &500), t.get(0, &6), t.get(0, &600), t.get(0, &7)),
+            (Some(&1), Some(&60), Some(&1), Some(&7))
+        );
+        assert!(!t.groups[0].overlay.is_empty());
+        drop(snap);
+        assert!(!t.insert_new(0, 6, 61));
+        assert!(t.groups[0].overlay.is_empty());
+        assert_eq!((t.get(0, &6), t.len()), (Some(&60), 102));
     }
 
     /// A snapshot sees the state at its barrier, whatever is written afterwards, and writes

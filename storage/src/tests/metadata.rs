@@ -90,26 +90,29 @@ fn each_error_class() {
     ));
 
     let m = CheckpointMetadata {
-        format_version: 4,
+        format_version: 5,
         ..sample_metadata()
     };
     assert_eq!(
         decode_metadata(&encode_metadata(&m))
             .unwrap_err()
             .to_string(),
-        "unsupported checkpoint format version 4; this Weir reads version 3"
+        "unsupported checkpoint format version 5; this Weir reads version 4"
     );
 }
 
-/// Version 2 has version 3's metadata layout; it decodes with its version kept, so that
-/// readers of sections know which layout the window operators' state has.
+/// Versions 2 and 3 have version 4's metadata layout; they decode with their version kept, so
+/// that readers of sections know which layout the window operators' state and the timers
+/// have.
 #[test]
-fn version_2_metadata_is_read_with_its_version() {
-    let m = CheckpointMetadata {
-        format_version: 2,
-        ..sample_metadata()
-    };
-    assert_eq!(decode_metadata(&encode_metadata(&m)).unwrap(), m);
+fn version_2_and_3_metadata_is_read_with_its_version() {
+    for format_version in [2, 3] {
+        let m = CheckpointMetadata {
+            format_version,
+            ..sample_metadata()
+        };
+        assert_eq!(decode_metadata(&encode_metadata(&m)).unwrap(), m);
+    }
 }
 
 #[test]

@@ -89,12 +89,15 @@ fn documented_layout_matches_the_writers() {
         s.verify().unwrap();
     }
     crate::decode_metadata(&read("metadata_reader/empty.meta")).unwrap();
-    // Version 2 has version 3's layout and keeps its number (window state differs).
-    let v2 = crate::decode_metadata(&read("metadata_reader/v2-two-files.meta")).unwrap();
-    assert_eq!(
-        (v2.format_version, v2.files.len(), v2.files[1].checkpoint),
-        (2, 2, 40)
-    );
+    // Versions 2 and 3 have version 4's layout and keep their numbers (window state and
+    // timers differ).
+    for (seed, version) in [("v2-two-files.meta", 2), ("v3-two-files.meta", 3)] {
+        let m = crate::decode_metadata(&read(&format!("metadata_reader/{seed}"))).unwrap();
+        assert_eq!(
+            (m.format_version, m.files.len(), m.files[1].checkpoint),
+            (version, 2, 40)
+        );
+    }
     // Version 1 (full checkpoints only) is still read: its files belong to the checkpoint.
     let v1 = crate::decode_metadata(&read("metadata_reader/v1-two-files.meta")).unwrap();
     assert_eq!(v1.format_version, 1);
