@@ -112,9 +112,26 @@ enum NexmarkCommand {
         /// Parallelism of every operator (default: the number of workers).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=32768))]
         parallelism: Option<u32>,
+        /// How many events apart the source's subtasks may run (Flink's watermark
+        /// alignment): a subtask further ahead of the slowest waits for it. "none": unaligned.
+        #[arg(long, value_name = "EVENTS", default_value = "100000", value_parser = max_drift_arg)]
+        max_drift: MaxDrift,
         #[command(flatten)]
         generator: GeneratorArgs,
     },
+}
+
+/// `--max-drift`: a number of events, or `None` for "none".
+#[derive(Clone, Copy)]
+struct MaxDrift(Option<u64>);
+
+fn max_drift_arg(s: &str) -> Result<MaxDrift, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(MaxDrift(None));
+    }
+    s.parse()
+        .map(|n| MaxDrift(Some(n)))
+        .map_err(|_| format!("`{s}` is not a number of events or \"none\""))
 }
 
 #[derive(clap::Args)]
@@ -222,6 +239,7 @@ fn main() -> ExitCode {
                     workers,
                     io_cores,
                     parallelism,
+                    max_drift,
                     generator,
                 },
         } => {
@@ -244,6 +262,7 @@ fn main() -> ExitCode {
                     checkpoint_interval,
                     checkpoint_dir: PathBuf::new(),
                     local_cache: local_cache.and_then(|c| c.0),
+                    max_drift: max_drift.0,
                     output,
                     restore: restore_latest,
                 },

@@ -33,7 +33,9 @@ fn run<T: Clone + Send + 'static>(query: fn(&DataStream<Event>) -> DataStream<T>
         parallelism: 2,
         ..Default::default()
     });
-    let events = weir::nexmark::source(&env, NexmarkGenerator::new(config()), EVENTS);
+    // Subtasks kept close (a few batches apart), so the queries also run with sources that
+    // wait for each other.
+    let events = weir::nexmark::source(&env, NexmarkGenerator::new(config()), EVENTS, Some(2_000));
     let rows = query(&queries::with_event_time(&events)).collect();
     env.execute("nexmark-test").expect("job runs");
     rows.take()
@@ -183,7 +185,10 @@ fn generated_events_are_the_same_for_any_parallelism() {
         parallelism: 3,
         ..Default::default()
     });
-    let rows = weir::nexmark::source(&env, NexmarkGenerator::new(config()), 5000).collect();
+    // The subtasks may run at most 10 events apart: they wait for each other, and still
+    // produce every event once.
+    let rows =
+        weir::nexmark::source(&env, NexmarkGenerator::new(config()), 5000, Some(10)).collect();
     env.execute("nexmark-gen").unwrap();
     let mut got = rows.take();
     got.sort_by_key(|e| (e.date_time(), e.to_json_line()));
@@ -340,4 +345,39 @@ fn io_cores_reserve_cores_for_the_snapshot_writers() {
         err.contains("io_cores") && err.contains("every one of"),
         "{err}"
     );
+}
+
+/// `--max-drift` aligns the source's subtasks by default and reports it; "none" turns it off;
+/// anything else is refused with what was expected.
+#[test]
+fn max_drift_is_reported_and_checked() {
+    let run = |extra: &[&str]| {
+        weir()
+            .args([
+                "nexmark", "run", "--query", "q20", "--events", "100000", "--json",
+            ])
+            .args(["--workers", "2"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (extra, want) in [
+        (&[][..], serde_json::json!(100_000)),
+        (&["--max-drift", "50"][..], serde_json::json!(50)),
+        (&["--max-drift", "none"][..], serde_json::Value::Null),
+    ] {
+        let out = run(extra);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["max_drift"], want, "{r}");
+        assert_eq!(r["events"], 100_000, "{r}");
+    }
+    let out = run(&["--max-drift", "soon"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a number of events"), "{err}");
 }

@@ -284,11 +284,7 @@ pub(crate) struct Timers<K> {
 impl<K: Hash + Eq + Clone> Timers<K> {
     /// The timers of an instance owning key groups `range`: none, or those of `table` (as
     /// restored).
-    fn new(
-        table: TimerTable<K>,
-        range: Range<usize>,
-        max_parallelism: usize,
-    ) -> Self {
+    fn new(table: TimerTable<K>, range: Range<usize>, max_parallelism: usize) -> Self {
         let mut queue: BTreeMap<Timestamp, Vec<K>> = BTreeMap::new();
         for kg in range {
             for (ts, k) in table.keys(kg) {

@@ -1,8 +1,12 @@
 //! Deterministic generator source: record `i` is a pure function of `i` (and a seed), so every
 //! run produces the same records; optional rate limit; bounded or unbounded.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use serde_json::Value;
 use weir_runtime::{BoxError, SourcePoll, SourceReader, TaskInfo, NO_TIMESTAMP};
@@ -16,6 +20,18 @@ pub struct Generator<F> {
     count: Option<u64>,
     /// Records per second over all subtasks.
     rate: Option<f64>,
+    /// See [`Generator::max_drift`].
+    align: Option<Align>,
+}
+
+/// The next index of every subtask of a source (`u64::MAX` once exhausted).
+type Positions = Arc<[AtomicU64]>;
+
+/// The subtasks' positions, per source (operator name), for [`Generator::max_drift`].
+#[derive(Clone)]
+struct Align {
+    max_drift: u64,
+    sources: Arc<Mutex<HashMap<Arc<str>, Positions>>>,
 }
 
 impl<F> Clone for Generator<F> {
@@ -24,6 +40,7 @@ impl<F> Clone for Generator<F> {
             f: self.f.clone(),
             count: self.count,
             rate: self.rate,
+            align: self.align.clone(),
         }
     }
 }
@@ -38,6 +55,7 @@ impl<F> Generator<F> {
             f: Arc::new(f),
             count: None,
             rate: None,
+            align: None,
         }
     }
     /// Ends after `count` records (over all subtasks).
@@ -48,6 +66,20 @@ impl<F> Generator<F> {
     /// Limits the rate to `per_second` records per second over all subtasks.
     pub fn rate(mut self, per_second: f64) -> Self {
         self.rate = Some(per_second);
+        self
+    }
+    /// Keeps the subtasks of a source within `records` indices of each other: a subtask
+    /// that is further ahead of the slowest one waits (its poll is idle) until that one
+    /// catches up, and an exhausted subtask holds no one back. Flink's watermark alignment
+    /// for a source whose event time grows with the index: without it, a subtask that runs
+    /// ahead (its worker less loaded) makes downstream state that waits for the others'
+    /// records grow, such as a join's side waiting for its match (Nexmark's bids waiting
+    /// for their auction), which every checkpoint then writes.
+    pub fn max_drift(mut self, records: u64) -> Self {
+        self.align = Some(Align {
+            max_drift: records,
+            sources: Arc::default(),
+        });
         self
     }
     /// A reader for one subtask; pass this to `StreamEnv::source`.
@@ -68,6 +100,20 @@ impl<F> Generator<F> {
             }
             None => info.subtask as u64,
         };
+        let align = self.align.as_ref().map(|a| {
+            let positions = a
+                .sources
+                .lock()
+                .entry(info.operator.clone())
+                .or_insert_with(|| (0..info.parallelism).map(|_| AtomicU64::new(0)).collect())
+                .clone();
+            positions[info.subtask].store(next, Ordering::Relaxed);
+            Aligned {
+                max_drift: a.max_drift,
+                positions,
+                subtask: info.subtask,
+            }
+        });
         Ok(GeneratorReader {
             f: self.f.clone(),
             next,
@@ -76,9 +122,20 @@ impl<F> Generator<F> {
             rate: self.rate.map(|r| r / info.parallelism as f64),
             started: Instant::now(),
             produced: 0,
+            align,
         })
     }
 }
+
+/// A reader's share of [`Generator::max_drift`].
+struct Aligned {
+    max_drift: u64,
+    positions: Positions,
+    subtask: usize,
+}
+
+/// How long a subtask that ran ahead waits before it looks at the others' positions again.
+const DRIFT_WAIT: Duration = Duration::from_millis(1);
 
 /// One subtask's generator.
 pub struct GeneratorReader<F> {
@@ -89,6 +146,7 @@ pub struct GeneratorReader<F> {
     rate: Option<f64>,
     started: Instant,
     produced: u64,
+    align: Option<Aligned>,
 }
 
 impl<F> GeneratorReader<F> {
@@ -117,6 +175,20 @@ impl<T, F: Fn(u64) -> T> SourceReader<T> for GeneratorReader<F> {
             }
             budget = budget.min(available);
         }
+        if let Some(a) = &self.align {
+            a.positions[a.subtask].store(self.next, Ordering::Relaxed);
+            let slowest = a
+                .positions
+                .iter()
+                .map(|p| p.load(Ordering::Relaxed))
+                .min()
+                .expect("a source has at least one subtask");
+            let limit = slowest.saturating_add(a.max_drift);
+            if self.next > limit {
+                return Ok(SourcePoll::Idle(Some(Instant::now() + DRIFT_WAIT)));
+            }
+            budget = budget.min((limit - self.next) / self.step + 1);
+        }
         let f = &*self.f;
         for _ in 0..budget {
             if self.end.is_some_and(|e| self.next >= e) {
@@ -127,6 +199,9 @@ impl<T, F: Fn(u64) -> T> SourceReader<T> for GeneratorReader<F> {
             self.produced += 1;
         }
         if self.end.is_some_and(|e| self.next >= e) {
+            if let Some(a) = &self.align {
+                a.positions[a.subtask].store(u64::MAX, Ordering::Relaxed);
+            }
             return Ok(SourcePoll::Exhausted);
         }
         Ok(SourcePoll::Ready)
@@ -203,6 +278,7 @@ mod rate_tests {
             rate: g.rate,
             started: Instant::now(),
             produced: 0,
+            align: None,
         };
         let mut out = Vec::new();
         let t0 = r.started;
@@ -233,5 +309,82 @@ mod rate_tests {
         );
         let ids: Vec<u64> = out.iter().map(|(_, i)| *i).collect();
         assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+    }
+}
+
+#[cfg(test)]
+mod drift_tests {
+    use super::*;
+    use weir_runtime::SourceReader;
+
+    type Reader = GeneratorReader<fn(u64) -> u64>;
+
+    /// Readers of subtasks `0..p` sharing positions, as `Generator::reader` makes them.
+    fn readers(p: usize, count: u64, max_drift: u64) -> Vec<Reader> {
+        let positions: Positions = (0..p).map(|_| AtomicU64::new(0)).collect();
+        (0..p)
+            .map(|s| GeneratorReader {
+                f: Arc::new((|i| i) as fn(u64) -> u64),
+                next: s as u64,
+                step: p as u64,
+                end: Some(count),
+                rate: None,
+                started: Instant::now(),
+                produced: 0,
+                align: Some(Aligned {
+                    max_drift,
+                    positions: positions.clone(),
+                    subtask: s,
+                }),
+            })
+            .collect()
+    }
+
+    /// A subtask runs at most `max_drift` indices (plus one record) ahead of the slowest,
+    /// waits while it would be further ahead, goes on once the slowest caught up, and one
+    /// that is exhausted holds no one back.
+    #[test]
+    fn subtasks_stay_within_the_drift_and_an_exhausted_one_holds_none_back() {
+        let mut r = readers(3, 3000, 100);
+        let mut out = Vec::new();
+        // Subtask 2 never polled: 0 and 1 run ahead until they are 100 indices past it.
+        for _ in 0..50 {
+            for reader in &mut r[..2] {
+                reader.poll(&mut out, 16).unwrap();
+            }
+        }
+        assert!(r[0].next > 100 && r[0].next <= 2 + 100 + 3, "{}", r[0].next);
+        assert!(r[1].next > 100 && r[1].next <= 2 + 100 + 3, "{}", r[1].next);
+        assert!(matches!(
+            r[0].poll(&mut out, 16).unwrap(),
+            SourcePoll::Idle(Some(_))
+        ));
+        let before = out.len();
+        // Subtask 2 catches up a little: the others may go on by as much.
+        r[2].poll(&mut out, 10).unwrap();
+        assert_eq!(out.len(), before + 10);
+        assert!(matches!(
+            r[0].poll(&mut out, 16).unwrap(),
+            SourcePoll::Ready
+        ));
+        assert!(r[0].next <= r[2].next + 100 + 3);
+        // Subtask 2 runs to its end; then 0 and 1 run to theirs, never waiting.
+        while !matches!(r[2].poll(&mut out, 64).unwrap(), SourcePoll::Exhausted) {
+            for reader in &mut r[..2] {
+                reader.poll(&mut out, 64).unwrap();
+            }
+        }
+        for (s, reader) in r[..2].iter_mut().enumerate() {
+            loop {
+                match reader.poll(&mut out, 64).unwrap() {
+                    SourcePoll::Exhausted => break,
+                    SourcePoll::Ready => {}
+                    other => panic!("subtask {s}: {other:?} after the slowest finished"),
+                }
+            }
+        }
+        let mut ids: Vec<u64> = out.iter().map(|(_, i)| *i).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..3000).collect::<Vec<_>>());
     }
 }

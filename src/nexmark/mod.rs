@@ -28,10 +28,23 @@ use crate::{
 pub use generator::{GeneratorConfig, NexmarkGenerator};
 pub use model::{Auction, Bid, Event, Person};
 
+/// How far apart, in events, the source's subtasks may run by default
+/// ([`Generator::max_drift`]): 10 ms of event time at the reference's 10M events per second.
+pub const DEFAULT_MAX_DRIFT: u64 = 100_000;
+
 /// The events `0..count` of `generator` as a parallel source (event `k` goes to subtask
-/// `k % parallelism`; its read position is checkpointed).
-pub fn source(env: &StreamEnv, generator: NexmarkGenerator, count: u64) -> DataStream<Event> {
-    let gen = Generator::new(move |k| generator.event(k)).count(count);
+/// `k % parallelism`; its read position is checkpointed), its subtasks at most `max_drift`
+/// events apart (`None`: unaligned).
+pub fn source(
+    env: &StreamEnv,
+    generator: NexmarkGenerator,
+    count: u64,
+    max_drift: Option<u64>,
+) -> DataStream<Event> {
+    let mut gen = Generator::new(move |k| generator.event(k)).count(count);
+    if let Some(d) = max_drift {
+        gen = gen.max_drift(d);
+    }
     env.source("nexmark", move |info| gen.reader(info))
 }
 
@@ -130,6 +143,9 @@ pub struct RunOptions {
     pub checkpoint_dir: PathBuf,
     /// [`CheckpointConfig::local_cache`].
     pub local_cache: Option<u64>,
+    /// How far apart (events) the source's subtasks may run ([`DEFAULT_MAX_DRIFT`]; `None`:
+    /// unaligned).
+    pub max_drift: Option<u64>,
     /// Rows as JSON lines to this file (else they are dropped).
     pub output: Option<PathBuf>,
     /// Restore the newest checkpoint under `checkpoint_dir` (after a crash); the generator
@@ -150,6 +166,9 @@ pub struct RunReport {
     pub checkpoint_interval_ms: Option<u64>,
     /// `checkpoint.local_cache` in bytes (absent: unlimited, or checkpoints off).
     pub local_cache_bytes: Option<u64>,
+    /// How far apart (events) the source's subtasks could run (absent: unaligned).
+    #[serde(default)]
+    pub max_drift: Option<u64>,
     pub wall_seconds: f64,
     /// CPU time of the whole process (user + system) during the job.
     pub cpu_seconds: f64,
@@ -237,7 +256,12 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
             Output::JsonLines(Arc::new(Mutex::new(BufWriter::with_capacity(1 << 20, f))))
         }
     };
-    let events = source(&env, NexmarkGenerator::new(opts.generator), opts.events);
+    let events = source(
+        &env,
+        NexmarkGenerator::new(opts.generator),
+        opts.events,
+        opts.max_drift,
+    );
     build(&opts.query, &events, &output).map_err(RunError::Query)?;
     let cpu = process_cpu_time();
     let t = Instant::now();
@@ -268,6 +292,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport, RunError> {
         io_cores: opts.io_cores,
         checkpoint_interval_ms: opts.checkpoint_interval.map(|d| d.as_millis() as u64),
         local_cache_bytes: opts.checkpoint_interval.and(opts.local_cache),
+        max_drift: opts.max_drift,
         wall_seconds: wall,
         cpu_seconds: cpu,
         events_per_second: opts.events as f64 / wall,
