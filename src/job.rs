@@ -111,6 +111,9 @@ pub struct GeneratorConfig {
     pub rate: Option<f64>,
     /// Event time of record `i` is `i * ts_step_ms`.
     pub ts_step_ms: u64,
+    /// Subtasks stay within this many records of each other (`Generator::max_drift`);
+    /// `None` = unaligned.
+    pub max_drift: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -947,7 +950,15 @@ fn source(v: &Val, dir: &Path) -> Res<SourceConfig> {
         }
         "kafka" => kafka_source(&t),
         _ => {
-            t.allow(&["type", "count", "keys", "seed", "rate", "ts_step_ms"])?;
+            t.allow(&[
+                "type",
+                "count",
+                "keys",
+                "seed",
+                "rate",
+                "ts_step_ms",
+                "max_drift",
+            ])?;
             let count = t.opt_int("count", 0, i64::MAX, NON_NEGATIVE)?.map(to_u64);
             let keys = t
                 .opt_int("keys", 1, i64::MAX, POSITIVE)?
@@ -959,12 +970,16 @@ fn source(v: &Val, dir: &Path) -> Res<SourceConfig> {
             let ts_step_ms = t
                 .opt_int("ts_step_ms", 0, i64::MAX, NON_NEGATIVE)?
                 .map_or(1, to_u64);
+            let max_drift = t
+                .opt_int("max_drift", 0, i64::MAX, NON_NEGATIVE)?
+                .map(to_u64);
             Ok(SourceConfig::Generator(GeneratorConfig {
                 count,
                 keys,
                 seed,
                 rate,
                 ts_step_ms,
+                max_drift,
             }))
         }
     }
@@ -2371,6 +2386,7 @@ keys = 10
 seed = 7
 rate = 2500
 ts_step_ms = 0
+max_drift = 4096
 
 [[transform]]
 type = "filter"
@@ -2460,6 +2476,7 @@ storage = "/var/lib/weir/ck"
                 seed: 7,
                 rate: Some(2500.0),
                 ts_step_ms: 0,
+                max_drift: Some(4096),
             }),
             transforms: vec![
                 TransformConfig::Filter {
@@ -2569,6 +2586,7 @@ storage = "/var/lib/weir/ck"
                 seed: 0,
                 rate: None,
                 ts_step_ms: 1,
+                max_drift: None,
             })
         );
 
@@ -2687,7 +2705,7 @@ storage = "/var/lib/weir/ck"
         );
         assert_eq!(
             err(&MIN.replace("generator\"", "generator\"\npath = \"x\"")),
-            "jobs/job.toml: source.path: unknown key; expected one of: type, count, keys, seed, rate, ts_step_ms"
+            "jobs/job.toml: source.path: unknown key; expected one of: type, count, keys, seed, rate, ts_step_ms, max_drift"
         );
         assert_eq!(
             err(&MIN.replace("blackhole\"", "blackhole\"\npath = \"x\"")),
@@ -3189,7 +3207,7 @@ storage = "/var/lib/weir/ck"
         );
         assert_eq!(
             set_err(&text, &["source.typo=1"]),
-            "jobs/job.toml: source.typo: unknown key; expected one of: type, count, keys, seed, rate, ts_step_ms (value from --set source.typo=1)"
+            "jobs/job.toml: source.typo: unknown key; expected one of: type, count, keys, seed, rate, ts_step_ms, max_drift (value from --set source.typo=1)"
         );
     }
 

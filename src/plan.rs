@@ -281,6 +281,9 @@ pub fn build(job: &JobFile, env: &StreamEnv, restoring: bool) -> Result<(), JobF
             if let Some(r) = g.rate {
                 gen = gen.rate(r);
             }
+            if let Some(d) = g.max_drift {
+                gen = gen.max_drift(d);
+            }
             env.source("generator", move |info| gen.reader(info))
         }
         SourceConfig::Kafka(c) => {

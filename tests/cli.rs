@@ -207,6 +207,7 @@ parallelism = 3
 type = "generator"
 count = 3000
 keys = 50
+max_drift = 8
 [[transform]]
 type = "project"
 keep = ["key", "value"]
@@ -239,6 +240,14 @@ path = "out"
         "{}",
         stderr(&o)
     );
+    // A negative drift is refused, naming the key.
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("max_drift = 8", "max_drift = -1");
+    std::fs::write(&job, text).unwrap();
+    let o = run(&job, &["--quiet"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("source.max_drift"), "{}", stderr(&o));
 }
 
 /// Each bad job file is rejected with exit code 2 and a message naming the file, the key and
