@@ -328,20 +328,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
                     o.get_mut().value = v;
                 }
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    if track.is_some() && dirty.removed.as_ref() != Some(slot.key()) {
-                        dirty.record(slot.key(), len);
-                    }
-                    slot.insert(Entry::new(v, track));
+                    fill(slot, v, track, dirty, len);
                 }
             },
-            None => {
-                // Rare (only while a checkpoint encodes this group): record without looking
-                // at stamps.
-                if track.is_some() {
-                    dirty.record(&k, len);
-                }
-                overlay.insert(k, Some(Entry::new(v, track)));
-            }
+            // Rare (only while a checkpoint encodes this group).
+            None => overlay_insert(overlay, k, v, track, dirty, len),
         }
     }
 
@@ -353,10 +344,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
             Some(map) => match map.entry(k) {
                 std::collections::hash_map::Entry::Occupied(_) => false,
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    if track.is_some() && dirty.removed.as_ref() != Some(slot.key()) {
-                        dirty.record(slot.key(), len);
-                    }
-                    slot.insert(Entry::new(v, track));
+                    fill(slot, v, track, dirty, len);
                     true
                 }
             },
@@ -365,14 +353,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
                     Some(e) => e.is_some(),
                     None => self_map(slot).contains_key(&k),
                 };
-                if present {
-                    return false;
+                if !present {
+                    overlay_insert(overlay, k, v, track, dirty, len);
                 }
-                if track.is_some() {
-                    dirty.record(&k, len);
-                }
-                overlay.insert(k, Some(Entry::new(v, track)));
-                true
+                !present
             }
         }
     }
@@ -420,6 +404,38 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         }
         n
     }
+}
+
+/// Sets a vacant key of an owned map (of a group with `len` entries), logging the key unless
+/// it is the one removed last in this epoch (logged then).
+#[inline]
+fn fill<K: Hash + Eq + Clone, V>(
+    slot: std::collections::hash_map::VacantEntry<'_, K, Entry<V>>,
+    v: V,
+    track: Option<u64>,
+    dirty: &mut Dirty<K>,
+    len: usize,
+) {
+    if track.is_some() && dirty.removed.as_ref() != Some(slot.key()) {
+        dirty.record(slot.key(), len);
+    }
+    slot.insert(Entry::new(v, track));
+}
+
+/// Sets `k` in the overlay of a shared map, logging it without looking at stamps.
+#[inline]
+fn overlay_insert<K: Hash + Eq + Clone, V>(
+    overlay: &mut Overlay<K, V>,
+    k: K,
+    v: V,
+    track: Option<u64>,
+    dirty: &mut Dirty<K>,
+    len: usize,
+) {
+    if track.is_some() {
+        dirty.record(&k, len);
+    }
+    overlay.insert(k, Some(Entry::new(v, track)));
 }
 
 /// The map of a slot (owned or shared).
