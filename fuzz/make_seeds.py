@@ -54,7 +54,7 @@ def snapshot(checkpoint_id, worker, sections):
     return head + data + index + struct.pack("<I", zlib.crc32(index))
 
 
-def metadata(job, checkpoint_id, files, operators, version=4):
+def metadata(job, checkpoint_id, files, operators, version=5):
     p = varint(version)  # format_version
     p += pstr(job) + varint(checkpoint_id)
     p += varint(1_700_000_000_000) + varint(1_700_000_000_250)  # triggered_at_ms, completed_at_ms
@@ -106,6 +106,11 @@ write("metadata_reader", "two-files.meta", metadata("clicks", 42, [
     ("worker-0.snap", 42, 0, 1234, 0xDEADBEEF),
     ("worker-1.snap", 40, 1, 99, 7),
 ], [("count", 2, 1300)]))
+# Version 4: version 5's metadata layout (its window operators' state differs).
+write("metadata_reader", "v4-two-files.meta", metadata("clicks", 42, [
+    ("worker-0.snap", 42, 0, 1234, 0xDEADBEEF),
+    ("worker-1.snap", 40, 1, 99, 7),
+], [("count", 2, 1300)], version=4))
 # Version 3: version 4's metadata layout (its keyed process functions' timers differ).
 write("metadata_reader", "v3-two-files.meta", metadata("clicks", 42, [
     ("worker-0.snap", 42, 0, 1234, 0xDEADBEEF),

@@ -152,6 +152,35 @@ impl Acc {
             }
         }
     }
+    /// Adds the records of `o`, an accumulator of the same aggregate (window slices).
+    fn merge(&mut self, o: &Acc) -> Result<(), BoxError> {
+        match (self, o) {
+            (Acc::Sum(s), Acc::Sum(n)) => *s = s.add(*n),
+            (Acc::Count(c), Acc::Count(n)) => *c += n,
+            (Acc::Min(m), Acc::Min(n)) => {
+                if n.lt(*m) {
+                    *m = *n
+                }
+            }
+            (Acc::Max(m), Acc::Max(n)) => {
+                if m.lt(*n) {
+                    *m = *n
+                }
+            }
+            (Acc::Avg(s, c), Acc::Avg(s2, c2)) => {
+                *s += s2;
+                *c += c2;
+            }
+            (a, b) => {
+                return Err(format!(
+                    "cannot merge window accumulators of different aggregates: {a:?} and {b:?} \
+                     (was the checkpoint taken with another aggregate?)"
+                )
+                .into())
+            }
+        }
+        Ok(())
+    }
     fn value(&self) -> Value {
         match *self {
             Acc::Sum(n) | Acc::Min(n) | Acc::Max(n) => n.value(),
@@ -216,6 +245,17 @@ impl AggregateFunction<JsonRecord> for JsonWindowAgg {
     }
     fn result(&self, acc: Option<Acc>) -> Value {
         acc.map_or(Value::Null, |a| a.value())
+    }
+    fn mergeable(&self) -> bool {
+        true
+    }
+    fn merge(&self, acc: &mut Option<Acc>, other: &Option<Acc>) -> Result<(), BoxError> {
+        match (acc.as_mut(), other) {
+            (Some(a), Some(o)) => a.merge(o)?,
+            (None, Some(o)) => *acc = Some(o.clone()),
+            (_, None) => {}
+        }
+        Ok(())
     }
 }
 

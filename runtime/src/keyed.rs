@@ -165,7 +165,7 @@ pub(crate) fn restored_groups<K: StateData + Hash + Eq, V: StateData>(
 
 /// The keyed table stored in the instance's sections `kind`, restored from the checkpoint if
 /// there is one.
-fn restored_table<K: StateData + Hash + Eq, V: StateData>(
+pub(crate) fn restored_table<K: StateData + Hash + Eq, V: StateData>(
     info: &TaskInfo,
     kind: &str,
 ) -> Result<KeyGroups<K, V>, JobError> {

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{BoxError, JobError};
-use crate::keyed::{key_group_for, restored_groups};
-use crate::operator::{Barrier, Batch, Collector, Out};
+use crate::keyed::{key_group_for, restored_groups, restored_table};
+use crate::operator::{Barrier, Batch, Collector, Out, Section};
 use crate::source::TaskInfo;
 use crate::state::{check_covers, Incremental, KeyGroups, StateData};
 use crate::{Timestamp, NO_TIMESTAMP};
@@ -86,6 +86,20 @@ pub trait AggregateFunction<T>: Clone + Send + Sync + 'static {
     fn add(&self, acc: &mut Self::Acc, value: &T) -> Result<(), BoxError>;
     /// The result of a window that holds at least one record.
     fn result(&self, acc: Self::Acc) -> Self::Out;
+    /// Whether [`merge`](Self::merge) combines accumulators (default: no). The operator of a
+    /// sliding window over a mergeable aggregate keeps one accumulator per *slice* of event
+    /// time (the greatest common divisor of size and slide) instead of one per window: a
+    /// record updates one accumulator instead of `size / slide`, checkpoints write that many
+    /// times fewer, and a window merges its slices when it fires (Flink SQL's window slicing).
+    fn mergeable(&self) -> bool {
+        false
+    }
+    /// Merges `other` into `acc`, which then holds the records of both (`other`'s records
+    /// come after `acc`'s in event time). Called only when [`mergeable`](Self::mergeable).
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) -> Result<(), BoxError> {
+        let _ = (acc, other);
+        Err("this aggregate function cannot merge accumulators".into())
+    }
 }
 
 /// Number of records.
@@ -104,6 +118,13 @@ impl<T> AggregateFunction<T> for Count {
     }
     fn result(&self, acc: u64) -> u64 {
         acc
+    }
+    fn mergeable(&self) -> bool {
+        true
+    }
+    fn merge(&self, acc: &mut u64, other: &u64) -> Result<(), BoxError> {
+        *acc += other;
+        Ok(())
     }
 }
 
@@ -127,6 +148,13 @@ where
     }
     fn result(&self, acc: V) -> V {
         acc
+    }
+    fn mergeable(&self) -> bool {
+        true
+    }
+    fn merge(&self, acc: &mut V, other: &V) -> Result<(), BoxError> {
+        *acc = *acc + *other;
+        Ok(())
     }
 }
 
@@ -154,6 +182,17 @@ where
     fn result(&self, acc: Option<V>) -> V {
         acc.expect("a window holds at least one record")
     }
+    fn mergeable(&self) -> bool {
+        true
+    }
+    fn merge(&self, acc: &mut Option<V>, other: &Option<V>) -> Result<(), BoxError> {
+        if let Some(v) = *other {
+            if acc.is_none_or(|a| v < a) {
+                *acc = Some(v);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Maximum of a field.
@@ -180,6 +219,17 @@ where
     fn result(&self, acc: Option<V>) -> V {
         acc.expect("a window holds at least one record")
     }
+    fn mergeable(&self) -> bool {
+        true
+    }
+    fn merge(&self, acc: &mut Option<V>, other: &Option<V>) -> Result<(), BoxError> {
+        if let Some(v) = *other {
+            if acc.is_none_or(|a| v > a) {
+                *acc = Some(v);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Mean of a field.
@@ -202,6 +252,14 @@ where
     }
     fn result(&self, acc: (f64, u64)) -> f64 {
         acc.0 / acc.1 as f64
+    }
+    fn mergeable(&self) -> bool {
+        true
+    }
+    fn merge(&self, acc: &mut (f64, u64), other: &(f64, u64)) -> Result<(), BoxError> {
+        acc.0 += other.0;
+        acc.1 += other.1;
+        Ok(())
     }
 }
 
@@ -234,28 +292,100 @@ where
     fn result(&self, acc: Option<T>) -> T {
         acc.expect("a window holds at least one record")
     }
+    fn mergeable(&self) -> bool {
+        true
+    }
+    fn merge(&self, acc: &mut Option<T>, other: &Option<T>) -> Result<(), BoxError> {
+        if let Some(b) = other {
+            *acc = Some(match acc.take() {
+                None => b.clone(),
+                Some(a) => (self.0)(a, b.clone()),
+            });
+        }
+        Ok(())
+    }
 }
 
-/// The key of a window's accumulator: (window end, key).
+/// The key of an accumulator: (end of its window or slice, key).
 type PaneKey<K> = (Timestamp, K);
+
+/// Accumulators under `(end, key)`, with the start of their window or slice as value.
+type PaneTable<K, Acc> = KeyGroups<PaneKey<K>, (Timestamp, Acc)>;
+
+/// Per key group: end -> the keys with an accumulator ending there. Not checkpointed: rebuilt
+/// from the table on restore.
+type OpenIndex<K> = Vec<BTreeMap<Timestamp, Vec<K>>>;
+
+/// A table of accumulators with its open index.
+type Indexed<K, Acc> = (PaneTable<K, Acc>, OpenIndex<K>);
+
+/// What a window operator instance stores beside its accumulators (section `window`, from
+/// checkpoint format 5 on; postcard).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct WindowMeta {
+    /// The time range of one accumulator, ms: the slice length when windows are sliced, the
+    /// window size otherwise.
+    pane_ms: i64,
+    /// The watermark the instance had reached: every window with `end - 1 <= watermark` has
+    /// fired, and records only for such windows are late.
+    watermark: Timestamp,
+    /// Whether section `legacy` holds whole-window accumulators, restored from a checkpoint
+    /// of format 4 or earlier, whose windows have not fired yet.
+    legacy: bool,
+}
 
 /// A window operator instance. Accumulators live in a keyed table (the same as keyed state:
 /// one map per key group, copy-on-write snapshots encoded off the worker, incremental
-/// checkpoints) under `(window end, key)`, with `(window start, accumulator)` as value. Beside
-/// it, per key group, the keys of each open window by end, to fire windows in order without
-/// scanning the table; this index is not checkpointed but rebuilt from the table on restore.
+/// checkpoints) under `(end, key)`, with `(start, accumulator)` as value: one per window, or,
+/// for sliding windows of a mergeable aggregate, one per slice (`pane_ms`, the greatest common
+/// divisor of size and slide), merged when a window fires. Beside the table, per key group,
+/// the keys of each open window or slice by end, to fire windows in order without scanning
+/// the table; this index is not checkpointed but rebuilt from the table on restore.
 pub(crate) struct WindowOp<T, K, A: AggregateFunction<T>, KF: ?Sized> {
     key: Arc<KF>,
     agg: A,
     assigner: WindowAssigner,
+    /// Accumulators are per slice of this length (merged when a window fires).
+    sliced: bool,
+    /// Length of an accumulator's time range: the slice, or the window size.
+    pane_ms: i64,
     first: usize,
-    table: KeyGroups<PaneKey<K>, (Timestamp, A::Acc)>,
-    /// Per key group: window end -> the keys with an accumulator in that window.
-    open: Vec<BTreeMap<Timestamp, Vec<K>>>,
+    table: PaneTable<K, A::Acc>,
+    open: OpenIndex<K>,
+    /// Whole-window accumulators restored from a checkpoint of format 4 or earlier into a
+    /// sliced operator: each fires merged with its window's slices. Gone once they all fired
+    /// (after one window size of event time).
+    legacy: Option<Indexed<K, A::Acc>>,
+    /// Merged accumulators of the window being fired (reused).
+    merged: rustc_hash::FxHashMap<K, A::Acc>,
     watermark: Timestamp,
     info: TaskInfo,
     out: Out<WindowResult<K, A::Out>>,
     _t: PhantomData<fn(T)>,
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The open index of `table` over key groups `range`.
+fn open_index<K: StateData + Hash + Eq, V: StateData>(
+    table: &KeyGroups<PaneKey<K>, V>,
+    range: Range<usize>,
+) -> OpenIndex<K> {
+    range
+        .map(|kg| {
+            let mut open: BTreeMap<Timestamp, Vec<K>> = BTreeMap::new();
+            for (end, k) in table.keys(kg) {
+                open.entry(*end).or_default().push(k.clone());
+            }
+            open
+        })
+        .collect()
 }
 
 impl<T, K, A, KF> WindowOp<T, K, A, KF>
@@ -272,40 +402,229 @@ where
         info: TaskInfo,
         out: Out<WindowResult<K, A::Out>>,
     ) -> Result<Self, JobError> {
-        let legacy = info.restore.as_ref().is_some_and(|r| r.format_version < 3);
-        let table: KeyGroups<PaneKey<K>, (Timestamp, A::Acc)> = match info.restored_section("state")
-        {
-            Some(bytes) if legacy => legacy_panes(bytes, range.clone(), info.incremental.clone())
-                .map_err(|e| {
-                JobError::Restore(format!(
-                    "operator `{}` subtask {}: {e}",
-                    info.operator, info.subtask
-                ))
-            })?,
+        let sliced = assigner.slide_ms < assigner.size_ms && agg.mergeable();
+        let pane_ms = if sliced {
+            gcd(assigner.size_ms, assigner.slide_ms)
+        } else {
+            assigner.size_ms
+        };
+        let fail = |e: String| {
+            JobError::Restore(format!(
+                "operator `{}` subtask {}: {e}",
+                info.operator, info.subtask
+            ))
+        };
+        let legacy_format = info.restore.as_ref().is_some_and(|r| r.format_version < 3);
+        let table: PaneTable<K, A::Acc> = match info.restored_section("state") {
+            Some(bytes) if legacy_format => {
+                legacy_panes(bytes, range.clone(), info.incremental.clone()).map_err(fail)?
+            }
             _ => restored_groups(&info)?,
         };
-        let mut open: Vec<BTreeMap<Timestamp, Vec<K>>> =
-            range.clone().map(|_| BTreeMap::new()).collect();
-        for kg in range.clone() {
-            for (end, k) in table.keys(kg) {
-                open[kg - range.start]
-                    .entry(*end)
-                    .or_default()
-                    .push(k.clone());
+        let meta = match info.restored_section("window") {
+            Some(bytes) => Some(
+                postcard::from_bytes::<WindowMeta>(bytes)
+                    .map_err(|e| fail(format!("cannot decode window section: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut watermark = NO_TIMESTAMP;
+        let (table, legacy) = match meta {
+            Some(m) => {
+                if m.pane_ms != pane_ms {
+                    return Err(fail(format!(
+                        "the checkpoint holds accumulators of {} ms each, but this job's windows \
+                         (size {} ms, slide {} ms) need {pane_ms} ms: restore with the window size \
+                         and slide the checkpoint was taken with",
+                        m.pane_ms, assigner.size_ms, assigner.slide_ms
+                    )));
+                }
+                watermark = m.watermark;
+                let legacy = if m.legacy {
+                    Some(restored_table(&info, "legacy")?)
+                } else {
+                    None
+                };
+                (table, legacy)
             }
-        }
+            // A checkpoint of format 4 or earlier (or none): accumulators are whole windows.
+            None if sliced && info.restore.is_some() => {
+                let mut windows = table;
+                // Its chains are stored under section `state`; from now on it is `legacy`.
+                windows.forget_chains();
+                let slices = KeyGroups::new(range.clone(), info.incremental.clone());
+                (slices, Some(windows))
+            }
+            None => (table, None),
+        };
+        let legacy = legacy.filter(|t| t.len() > 0).map(|t| {
+            let open = open_index(&t, range.clone());
+            (t, open)
+        });
         Ok(WindowOp {
             key,
             agg,
             assigner,
+            sliced,
+            pane_ms,
             first: range.start,
+            open: open_index(&table, range),
             table,
-            open,
-            watermark: NO_TIMESTAMP,
+            legacy,
+            merged: Default::default(),
+            watermark,
             info,
             out,
             _t: PhantomData,
         })
+    }
+
+    /// The smallest window end at or after `t`.
+    fn end_at_or_after(&self, t: Timestamp) -> Timestamp {
+        let (size, slide) = (self.assigner.size_ms, self.assigner.slide_ms);
+        t + (size - t.rem_euclid(slide)).rem_euclid(slide)
+    }
+
+    /// Adds `r` (at `ts`, of key `k` in group `kg`) to the accumulator ending at `end`,
+    /// starting at `start`.
+    fn add(
+        &mut self,
+        kg: usize,
+        k: &K,
+        start: Timestamp,
+        end: Timestamp,
+        r: &T,
+    ) -> Result<(), JobError> {
+        let at = (end, k.clone());
+        if let Some(acc) = self.table.get_mut(kg, &at) {
+            return self
+                .agg
+                .add(&mut acc.1, r)
+                .map_err(|e| JobError::from_user(&self.info, e));
+        }
+        let mut acc = self.agg.create();
+        self.agg
+            .add(&mut acc, r)
+            .map_err(|e| JobError::from_user(&self.info, e))?;
+        self.table.insert(kg, at, (start, acc));
+        self.open[kg - self.first]
+            .entry(end)
+            .or_default()
+            .push(k.clone());
+        Ok(())
+    }
+
+    /// Fires the windows of key group `kg` that end after `prev + 1` and at or before
+    /// `wm + 1`, merging their slices (sliced operators).
+    fn fire_slices(
+        &mut self,
+        kg: usize,
+        prev: Timestamp,
+        wm: Timestamp,
+        out: &mut Batch<WindowResult<K, A::Out>>,
+    ) -> Result<(), JobError> {
+        let i = kg - self.first;
+        let (size, slide) = (self.assigner.size_ms, self.assigner.slide_ms);
+        // Windows ending at or before `fired + 1` have fired.
+        let mut fired = prev;
+        loop {
+            let next_slice = self.open[i].keys().next().map(|&s| self.end_at_or_after(s));
+            let next_legacy = self
+                .legacy
+                .as_ref()
+                .and_then(|(_, open)| open[i].keys().next().copied());
+            let Some(mut end) = next_slice.into_iter().chain(next_legacy).min() else {
+                break;
+            };
+            if fired != NO_TIMESTAMP {
+                end = end.max(self.end_at_or_after(fired.saturating_add(2)));
+            }
+            if end - 1 > wm {
+                break;
+            }
+            // The window's restored whole-window accumulator first (its records are older),
+            // then its slices in time order.
+            if let Some((table, open)) = &mut self.legacy {
+                for k in open[i].remove(&end).unwrap_or_default() {
+                    let at = (end, k);
+                    let (_, acc) = table
+                        .remove(kg, &at)
+                        .expect("every key of an open window has an accumulator");
+                    self.merged.insert(at.1, acc);
+                }
+            }
+            for (&s, keys) in self.open[i].range(end - size + 1..=end) {
+                for k in keys {
+                    let (_, acc) = self
+                        .table
+                        .get(kg, &(s, k.clone()))
+                        .expect("every key of an open slice has an accumulator");
+                    match self.merged.get_mut(k) {
+                        Some(m) => self
+                            .agg
+                            .merge(m, acc)
+                            .map_err(|e| JobError::from_user(&self.info, e))?,
+                        None => {
+                            self.merged.insert(k.clone(), acc.clone());
+                        }
+                    }
+                }
+            }
+            for (key, acc) in self.merged.drain() {
+                let value = self.agg.result(acc);
+                out.push((
+                    end - 1,
+                    WindowResult {
+                        key,
+                        start: end - size,
+                        end,
+                        value,
+                    },
+                ));
+            }
+            // Slices that no later window contains.
+            let last_needed_after = end + slide - size;
+            while let Some(entry) = self.open[i].first_entry() {
+                let s = *entry.key();
+                if s > last_needed_after {
+                    break;
+                }
+                for k in entry.remove() {
+                    self.table.remove(kg, &(s, k));
+                }
+            }
+            fired = end - 1;
+        }
+        Ok(())
+    }
+
+    /// Fires the windows of key group `kg` that end at or before `wm + 1` (one accumulator
+    /// per window).
+    fn fire_windows(&mut self, kg: usize, wm: Timestamp, out: &mut Batch<WindowResult<K, A::Out>>) {
+        let open = &mut self.open[kg - self.first];
+        while let Some(entry) = open.first_entry() {
+            let end = *entry.key();
+            if end - 1 > wm {
+                break;
+            }
+            for key in entry.remove() {
+                let at = (end, key);
+                let (start, acc) = self
+                    .table
+                    .remove(kg, &at)
+                    .expect("every key of an open window has an accumulator");
+                let value = self.agg.result(acc);
+                out.push((
+                    end - 1,
+                    WindowResult {
+                        key: at.1,
+                        start,
+                        end,
+                        value,
+                    },
+                ));
+            }
+        }
     }
 }
 
@@ -343,6 +662,7 @@ where
 {
     fn batch(&mut self, batch: Batch<T>) -> Result<(), JobError> {
         let max_p = self.info.max_parallelism;
+        let (size, pane) = (self.assigner.size_ms, self.pane_ms);
         let mut late = 0u64;
         for (ts, r) in batch {
             if ts == NO_TIMESTAMP {
@@ -353,28 +673,28 @@ where
             }
             let k = (self.key)(&r);
             let kg = key_group_for(&k, max_p) as usize;
+            if self.sliced {
+                // Late: the windows of `ts` that fired already (each counts, as unsliced).
+                if ts <= self.watermark {
+                    let wm = self.watermark;
+                    let fired = self.assigner.starts(ts).filter(|s| s + size - 1 <= wm);
+                    let n = fired.count() as u64;
+                    late += n;
+                    if self.assigner.starts(ts).count() as u64 == n {
+                        continue;
+                    }
+                }
+                let end = ts - ts.rem_euclid(pane) + pane;
+                self.add(kg, &k, end - pane, end, &r)?;
+                continue;
+            }
             for start in self.assigner.starts(ts) {
-                let end = start.saturating_add(self.assigner.size_ms);
+                let end = start.saturating_add(size);
                 if end - 1 <= self.watermark {
                     late += 1;
                     continue;
                 }
-                let at = (end, k.clone());
-                if let Some(acc) = self.table.get_mut(kg, &at) {
-                    self.agg
-                        .add(&mut acc.1, &r)
-                        .map_err(|e| JobError::from_user(&self.info, e))?;
-                    continue;
-                }
-                let mut acc = self.agg.create();
-                self.agg
-                    .add(&mut acc, &r)
-                    .map_err(|e| JobError::from_user(&self.info, e))?;
-                self.table.insert(kg, at, (start, acc));
-                self.open[kg - self.first]
-                    .entry(end)
-                    .or_default()
-                    .push(k.clone());
+                self.add(kg, &k, start, end, &r)?;
             }
         }
         if late > 0 {
@@ -387,32 +707,20 @@ where
     }
 
     fn watermark(&mut self, wm: Timestamp) -> Result<(), JobError> {
-        self.watermark = wm;
+        // After a restore, the watermark starts at the one stored in the checkpoint.
+        let prev = self.watermark;
+        self.watermark = prev.max(wm);
         let mut out = Vec::new();
-        for (i, open) in self.open.iter_mut().enumerate() {
-            let kg = self.first + i;
-            while let Some(entry) = open.first_entry() {
-                let end = *entry.key();
-                if end - 1 > wm {
-                    break;
+        if self.watermark > prev {
+            for kg in self.first..self.first + self.open.len() {
+                if self.sliced {
+                    self.fire_slices(kg, prev, self.watermark, &mut out)?;
+                } else {
+                    self.fire_windows(kg, self.watermark, &mut out);
                 }
-                for key in entry.remove() {
-                    let at = (end, key);
-                    let (start, acc) = self
-                        .table
-                        .remove(kg, &at)
-                        .expect("every key of an open window has an accumulator");
-                    let value = self.agg.result(acc);
-                    out.push((
-                        end - 1,
-                        WindowResult {
-                            key: at.1,
-                            start,
-                            end,
-                            value,
-                        },
-                    ));
-                }
+            }
+            if self.legacy.as_ref().is_some_and(|(t, _)| t.len() == 0) {
+                self.legacy = None;
             }
         }
         if !out.is_empty() {
@@ -433,13 +741,29 @@ where
     }
 
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        let meta = WindowMeta {
+            pane_ms: self.pane_ms,
+            watermark: self.watermark,
+            legacy: self.legacy.is_some(),
+        };
+        let meta = postcard::to_stdvec(&meta).expect("window meta encodes");
+        b.sections
+            .push((self.info.section_name("window"), Section::Bytes(meta)));
         // As keyed state: captured in O(key groups), encoded by the snapshot writer.
         let snap = self.table.snapshot(b.id);
         b.refs.extend(snap.refs);
         b.sections.push((
             self.info.section_name("state"),
-            crate::operator::Section::Deferred(snap.encode),
+            Section::Deferred(snap.encode),
         ));
+        if let Some((table, _)) = &mut self.legacy {
+            let snap = table.snapshot(b.id);
+            b.refs.extend(snap.refs);
+            b.sections.push((
+                self.info.section_name("legacy"),
+                Section::Deferred(snap.encode),
+            ));
+        }
         self.out.barrier(b)
     }
 }
@@ -447,6 +771,347 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::rc::Rc;
+
+    use proptest::prelude::*;
+
+    use crate::checkpoint::RestoreSet;
+    use crate::metrics::NodeMetrics;
+
+    type Rec = (u32, i64);
+    type Emitted = Vec<(Timestamp, WindowResult<u32, i64>)>;
+
+    /// What a window operator emits.
+    #[derive(Clone, Default)]
+    struct Sink(Rc<RefCell<Emitted>>);
+
+    impl Collector<WindowResult<u32, i64>> for Sink {
+        fn batch(&mut self, batch: Batch<WindowResult<u32, i64>>) -> Result<(), JobError> {
+            self.0.borrow_mut().extend(batch);
+            Ok(())
+        }
+        fn watermark(&mut self, _wm: Timestamp) -> Result<(), JobError> {
+            Ok(())
+        }
+        fn idle(&mut self, _idle: bool) -> Result<(), JobError> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), JobError> {
+            Ok(())
+        }
+        fn barrier(&mut self, _b: &mut Barrier<'_>) -> Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    /// A sum that cannot merge: its operator keeps one accumulator per window, as every
+    /// window operator did before slicing.
+    #[derive(Clone)]
+    struct Unmerged;
+
+    impl AggregateFunction<Rec> for Unmerged {
+        type Acc = i64;
+        type Out = i64;
+        fn create(&self) -> i64 {
+            0
+        }
+        fn add(&self, acc: &mut i64, r: &Rec) -> Result<(), BoxError> {
+            *acc += r.1;
+            Ok(())
+        }
+        fn result(&self, acc: i64) -> i64 {
+            acc
+        }
+    }
+
+    fn key_of(r: &Rec) -> u32 {
+        r.0
+    }
+
+    type KeyFn = fn(&Rec) -> u32;
+    type TestOp<A> = WindowOp<Rec, u32, A, KeyFn>;
+
+    /// One instance owning all 8 key groups, restored from `restore` if given.
+    fn op<A: AggregateFunction<Rec, Out = i64>>(
+        agg: A,
+        assigner: WindowAssigner,
+        restore: Option<RestoreSet>,
+    ) -> Result<(TestOp<A>, Sink), JobError> {
+        let info = TaskInfo {
+            job: "test".into(),
+            operator: "window".into(),
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 8,
+            waker: crate::source::Waker::pair().0,
+            metrics: Arc::new(NodeMetrics::new(
+                "window".into(),
+                false,
+                false,
+                1,
+                vec![],
+                0,
+            )),
+            stop: Default::default(),
+            node: 1,
+            restore: restore.map(Arc::new),
+            checkpointing: true,
+            first_checkpoint: 1,
+            incremental: None,
+        };
+        let sink = Sink::default();
+        let key: Arc<KeyFn> = Arc::new(key_of as KeyFn);
+        let w = WindowOp::new(key, agg, assigner, 0..8, info, Box::new(sink.clone()))?;
+        Ok((w, sink))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A record: key, timestamp, value.
+        Rec(u32, i64, i64),
+        /// The watermark moves on by this much.
+        Advance(i64),
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        let step = prop_oneof![
+            6 => (0u32..6, 0i64..120, -50i64..50).prop_map(|(k, t, v)| Step::Rec(k, t, v)),
+            1 => (1i64..25).prop_map(Step::Advance),
+        ];
+        prop::collection::vec(step, 0..120)
+    }
+
+    /// Feeds `steps` to `w`, whose watermark was `wm`; returns the watermark after them.
+    fn run<A: AggregateFunction<Rec, Out = i64>>(
+        w: &mut TestOp<A>,
+        steps: &[Step],
+        mut wm: Timestamp,
+    ) -> Timestamp {
+        for s in steps {
+            match *s {
+                Step::Rec(k, t, v) => w.batch(vec![(t, (k, v))]).unwrap(),
+                Step::Advance(d) => {
+                    wm = if wm == NO_TIMESTAMP { d - 1 } else { wm + d };
+                    w.watermark(wm).unwrap();
+                }
+            }
+        }
+        wm
+    }
+
+    /// The sections `w` writes at a barrier, encoded.
+    fn sections<A: AggregateFunction<Rec, Out = i64>>(
+        w: &mut TestOp<A>,
+        id: u64,
+    ) -> Vec<(String, Vec<u8>)> {
+        let (mut sections, mut durable, mut refs) = (Vec::new(), Vec::new(), BTreeSet::new());
+        w.barrier(&mut Barrier {
+            id,
+            sections: &mut sections,
+            durable: &mut durable,
+            refs: &mut refs,
+        })
+        .unwrap();
+        sections
+            .into_iter()
+            .map(|(name, s)| match s {
+                Section::Bytes(b) => (name, b),
+                Section::Deferred(f) => {
+                    let mut b = Vec::new();
+                    f(&mut b).unwrap();
+                    (name, b)
+                }
+            })
+            .collect()
+    }
+
+    fn sorted(sink: &Sink) -> Vec<(Timestamp, u32, i64, i64, i64)> {
+        let mut v: Vec<_> = sink
+            .0
+            .borrow()
+            .iter()
+            .map(|(ts, r)| (*ts, r.key, r.start, r.end, r.value))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn late<A: AggregateFunction<Rec>>(w: &TestOp<A>) -> u64 {
+        w.info.metrics.late_records.load(Ordering::Relaxed)
+    }
+
+    fn sliding(size: i64, slide: i64) -> WindowAssigner {
+        WindowAssigner::sliding(
+            Duration::from_millis(size as u64),
+            Duration::from_millis(slide as u64),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever records, watermarks and late records, a sliced operator emits exactly the
+        /// windows, values and timestamps of one with an accumulator per window, and counts
+        /// the same late records.
+        #[test]
+        fn sliced_windows_equal_per_window_accumulators(
+            steps in steps(), size in 2i64..40, slide in 1i64..40,
+        ) {
+            let a = sliding(size, slide.min(size - 1));
+            let (mut sliced, got) = op(Sum(|r: &Rec| r.1), a, None).unwrap();
+            let (mut plain, want) = op(Unmerged, a, None).unwrap();
+            prop_assert!(sliced.sliced && !plain.sliced);
+            let wm = run(&mut sliced, &steps, NO_TIMESTAMP);
+            run(&mut plain, &steps, NO_TIMESTAMP);
+            prop_assert_eq!(sorted(&got), sorted(&want));
+            prop_assert_eq!(late(&sliced), late(&plain));
+            // Everything fires at the end, and no slice is left behind.
+            sliced.watermark(Timestamp::MAX).unwrap();
+            plain.watermark(Timestamp::MAX).unwrap();
+            prop_assert_eq!(sorted(&got), sorted(&want));
+            prop_assert_eq!(sliced.table.len(), 0);
+            prop_assert!(wm == NO_TIMESTAMP || sliced.watermark == Timestamp::MAX);
+        }
+
+        /// A sliced operator restored from its checkpoint (format 5: slices and watermark)
+        /// goes on exactly as if it had never stopped: the same windows, and the same records
+        /// late (records behind the stored watermark stay late).
+        #[test]
+        fn sliced_windows_restore_exactly(
+            steps in steps(), cut in any::<prop::sample::Index>(), size in 2i64..40, slide in 1i64..40,
+        ) {
+            let a = sliding(size, slide.min(size - 1));
+            let cut = cut.index(steps.len() + 1);
+            let (mut reference, want) = op(Sum(|r: &Rec| r.1), a, None).unwrap();
+            run(&mut reference, &steps, NO_TIMESTAMP);
+            reference.watermark(Timestamp::MAX).unwrap();
+
+            let (mut before, got_before) = op(Sum(|r: &Rec| r.1), a, None).unwrap();
+            let wm = run(&mut before, &steps[..cut], NO_TIMESTAMP);
+            let saved = sections(&mut before, 3);
+            let restore = RestoreSet::for_test(3, CHECKPOINT_FORMAT, &saved);
+            let (mut after, got_after) = op(Sum(|r: &Rec| r.1), a, Some(restore)).unwrap();
+            run(&mut after, &steps[cut..], wm);
+            after.watermark(Timestamp::MAX).unwrap();
+
+            let mut got = sorted(&got_before);
+            got.extend(sorted(&got_after));
+            got.sort();
+            prop_assert_eq!(got, sorted(&want));
+            prop_assert_eq!(late(&before) + late(&after), late(&reference));
+        }
+
+        /// Restored from a checkpoint of format 4 (one accumulator per window, no watermark),
+        /// a sliced operator fires each restored window merged with its slices: the same
+        /// results as the per-window operator that format 4 restored, and the restored
+        /// windows are gone once they fired.
+        #[test]
+        fn windows_of_format_4_are_merged_into_slices(
+            steps in steps(), cut in any::<prop::sample::Index>(), size in 2i64..40, slide in 1i64..40,
+        ) {
+            let a = sliding(size, slide.min(size - 1));
+            let cut = cut.index(steps.len() + 1);
+            let (mut old, got_old) = op(Unmerged, a, None).unwrap();
+            let wm = run(&mut old, &steps[..cut], NO_TIMESTAMP);
+            let saved: Vec<_> = sections(&mut old, 3)
+                .into_iter()
+                .filter(|(name, _)| name.ends_with("/state"))
+                .collect();
+            prop_assert_eq!(saved.len(), 1);
+
+            // What format 4 did: per-window accumulators restored, the watermark not.
+            let (mut reference, want) =
+                op(Unmerged, a, Some(RestoreSet::for_test(3, 4, &saved))).unwrap();
+            reference.watermark = NO_TIMESTAMP;
+            let (mut sliced, got) =
+                op(Sum(|r: &Rec| r.1), a, Some(RestoreSet::for_test(3, 4, &saved))).unwrap();
+            prop_assert!(sliced.sliced);
+            prop_assert_eq!(
+                sliced.legacy.as_ref().map_or(0, |(t, _)| t.len()),
+                old.table.len()
+            );
+            run(&mut reference, &steps[cut..], wm);
+            run(&mut sliced, &steps[cut..], wm);
+            prop_assert_eq!(sorted(&got), sorted(&want));
+            // While restored windows are open, checkpoints keep them (section `legacy`).
+            let open = sliced.legacy.is_some();
+            let names: Vec<String> = sections(&mut sliced, 4).into_iter().map(|(n, _)| n).collect();
+            prop_assert_eq!(names.iter().any(|n| n.ends_with("/legacy")), open);
+            sliced.watermark(Timestamp::MAX).unwrap();
+            reference.watermark(Timestamp::MAX).unwrap();
+            prop_assert_eq!(sorted(&got), sorted(&want));
+            prop_assert!(sliced.legacy.is_none());
+            drop(got_old);
+        }
+    }
+
+    /// A checkpoint whose legacy section is open restores into an operator that keeps it; and
+    /// a checkpoint taken with another slide is refused, naming what differs.
+    #[test]
+    fn restored_slices_must_match_the_windows() {
+        let a = sliding(10, 4);
+        let (mut old, _) = op(Unmerged, a, None).unwrap();
+        old.batch(vec![(3, (1, 5)), (7, (2, 6))]).unwrap();
+        let saved: Vec<_> = sections(&mut old, 3)
+            .into_iter()
+            .filter(|(name, _)| name.ends_with("/state"))
+            .collect();
+        let (mut sliced, _) = op(
+            Sum(|r: &Rec| r.1),
+            a,
+            Some(RestoreSet::for_test(3, 4, &saved)),
+        )
+        .unwrap();
+        assert_eq!(sliced.pane_ms, 2);
+        sliced.batch(vec![(12, (1, 1))]).unwrap();
+        let saved = sections(&mut sliced, 4);
+        let restore = || RestoreSet::for_test(4, CHECKPOINT_FORMAT, &saved);
+        let (mut again, got) = op(Sum(|r: &Rec| r.1), a, Some(restore())).unwrap();
+        assert!(again.legacy.is_some());
+        again.watermark(Timestamp::MAX).unwrap();
+        // Key 1: 5 at 3 (restored windows [-4,6) and [0,10)), 1 at 12 (slice [12,14) of
+        // [4,14), [8,18) and [12,22)); key 2: 6 at 7 (restored windows [0,10) and [4,14)).
+        let got: Vec<_> = sorted(&got).into_iter().map(|r| (r.1, r.2, r.4)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, -4, 5),
+                (1, 0, 5),
+                (2, 0, 6),
+                (1, 4, 1),
+                (2, 4, 6),
+                (1, 8, 1),
+                (1, 12, 1)
+            ]
+        );
+        let e = op(Sum(|r: &Rec| r.1), sliding(10, 5), Some(restore()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("accumulators of 2 ms each") && e.contains("need 5 ms"),
+            "{e}"
+        );
+        let mut bad = saved.clone();
+        for (name, b) in &mut bad {
+            if name.ends_with("/window") {
+                b.truncate(1);
+            }
+        }
+        let e = op(
+            Sum(|r: &Rec| r.1),
+            a,
+            Some(RestoreSet::for_test(4, CHECKPOINT_FORMAT, &bad)),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("cannot decode window section"), "{e}");
+    }
+
+    const CHECKPOINT_FORMAT: u32 = weir_storage::CHECKPOINT_FORMAT_VERSION;
 
     /// The panes of a checkpoint of format version 1 or 2 become a table with the same
     /// accumulators; damaged bytes and other key groups are errors.

@@ -32,7 +32,13 @@ pub const METADATA_FORMAT_VERSION: u16 = 1;
 /// `<node>/<subtask>/timers`), and their `state` section holds only the number of state
 /// tables (versions 1 to 3 held that number and every timer, encoded at the barrier).
 /// Readers still decode the older timers.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 4;
+///
+/// Version 5 keeps version 2's metadata layout too; what changed is the state of window
+/// operators: each instance writes a section `<node>/<subtask>/window` (the length of an
+/// accumulator's time range, its watermark, whether section `legacy` exists), and sliding
+/// windows over mergeable aggregates keep one accumulator per slice instead of one per window.
+/// Readers of version 1 to 4 window state treat its accumulators as whole windows.
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 5;
 
 const PREFIX_LEN: usize = 8 + 2 + 4;
 const CRC_LEN: usize = 4;
@@ -197,7 +203,7 @@ pub fn decode_metadata(bytes: &[u8]) -> Result<CheckpointMetadata, FormatError> 
     // The payload starts with `format_version`, which decides the layout of the rest.
     let (version, _) = postcard::take_from_bytes::<u32>(payload).map_err(decode_err)?;
     let (m, rest) = match version {
-        2 | 3 | CHECKPOINT_FORMAT_VERSION => {
+        2..=4 | CHECKPOINT_FORMAT_VERSION => {
             postcard::take_from_bytes::<CheckpointMetadata>(payload)
         }
         1 => postcard::take_from_bytes::<v1::CheckpointMetadata>(payload)

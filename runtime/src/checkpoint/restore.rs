@@ -52,6 +52,33 @@ impl std::fmt::Debug for RestoreSet {
 }
 
 impl RestoreSet {
+    /// A checkpoint `id` of `format_version` holding `sections` in one snapshot (unit tests
+    /// of how operators read their state).
+    #[cfg(test)]
+    pub(crate) fn for_test(id: u64, format_version: u32, sections: &[(String, Vec<u8>)]) -> Self {
+        let named: Vec<(&str, &[u8])> = sections
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect();
+        let header = weir_storage::SnapshotHeader {
+            checkpoint_id: id,
+            worker: 0,
+        };
+        let bytes = weir_storage::encode_snapshot(&header, &named).unwrap();
+        let snap = Snapshot::from_bytes(bytes).unwrap();
+        RestoreSet {
+            id,
+            format_version,
+            sections: sections.iter().map(|(n, _)| ((id, n.clone()), 0)).collect(),
+            snapshots: vec![snap],
+            files: Vec::new(),
+            foreign: false,
+            local_files: 1,
+            downloaded_files: 0,
+            downloaded_bytes: 0,
+        }
+    }
+
     pub(crate) fn section(&self, name: &str) -> Option<&[u8]> {
         self.section_at(self.id, name)
     }

@@ -90,23 +90,23 @@ fn each_error_class() {
     ));
 
     let m = CheckpointMetadata {
-        format_version: 5,
+        format_version: 6,
         ..sample_metadata()
     };
     assert_eq!(
         decode_metadata(&encode_metadata(&m))
             .unwrap_err()
             .to_string(),
-        "unsupported checkpoint format version 5; this Weir reads version 4"
+        "unsupported checkpoint format version 6; this Weir reads version 5"
     );
 }
 
-/// Versions 2 and 3 have version 4's metadata layout; they decode with their version kept, so
+/// Versions 2 to 4 have version 5's metadata layout; they decode with their version kept, so
 /// that readers of sections know which layout the window operators' state and the timers
 /// have.
 #[test]
-fn version_2_and_3_metadata_is_read_with_its_version() {
-    for format_version in [2, 3] {
+fn version_2_to_4_metadata_is_read_with_its_version() {
+    for format_version in [2, 3, 4] {
         let m = CheckpointMetadata {
             format_version,
             ..sample_metadata()

@@ -89,9 +89,13 @@ fn documented_layout_matches_the_writers() {
         s.verify().unwrap();
     }
     crate::decode_metadata(&read("metadata_reader/empty.meta")).unwrap();
-    // Versions 2 and 3 have version 4's layout and keep their numbers (window state and
+    // Versions 2 to 4 have version 5's layout and keep their numbers (window state and
     // timers differ).
-    for (seed, version) in [("v2-two-files.meta", 2), ("v3-two-files.meta", 3)] {
+    for (seed, version) in [
+        ("v2-two-files.meta", 2),
+        ("v3-two-files.meta", 3),
+        ("v4-two-files.meta", 4),
+    ] {
         let m = crate::decode_metadata(&read(&format!("metadata_reader/{seed}"))).unwrap();
         assert_eq!(
             (m.format_version, m.files.len(), m.files[1].checkpoint),
