@@ -563,6 +563,7 @@ impl Measured {
             "checkpoints": w.sync_ms.len(),
             "sync_pause_ms_p50": percentile(w.sync_ms.clone(), 0.5),
             "sync_pause_ms_p99": percentile(w.sync_ms.clone(), 0.99),
+            "sync_pause_ms": w.sync_ms,
             "checkpoint_duration_ms_p50": percentile(w.durations_ms.clone(), 0.5),
             "checkpoint_duration_ms_p99": percentile(w.durations_ms.clone(), 0.99),
             "checkpoint_durations_ms": w.durations_ms,
@@ -703,8 +704,11 @@ fn measure(
         with.records_per_cpu_s / 1e6,
         base.records_per_cpu_s / 1e6,
     );
+    let mut longest = with.sync_ms.clone();
+    longest.sort_by(|a, b| b.total_cmp(a));
+    longest.truncate(3);
     println!(
-        "  {name}: sync pause p50 {:.2} ms, p99 {:.2} ms; checkpoint duration p50 {:.0} ms, p99 {:.0} ms",
+        "  {name}: sync pause p50 {:.2} ms, p99 {:.2} ms (longest {longest:.2?}); checkpoint duration p50 {:.0} ms, p99 {:.0} ms",
         percentile(with.sync_ms.clone(), 0.5),
         percentile(with.sync_ms.clone(), 0.99),
         percentile(with.durations_ms.clone(), 0.5),
