@@ -949,6 +949,34 @@ mod tests {
         )
     }
 
+    /// Runs `steps` through one operator, and through another restored after `steps[..cut]`
+    /// from the first's checkpoint: both emit the same and count the same records late.
+    fn restores_exactly<A: AggregateFunction<Rec, Out = i64>>(
+        agg: A,
+        a: WindowAssigner,
+        steps: &[Step],
+        cut: usize,
+    ) -> Result<(), TestCaseError> {
+        let (mut reference, want) = op(agg.clone(), a, None).unwrap();
+        run(&mut reference, steps, NO_TIMESTAMP);
+        reference.watermark(Timestamp::MAX).unwrap();
+
+        let (mut before, got_before) = op(agg.clone(), a, None).unwrap();
+        let wm = run(&mut before, &steps[..cut], NO_TIMESTAMP);
+        let saved = sections(&mut before, 3);
+        let restore = RestoreSet::for_test(3, CHECKPOINT_FORMAT, &saved);
+        let (mut after, got_after) = op(agg, a, Some(restore)).unwrap();
+        run(&mut after, &steps[cut..], wm);
+        after.watermark(Timestamp::MAX).unwrap();
+
+        let mut got = sorted(&got_before);
+        got.extend(sorted(&got_after));
+        got.sort();
+        prop_assert_eq!(got, sorted(&want));
+        prop_assert_eq!(late(&before) + late(&after), late(&reference));
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -975,32 +1003,20 @@ mod tests {
             prop_assert!(wm == NO_TIMESTAMP || sliced.watermark == Timestamp::MAX);
         }
 
-        /// A sliced operator restored from its checkpoint (format 5: slices and watermark)
+        /// An operator restored from its checkpoint (format 5: accumulators and watermark)
         /// goes on exactly as if it had never stopped: the same windows, and the same records
-        /// late (records behind the stored watermark stay late).
+        /// late (records behind the stored watermark stay late). Sliced, per-window (an
+        /// aggregate that cannot merge) and tumbling.
         #[test]
-        fn sliced_windows_restore_exactly(
+        fn windows_restore_exactly(
             steps in steps(), cut in any::<prop::sample::Index>(), size in 2i64..40, slide in 1i64..40,
         ) {
             let a = sliding(size, slide.min(size - 1));
             let cut = cut.index(steps.len() + 1);
-            let (mut reference, want) = op(Sum(|r: &Rec| r.1), a, None).unwrap();
-            run(&mut reference, &steps, NO_TIMESTAMP);
-            reference.watermark(Timestamp::MAX).unwrap();
-
-            let (mut before, got_before) = op(Sum(|r: &Rec| r.1), a, None).unwrap();
-            let wm = run(&mut before, &steps[..cut], NO_TIMESTAMP);
-            let saved = sections(&mut before, 3);
-            let restore = RestoreSet::for_test(3, CHECKPOINT_FORMAT, &saved);
-            let (mut after, got_after) = op(Sum(|r: &Rec| r.1), a, Some(restore)).unwrap();
-            run(&mut after, &steps[cut..], wm);
-            after.watermark(Timestamp::MAX).unwrap();
-
-            let mut got = sorted(&got_before);
-            got.extend(sorted(&got_after));
-            got.sort();
-            prop_assert_eq!(got, sorted(&want));
-            prop_assert_eq!(late(&before) + late(&after), late(&reference));
+            restores_exactly(Sum(|r: &Rec| r.1), a, &steps, cut)?;
+            restores_exactly(Unmerged, a, &steps, cut)?;
+            let tumbling = WindowAssigner::tumbling(Duration::from_millis(size as u64));
+            restores_exactly(Sum(|r: &Rec| r.1), tumbling, &steps, cut)?;
         }
 
         /// Restored from a checkpoint of format 4 (one accumulator per window, no watermark),
