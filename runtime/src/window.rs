@@ -422,10 +422,12 @@ where
             _ => restored_groups(&info)?,
         };
         let meta = match info.restored_section("window") {
-            Some(bytes) => Some(
-                postcard::from_bytes::<WindowMeta>(bytes)
-                    .map_err(|e| fail(format!("cannot decode window section: {e}")))?,
-            ),
+            Some(bytes) => Some(postcard::from_bytes::<WindowMeta>(bytes).map_err(|e| {
+                fail(format!(
+                    "cannot decode window section (expected slice length, watermark \
+                             and legacy flag, as written by checkpoint format 5): {e}"
+                ))
+            })?),
             None => None,
         };
         let mut watermark = NO_TIMESTAMP;
@@ -571,16 +573,7 @@ where
                 }
             }
             for (key, acc) in self.merged.drain() {
-                let value = self.agg.result(acc);
-                out.push((
-                    end - 1,
-                    WindowResult {
-                        key,
-                        start: end - size,
-                        end,
-                        value,
-                    },
-                ));
+                out.push(result_row(&self.agg, end - size, end, key, acc));
             }
             // Slices that no later window contains.
             let last_needed_after = end + slide - size;
@@ -613,19 +606,30 @@ where
                     .table
                     .remove(kg, &at)
                     .expect("every key of an open window has an accumulator");
-                let value = self.agg.result(acc);
-                out.push((
-                    end - 1,
-                    WindowResult {
-                        key: at.1,
-                        start,
-                        end,
-                        value,
-                    },
-                ));
+                out.push(result_row(&self.agg, start, end, at.1, acc));
             }
         }
     }
+}
+
+/// The row a window `[start, end)` of `key` emits, at the window's last instant.
+fn result_row<T, K, A: AggregateFunction<T>>(
+    agg: &A,
+    start: Timestamp,
+    end: Timestamp,
+    key: K,
+    acc: A::Acc,
+) -> (Timestamp, WindowResult<K, A::Out>) {
+    let value = agg.result(acc);
+    (
+        end - 1,
+        WindowResult {
+            key,
+            start,
+            end,
+            value,
+        },
+    )
 }
 
 /// Per key group: window end -> (key -> (window start, accumulator)): the window state of
@@ -675,12 +679,13 @@ where
             let kg = key_group_for(&k, max_p) as usize;
             if self.sliced {
                 // Late: the windows of `ts` that fired already (each counts, as unsliced).
+                // The record is dropped when all did, that is when its latest one did.
                 if ts <= self.watermark {
                     let wm = self.watermark;
-                    let fired = self.assigner.starts(ts).filter(|s| s + size - 1 <= wm);
-                    let n = fired.count() as u64;
-                    late += n;
-                    if self.assigner.starts(ts).count() as u64 == n {
+                    let mut starts = self.assigner.starts(ts).peekable();
+                    let all_fired = starts.peek().is_some_and(|s| s + size - 1 <= wm);
+                    late += starts.filter(|s| s + size - 1 <= wm).count() as u64;
+                    if all_fired {
                         continue;
                     }
                 }
