@@ -36,7 +36,9 @@
 //! measured window and each restore, to cut a `perf record -k mono` profile to them;
 //! WEIR_BENCH_RESTORES=<n> restores timed per case, default 3 (0 for throughput alone);
 //! WEIR_BENCH_RESTORE_DIR=<dir> keeps the checkpoints in <dir>, or, if it exists, only times
-//! restores from it;
+//! restores from it; WEIR_BENCH_WARMUP=<seconds> sets the warm-up of runs with checkpoints
+//! (default 80); WEIR_BENCH_SERIES=1 prints the bytes each checkpoint wrote since the load,
+//! to see when full rewrites of key groups settle;
 //! WEIR_BENCH_OUT for the results directory, default `target/bench-results`). Results:
 //! `checkpoint.json` and `checkpoint.md`.
 
@@ -283,7 +285,14 @@ fn run(
     let loaded_at = h.checkpoints().len();
     let warm_up = Instant::now();
     let min = Duration::from_secs(if window.as_secs() > 5 { 10 } else { 2 });
-    let min_with = if dir.is_some() { 8 * min } else { min };
+    let min_with = match std::env::var("WEIR_BENCH_WARMUP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(secs) if dir.is_some() => Duration::from_secs(secs),
+        _ if dir.is_some() => 8 * min,
+        _ => min,
+    };
     while warm_up.elapsed() < min_with
         || (dir.is_some() && h.checkpoints().len() < loaded_at + 3 && warm_up.elapsed() < 16 * min)
     {
@@ -308,6 +317,15 @@ fn run(
         println!("    window {t0:?} .. {t1:?}");
     }
     let huge_mb = anon_huge_mb();
+    if std::env::var_os("WEIR_BENCH_SERIES").is_some() {
+        let all = h.checkpoints();
+        let mb: Vec<String> = all
+            .iter()
+            .skip(loaded_at)
+            .map(|c| format!("{:.0}", c.bytes as f64 / 1e6))
+            .collect();
+        println!("    MB per checkpoint since the load: {}", mb.join(" "));
+    }
     let cps: Vec<_> = h.checkpoints().into_iter().skip(c0).collect();
     h.cancel();
     let _ = h.join();
@@ -728,9 +746,13 @@ fn measure(
         restored = id;
     }
     let restore_s = median(restores.clone());
-    println!(
+    if restores.is_empty() {
+        println!("  {name}: restores not timed (WEIR_BENCH_RESTORES=0)");
+    } else {
+        println!(
         "  {name}: restore of checkpoint {restored} from the local copy: median {restore_s:.2} s ({restores:.2?})"
     );
+    }
     if kept.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
