@@ -1,8 +1,9 @@
 //! Crash loops: the `weir` binary runs a bounded file job with an exactly-once file sink and
 //! 150 ms checkpoints, and is killed with SIGKILL at random moments, then rerun with
 //! `--restore latest`, at least 50 times (WEIR_CRASH_KILLS and WEIR_CRASH_RECORDS override;
-//! scripts/soak-crash.sh runs longer). The visible output must then be exactly one consistent
-//! execution. Two jobs:
+//! scripts/soak-crash.sh runs longer); every fourth time it is stopped gracefully with SIGTERM
+//! instead (final checkpoint, then `--restore latest` continues). The visible output must then
+//! be exactly one consistent execution. Two jobs:
 //! - key_by + running sum: every input record once, and each key's running sums a prefix-sum
 //!   sequence of exactly its records;
 //! - key_by + sliding event-time windows (sum per key and window, state in slices, the
@@ -69,9 +70,27 @@ fn crash_loop(d: &Path, job: &Path, name: &str, kills: usize, check: impl Fn(&[V
         // Kill anywhere from start-up to the end of a run (later kills hit the final phase).
         let wait = Duration::from_millis(rng.next() % (full.as_millis() as u64 + 200).max(50));
         std::thread::sleep(wait);
-        let _ = child.kill(); // SIGKILL
+        // Every fourth round stops gracefully instead (SIGTERM: a final checkpoint, output
+        // committed, exit 0), which the next round's `--restore latest` continues.
+        let graceful = i % 4 == 3;
+        if graceful {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        } else {
+            let _ = child.kill(); // SIGKILL
+        }
         let o = child.wait_with_output().unwrap();
-        if o.status.success() {
+        if graceful {
+            // Stopped (or finished) on its own terms, or killed by the signal before the
+            // handler was installed.
+            assert!(
+                o.status.success() || o.status.code().is_none(),
+                "round {i}: the job failed on SIGTERM: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        } else if o.status.success() {
             finished_early += 1;
             // It completed before the kill: start the next round from scratch so that kills keep
             // landing mid-run (a completed output must already be exact).

@@ -654,7 +654,10 @@ impl<T: Clone + Send + 'static, K: Hash + Eq + Clone + Send + StateData> Windowe
     {
         self.aggregate("window_avg", Avg(f))
     }
-    /// Reduces each key's records in a window with `f`.
+    /// Reduces each key's records in a window with `f`, applied in arrival order (one
+    /// accumulator per window, also for sliding windows: `f` need not be associative or
+    /// commutative, so the operator does not slice; for sums, counts, minima, maxima and means
+    /// use the dedicated aggregates, which do).
     pub fn reduce<F>(&self, f: F) -> DataStream<WindowResult<K, T>>
     where
         T: StateData,

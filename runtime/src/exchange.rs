@@ -551,7 +551,16 @@ impl<T> Driver for InputGate<T> {
                     ch.ended = true;
                     self.open -= 1;
                     self.forward_barriers(cp)?;
-                    self.refresh()?;
+                    // With checkpoints, streams end only after the job's final checkpoint:
+                    // at the end of input every channel delivered the final watermark
+                    // before, and when the job was stopped its input has not ended, and a
+                    // restore continues it. Either way an ending channel must not move the
+                    // watermark on (by no longer holding back the others' minimum, or with
+                    // the final watermark): that would fire windows and timers, with part
+                    // of their records, after the checkpoint that holds them.
+                    if !self.info.checkpointing {
+                        self.refresh()?;
+                    }
                     if self.open == 0 {
                         self.head.finish()?;
                         self.finished = true;
@@ -663,6 +672,48 @@ mod tests {
             ];
             (Just(n), prop::collection::vec(step, 0..60))
         })
+    }
+
+    /// With checkpoints, channels end only after the job's final checkpoint: an ending channel
+    /// neither releases the others' watermark nor brings the final one (a stopped job's input
+    /// has not ended). Without checkpoints both happen.
+    #[test]
+    fn with_checkpoints_ending_channels_do_not_move_the_watermark() {
+        for checkpointing in [false, true] {
+            let events = Rc::new(RefCell::new(Vec::new()));
+            let (txs, rxs): (Vec<_>, Vec<_>) = (0..2)
+                .map(|_| crossbeam_channel::bounded::<Message<u32>>(4))
+                .unzip();
+            let mut gate = InputGate::new(
+                rxs,
+                Box::new(Record(events.clone())),
+                TaskInfo {
+                    checkpointing,
+                    ..info()
+                },
+                CheckpointMode::ExactlyOnce,
+            );
+            let mut cp = WorkerCheckpoints::disabled(0);
+            let mut send = |c: usize, m: Message<u32>| {
+                txs[c].send(m).unwrap();
+                while gate.poll(&[], &mut cp).unwrap() == Poll::Progress {}
+            };
+            send(0, Message::Watermark(100));
+            send(1, Message::Watermark(50));
+            send(1, Message::End);
+            send(0, Message::End);
+            let want = if checkpointing {
+                vec![Ev::Watermark(50), Ev::Finish]
+            } else {
+                vec![
+                    Ev::Watermark(50),
+                    Ev::Watermark(100),
+                    Ev::Watermark(MAX_WATERMARK),
+                    Ev::Finish,
+                ]
+            };
+            assert_eq!(*events.borrow(), want, "checkpointing {checkpointing}");
+        }
     }
 
     proptest! {

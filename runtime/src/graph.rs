@@ -224,10 +224,18 @@ impl<T> SourceDriver<T> {
         Ok(())
     }
 
-    fn exhausted(&mut self, cp: &mut WorkerCheckpoints) -> Result<Poll, JobError> {
+    /// Ends the source: its input ran out, or (`stopped`) the job was asked to stop.
+    fn exhausted(&mut self, cp: &mut WorkerCheckpoints, stopped: bool) -> Result<Poll, JobError> {
         // The final watermark counts downstream only from an active input.
         self.set_idle(false)?;
-        self.out.watermark(MAX_WATERMARK)?;
+        // A stop with checkpoints ends in a checkpoint that `--restore` continues from, so the
+        // input has not ended: no final watermark, which would fire every open event-time
+        // window and timer with only the records seen so far, and would be stored as the
+        // window operators' watermark (all later records late). They fire after the restore.
+        // Without checkpoints nothing can resume them, so a stop fires them (drains).
+        if !(stopped && self.info.checkpointing) {
+            self.out.watermark(MAX_WATERMARK)?;
+        }
         if self.info.checkpointing {
             self.state = SourceState::WaitingFinal;
             cp.send(ToCoordinator::SourceExhausted)?;
@@ -252,7 +260,7 @@ impl<T> Driver for SourceDriver<T> {
         }
         if self.info.stop.load(Ordering::Relaxed) {
             tracing::debug!(source = %self.info.operator, subtask = self.info.subtask, "stopping source on request");
-            return self.exhausted(cp);
+            return self.exhausted(cp, true);
         }
         if outlets.iter().any(|o| o.blocked()) {
             return Ok(Poll::Idle(None));
@@ -288,7 +296,7 @@ impl<T> Driver for SourceDriver<T> {
             self.set_idle(true)?;
         }
         match status {
-            SourcePoll::Exhausted => self.exhausted(cp),
+            SourcePoll::Exhausted => self.exhausted(cp, false),
             SourcePoll::Ready => Ok(Poll::Progress),
             SourcePoll::Idle(_) if produced => Ok(Poll::Progress),
             SourcePoll::Idle(at) => Ok(Poll::Idle(at)),

@@ -320,7 +320,9 @@ pub trait ProcessFunction<I, O>: Clone + Send + Sync + 'static {
     /// Handles one record.
     fn process(&mut self, value: I, ctx: &mut Context<'_, O>) -> Result<(), BoxError>;
     /// Called once at end of input (when the final watermark arrives, before the job's final
-    /// checkpoint, so that what it emits is committed with it); may emit final records.
+    /// checkpoint, so that what it emits is committed with it); may emit final records. Not
+    /// called when a job with checkpoints is stopped (Ctrl-C, SIGTERM, `JobHandle::stop`):
+    /// its input has not ended, and `--restore` continues it.
     fn close(&mut self, _ctx: &mut Context<'_, O>) -> Result<(), BoxError> {
         Ok(())
     }
@@ -423,8 +425,13 @@ impl<I, O, P: ProcessFunction<I, O>> Collector<I> for ProcessOp<P, O> {
         self.out.idle(idle)
     }
     fn finish(&mut self) -> Result<(), JobError> {
-        // A final `MAX_WATERMARK` always precedes `finish`; this is a safety net.
-        self.close()?;
+        // A final `MAX_WATERMARK` precedes `finish` at the end of input; this is a safety net.
+        // A job stopped with checkpoints sends none: its input has not ended, a restore
+        // continues it, and `close` runs at its real end.
+        let stopped = self.info.checkpointing && self.info.stop.load(Ordering::SeqCst);
+        if !stopped {
+            self.close()?;
+        }
         self.out.finish()
     }
 }

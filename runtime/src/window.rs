@@ -19,7 +19,23 @@ use crate::keyed::{key_group_for, restored_groups, restored_table};
 use crate::operator::{Barrier, Batch, Collector, Out, Section};
 use crate::source::TaskInfo;
 use crate::state::{check_covers, Incremental, KeyGroups, StateData};
-use crate::{Timestamp, NO_TIMESTAMP};
+use crate::{Timestamp, MAX_WATERMARK, NO_TIMESTAMP};
+
+/// The largest event time (and its negation the smallest) an event-time window accepts, and
+/// the longest window size: 2^60 ms, about 36 million years from 1970. Window arithmetic
+/// (`ts - size`, a window's end plus a slide) then never leaves `i64`; a record outside is an
+/// error naming its time.
+pub const MAX_WINDOW_TIME: Timestamp = 1 << 60;
+
+/// Watermarks at or beyond this fire every window there can be (ends are at most
+/// `MAX_WINDOW_TIME` plus a size), so firing clamps them here and its arithmetic stays in
+/// range.
+const FIRE_ALL: Timestamp = 1 << 62;
+
+/// A duration in whole milliseconds, within 1 ms ..= [`MAX_WINDOW_TIME`].
+fn window_ms(d: Duration) -> i64 {
+    d.as_millis().clamp(1, MAX_WINDOW_TIME as u128) as i64
+}
 
 /// Which windows a record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +47,7 @@ pub struct WindowAssigner {
 impl WindowAssigner {
     /// Fixed, non-overlapping windows of `size` (at least 1 ms).
     pub fn tumbling(size: Duration) -> Self {
-        let size_ms = (size.as_millis() as i64).max(1);
+        let size_ms = window_ms(size);
         WindowAssigner {
             size_ms,
             slide_ms: size_ms,
@@ -39,8 +55,8 @@ impl WindowAssigner {
     }
     /// Windows of `size` starting every `slide` (`0 < slide <= size`; clamped into that range).
     pub fn sliding(size: Duration, slide: Duration) -> Self {
-        let size_ms = (size.as_millis() as i64).max(1);
-        let slide_ms = (slide.as_millis() as i64).clamp(1, size_ms);
+        let size_ms = window_ms(size);
+        let slide_ms = window_ms(slide).min(size_ms);
         WindowAssigner { size_ms, slide_ms }
     }
     /// Window length in milliseconds.
@@ -292,18 +308,8 @@ where
     fn result(&self, acc: Option<T>) -> T {
         acc.expect("a window holds at least one record")
     }
-    fn mergeable(&self) -> bool {
-        true
-    }
-    fn merge(&self, acc: &mut Option<T>, other: &Option<T>) -> Result<(), BoxError> {
-        if let Some(b) = other {
-            *acc = Some(match acc.take() {
-                None => b.clone(),
-                Some(a) => (self.0)(a, b.clone()),
-            });
-        }
-        Ok(())
-    }
+    // Not mergeable: `f` is applied in arrival order, one accumulator per window, as Flink's
+    // window reduce does; it need not be associative or commutative.
 }
 
 /// The key of an accumulator: (end of its window or slice, key).
@@ -333,6 +339,12 @@ struct WindowMeta {
     /// of format 4 or earlier, whose windows have not fired yet.
     legacy: bool,
 }
+
+/// Written after [`WindowMeta`] in the same section: the windows' size and slide in ms, so
+/// that a restore refuses changed windows even where the slice length is the same (10 s
+/// every 4 s and 10 s every 2 s both slice by 2 s). Optional when reading: the first
+/// checkpoints of format 5 ended the section after `WindowMeta`.
+type WindowShape = (i64, i64);
 
 /// A window operator instance. Accumulators live in a keyed table (the same as keyed state:
 /// one map per key group, copy-on-write snapshots encoded off the worker, incremental
@@ -388,6 +400,52 @@ fn open_index<K: StateData + Hash + Eq, V: StateData>(
         .collect()
 }
 
+/// Decodes a `window` section: [`WindowMeta`], then (optionally) the [`WindowShape`], then
+/// nothing.
+fn decode_meta(bytes: &[u8]) -> Result<(WindowMeta, Option<WindowShape>), String> {
+    let (meta, rest) = postcard::take_from_bytes::<WindowMeta>(bytes).map_err(|e| e.to_string())?;
+    if rest.is_empty() {
+        return Ok((meta, None));
+    }
+    let (shape, rest) =
+        postcard::take_from_bytes::<WindowShape>(rest).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes left over", rest.len()));
+    }
+    Ok((meta, Some(shape)))
+}
+
+/// Checks that the whole-window accumulators restored from a checkpoint of format 4 or
+/// earlier are windows of `assigner` (`end - start = size`, starts on a multiple of the
+/// slide, within the event times windows accept): windows of another size or slide would
+/// never fire in this job's order.
+fn check_whole_windows<K: StateData + Hash + Eq, Acc: StateData>(
+    table: &PaneTable<K, Acc>,
+    range: Range<usize>,
+    assigner: WindowAssigner,
+) -> Result<(), String> {
+    let (size, slide) = (assigner.size_ms, assigner.slide_ms);
+    for kg in range {
+        for at in table.keys(kg) {
+            let Some((start, _)) = table.get(kg, at) else {
+                continue;
+            };
+            let (start, end) = (*start, at.0);
+            if end.checked_sub(start) != Some(size)
+                || start.rem_euclid(slide) != 0
+                || !(-MAX_WINDOW_TIME..=MAX_WINDOW_TIME).contains(&start)
+            {
+                return Err(format!(
+                    "the checkpoint holds a window [{start}, {end}), which is not one of this \
+                     job's windows ({size} ms every {slide} ms): restore with the window size \
+                     and slide the checkpoint was taken with"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl<T, K, A, KF> WindowOp<T, K, A, KF>
 where
     K: Hash + Eq + Clone + StateData,
@@ -422,17 +480,27 @@ where
             _ => restored_groups(&info)?,
         };
         let meta = match info.restored_section("window") {
-            Some(bytes) => Some(postcard::from_bytes::<WindowMeta>(bytes).map_err(|e| {
+            Some(bytes) => Some(decode_meta(bytes).map_err(|e| {
                 fail(format!(
-                    "cannot decode window section (expected slice length, watermark \
-                             and legacy flag, as written by checkpoint format 5): {e}"
+                    "cannot decode window section (expected slice length, watermark, \
+                     legacy flag, then window size and slide, as written by checkpoint \
+                     format 5): {e}"
                 ))
             })?),
             None => None,
         };
         let mut watermark = NO_TIMESTAMP;
         let (table, legacy) = match meta {
-            Some(m) => {
+            Some((m, shape)) => {
+                let ours = (assigner.size_ms, assigner.slide_ms);
+                if let Some((size, slide)) = shape.filter(|s| *s != ours) {
+                    return Err(fail(format!(
+                        "the checkpoint holds windows of {size} ms every {slide} ms, but this \
+                         job's are {} ms every {} ms: restore with the window size and slide \
+                         the checkpoint was taken with",
+                        ours.0, ours.1
+                    )));
+                }
                 if m.pane_ms != pane_ms {
                     return Err(fail(format!(
                         "the checkpoint holds accumulators of {} ms each, but this job's windows \
@@ -443,6 +511,13 @@ where
                 }
                 watermark = m.watermark;
                 let legacy = if m.legacy {
+                    if info.restored_section("legacy").is_none() {
+                        return Err(fail(
+                            "the window section says a `legacy` section follows, but the \
+                             checkpoint has none"
+                                .into(),
+                        ));
+                    }
                     Some(restored_table(&info, "legacy")?)
                 } else {
                     None
@@ -457,12 +532,28 @@ where
                 let slices = KeyGroups::new(range.clone(), info.incremental.clone());
                 (slices, Some(windows))
             }
-            None => (table, None),
+            None => {
+                if !sliced && info.restore.is_some() {
+                    // Windows of format 4 or earlier; format 5 checks the shape above.
+                    check_whole_windows(&table, range.clone(), assigner).map_err(fail)?;
+                }
+                (table, None)
+            }
         };
         let legacy = legacy.filter(|t| t.len() > 0).map(|t| {
             let open = open_index(&t, range.clone());
             (t, open)
         });
+        if let Some((t, _)) = &legacy {
+            check_whole_windows(t, range.clone(), assigner).map_err(fail)?;
+        }
+        if watermark == MAX_WATERMARK && info.subtask == 0 {
+            tracing::warn!(
+                operator = %info.operator,
+                "restored from a checkpoint taken after the input ended: every window has \
+                 fired, and records that arrive now are late and dropped"
+            );
+        }
         Ok(WindowOp {
             key,
             agg,
@@ -675,6 +766,17 @@ where
                     "record without an event timestamp reached an event-time window; assign timestamps first (with_timestamps)",
                 ));
             }
+            if !(-MAX_WINDOW_TIME..=MAX_WINDOW_TIME).contains(&ts) {
+                return Err(JobError::operator(
+                    &self.info,
+                    format!(
+                        "a record's event time {ts} ms is outside the range event-time windows \
+                         accept (-{MAX_WINDOW_TIME} ..= {MAX_WINDOW_TIME} ms, about 36 million \
+                         years either side of 1970); check the time field, or filter such \
+                         records out before the window"
+                    ),
+                ));
+            }
             let k = (self.key)(&r);
             let kg = key_group_for(&k, max_p) as usize;
             if self.sliced {
@@ -715,13 +817,15 @@ where
         // After a restore, the watermark starts at the one stored in the checkpoint.
         let prev = self.watermark;
         self.watermark = prev.max(wm);
+        // Firing sees watermarks up to FIRE_ALL, which fires every window there can be.
+        let (from, to) = (prev.min(FIRE_ALL), self.watermark.min(FIRE_ALL));
         let mut out = Vec::new();
-        if self.watermark > prev {
+        if to > from {
             for kg in self.first..self.first + self.open.len() {
                 if self.sliced {
-                    self.fire_slices(kg, prev, self.watermark, &mut out)?;
+                    self.fire_slices(kg, from, to, &mut out)?;
                 } else {
-                    self.fire_windows(kg, self.watermark, &mut out);
+                    self.fire_windows(kg, to, &mut out);
                 }
             }
             if self.legacy.as_ref().is_some_and(|(t, _)| t.len() == 0) {
@@ -751,7 +855,8 @@ where
             watermark: self.watermark,
             legacy: self.legacy.is_some(),
         };
-        let meta = postcard::to_stdvec(&meta).expect("window meta encodes");
+        let shape: WindowShape = (self.assigner.size_ms, self.assigner.slide_ms);
+        let meta = postcard::to_stdvec(&(meta, shape)).expect("window meta encodes");
         b.sections
             .push((self.info.section_name("window"), Section::Bytes(meta)));
         // As keyed state: captured in O(key groups), encoded by the snapshot writer.
@@ -930,6 +1035,26 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// `saved` with `f` applied to the bytes of its `window` section.
+    fn edit_window(
+        saved: &[(String, Vec<u8>)],
+        f: impl Fn(&mut Vec<u8>),
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut v = saved.to_vec();
+        for (name, b) in &mut v {
+            if name.ends_with("/window") {
+                f(b);
+            }
+        }
+        v
+    }
+
+    /// A window section as the first checkpoints of format 5 wrote it (no size and slide).
+    fn without_shape(b: &mut Vec<u8>) {
+        let (meta, _) = decode_meta(b).unwrap();
+        *b = postcard::to_stdvec(&meta).unwrap();
     }
 
     fn sorted(sink: &Sink) -> Vec<(Timestamp, u32, i64, i64, i64)> {
@@ -1112,15 +1237,25 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(
+            e.contains("windows of 10 ms every 4 ms") && e.contains("are 10 ms every 5 ms"),
+            "{e}"
+        );
+        // A section without the windows' shape (the first format-5 checkpoints) is refused
+        // for its slice length.
+        let short = edit_window(&saved, without_shape);
+        let e = op(
+            Sum(|r: &Rec| r.1),
+            sliding(10, 5),
+            Some(RestoreSet::for_test(4, CHECKPOINT_FORMAT, &short)),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
             e.contains("accumulators of 2 ms each") && e.contains("need 5 ms"),
             "{e}"
         );
-        let mut bad = saved.clone();
-        for (name, b) in &mut bad {
-            if name.ends_with("/window") {
-                b.truncate(1);
-            }
-        }
+        let bad = edit_window(&saved, |b| b.truncate(1));
         let e = op(
             Sum(|r: &Rec| r.1),
             a,
@@ -1130,6 +1265,145 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("cannot decode window section"), "{e}");
+    }
+
+    /// The window section stores size and slide: a restore refuses other windows even with
+    /// the same slice length, and still reads a section without them (the first format-5
+    /// checkpoints).
+    #[test]
+    fn a_restore_refuses_changed_windows_with_the_same_slices() {
+        let (mut w, _) = op(Sum(|r: &Rec| r.1), sliding(10, 4), None).unwrap();
+        w.batch(vec![(3, (1, 5))]).unwrap();
+        let saved = sections(&mut w, 3);
+        let restore =
+            |saved: &[(String, Vec<u8>)]| Some(RestoreSet::for_test(3, CHECKPOINT_FORMAT, saved));
+        // 10 every 2 slices by 2 ms too.
+        let e = op(Sum(|r: &Rec| r.1), sliding(10, 2), restore(&saved))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("windows of 10 ms every 4 ms") && e.contains("are 10 ms every 2 ms"),
+            "{e}"
+        );
+        // Without the shape, only the slice length is checked.
+        let short = edit_window(&saved, without_shape);
+        let (mut again, got) = op(Sum(|r: &Rec| r.1), sliding(10, 4), restore(&short)).unwrap();
+        again.watermark(Timestamp::MAX).unwrap();
+        assert_eq!(sorted(&got).len(), 2, "windows [-4,6), [0,10) of key 1");
+        // A section that says `legacy` follows when none does.
+        let lying = edit_window(&saved, |b| {
+            let (mut meta, shape) = decode_meta(b).unwrap();
+            meta.legacy = true;
+            *b = postcard::to_stdvec(&(meta, shape.unwrap())).unwrap();
+        });
+        let e = op(Sum(|r: &Rec| r.1), sliding(10, 4), restore(&lying))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("`legacy` section follows"), "{e}");
+        // Bytes after the size and slide.
+        let long = edit_window(&saved, |b| b.push(0));
+        let e = op(Sum(|r: &Rec| r.1), sliding(10, 4), restore(&long))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("1 bytes left over"), "{e}");
+    }
+
+    /// Whole-window accumulators of a format-4 checkpoint must be this job's windows: ones of
+    /// another slide would never fire in its order, and would stay in every checkpoint.
+    #[test]
+    fn format_4_windows_of_another_shape_are_refused() {
+        let (mut old, _) = op(Unmerged, sliding(10, 5), None).unwrap();
+        old.batch(vec![(3, (1, 5))]).unwrap();
+        let saved: Vec<_> = sections(&mut old, 3)
+            .into_iter()
+            .filter(|(name, _)| name.ends_with("/state"))
+            .collect();
+        for new in [
+            sliding(10, 4),
+            WindowAssigner::tumbling(Duration::from_millis(10)),
+        ] {
+            let e = op(
+                Sum(|r: &Rec| r.1),
+                new,
+                Some(RestoreSet::for_test(3, 4, &saved)),
+            )
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(e.contains("is not one of this job's windows"), "{e}");
+        }
+        let e = op(
+            Unmerged,
+            sliding(10, 4),
+            Some(RestoreSet::for_test(3, 4, &saved)),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("is not one of this job's windows"), "{e}");
+        // The same windows restore.
+        assert!(op(
+            Sum(|r: &Rec| r.1),
+            sliding(10, 5),
+            Some(RestoreSet::for_test(3, 4, &saved))
+        )
+        .is_ok());
+    }
+
+    /// Event times far from 1970 are an error naming the time, never a panic or an
+    /// overflow; watermarks up to `i64::MAX` fire everything once.
+    #[test]
+    fn extreme_event_times_and_watermarks() {
+        for a in [
+            sliding(60_000, 10_000),
+            WindowAssigner::tumbling(Duration::from_secs(60)),
+        ] {
+            for ts in [
+                -9_223_372_036_854_775_000,
+                i64::MAX - 5,
+                MAX_WINDOW_TIME + 1,
+                -MAX_WINDOW_TIME - 1,
+            ] {
+                let (mut w, _) = op(Sum(|r: &Rec| r.1), a, None).unwrap();
+                w.watermark(0).unwrap();
+                let e = w.batch(vec![(ts, (1, 1))]).unwrap_err().to_string();
+                assert!(e.contains(&format!("event time {ts} ms is outside")), "{e}");
+            }
+            let (mut w, got) = op(Sum(|r: &Rec| r.1), a, None).unwrap();
+            w.batch(vec![(MAX_WINDOW_TIME, (1, 1)), (-MAX_WINDOW_TIME, (2, 2))])
+                .unwrap();
+            w.watermark(i64::MAX - 3).unwrap();
+            w.watermark(i64::MAX - 2).unwrap();
+            w.watermark(i64::MAX).unwrap();
+            let windows = (a.size_ms / a.slide_ms) as usize;
+            assert_eq!(got.0.borrow().len(), 2 * windows);
+            // Records now are late, not a panic.
+            w.batch(vec![(MAX_WINDOW_TIME, (1, 1))]).unwrap();
+            assert_eq!(got.0.borrow().len(), 2 * windows);
+        }
+        // Durations beyond the limit are clamped, not wrapped.
+        let a = WindowAssigner::sliding(Duration::MAX, Duration::MAX);
+        assert_eq!(
+            (a.size_ms(), a.slide_ms()),
+            (MAX_WINDOW_TIME, MAX_WINDOW_TIME)
+        );
+    }
+
+    /// `reduce` applies its function in arrival order within a window, sliding or not (its
+    /// accumulators are not merged, so the function need not be associative or commutative).
+    #[test]
+    fn window_reduce_keeps_arrival_order() {
+        // The values as digits, appended in arrival order.
+        let concat = ReduceAgg(Arc::new(|a: Rec, b: Rec| (a.0, a.1 * 10 + b.1)));
+        assert!(!AggregateFunction::<Rec>::mergeable(&concat));
+        let mut acc = AggregateFunction::<Rec>::create(&concat);
+        for r in [(1, 7), (1, 2)] {
+            concat.add(&mut acc, &r).unwrap();
+        }
+        assert_eq!(concat.result(acc), (1, 72));
     }
 
     const CHECKPOINT_FORMAT: u32 = weir_storage::CHECKPOINT_FORMAT_VERSION;

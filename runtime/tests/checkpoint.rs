@@ -81,7 +81,11 @@ impl SinkWriter<(u64, u64)> for TwoPhaseSink {
         Ok(())
     }
     fn finish(&mut self) -> Result<(), BoxError> {
-        assert!(self.buffer.is_empty(), "records after the final checkpoint");
+        assert!(
+            self.buffer.is_empty(),
+            "records after the final checkpoint: {:?}",
+            &self.buffer[..self.buffer.len().min(5)]
+        );
         Ok(())
     }
     fn pre_commit(&mut self, checkpoint: u64) -> Result<PreCommit, BoxError> {
@@ -214,6 +218,7 @@ fn run_with(
         config,
         mode,
         panic_at,
+        stop_after: None,
         restore,
         stage,
         local_cache: None,
@@ -226,6 +231,8 @@ struct Run {
     config: RuntimeConfig,
     mode: CheckpointMode,
     panic_at: Option<u64>,
+    /// Stops the job gracefully (`JobHandle::stop`) once its source read this many records.
+    stop_after: Option<u64>,
     restore: bool,
     stage: Stage,
     local_cache: Option<u64>,
@@ -243,6 +250,7 @@ impl Run {
             config,
             mode,
             panic_at,
+            stop_after,
             restore,
             stage,
             local_cache,
@@ -261,6 +269,12 @@ impl Run {
         };
         let monitor = handle.monitor();
         let restored = handle.restored_from();
+        if let Some(n) = stop_after {
+            while handle.metrics().source_records() < n && !handle.is_finished() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            handle.stop();
+        }
         let end = handle.join().map(|_| restored);
         let cached = monitor
             .checkpoints()
@@ -411,6 +425,7 @@ fn local_copies_dropped_from_the_page_cache_restore_exactly_once() {
         config: two_workers(),
         mode: CheckpointMode::ExactlyOnce,
         panic_at,
+        stop_after: None,
         restore,
         stage: running_sum,
         local_cache: Some(0),
@@ -443,22 +458,63 @@ fn local_copies_dropped_from_the_page_cache_restore_exactly_once() {
     );
 }
 
-/// Runs `stage` (whose output names each window once, with its sum) until a panic mid-stream,
-/// then restores it, and checks every window was committed exactly once with its sum.
-fn assert_windows_restored_exactly_once(stage: Stage, expected: BTreeMap<u64, u64>) {
+/// How [`assert_windows_restored_exactly_once`] interrupts the first run mid-stream.
+#[derive(Clone, Copy)]
+enum Interrupt {
+    /// An operator panics.
+    Panic,
+    /// `JobHandle::stop`: sources stop, a final checkpoint, the job ends without error.
+    Stop,
+}
+
+/// Runs `stage` (whose output names each window once, with its sum) until it is interrupted
+/// mid-stream, then restores it, and checks every window was committed exactly once with its
+/// sum.
+fn assert_windows_restored_exactly_once(
+    stage: Stage,
+    expected: BTreeMap<u64, u64>,
+    interrupt: Interrupt,
+) {
     let d = tempfile::tempdir().unwrap();
     let ext = Arc::new(Mutex::new(External::default()));
-    let mode = CheckpointMode::ExactlyOnce;
-    let run = |panic_at, restore| {
-        let e = ext.clone();
-        run_with(two_workers(), d.path(), mode, e, panic_at, restore, stage)
+    let run = |panic_at, stop_after, restore| Run {
+        config: two_workers(),
+        mode: CheckpointMode::ExactlyOnce,
+        panic_at,
+        stop_after,
+        restore,
+        stage,
+        local_cache: None,
     };
-    let err = run(Some(N / 2), false).unwrap_err();
-    assert!(matches!(err, JobError::Panic { .. }), "{err}");
+    match interrupt {
+        Interrupt::Panic => {
+            let err = run(Some(N / 2), None, false)
+                .go(d.path(), ext.clone())
+                .0
+                .unwrap_err();
+            assert!(matches!(err, JobError::Panic { .. }), "{err}");
+        }
+        Interrupt::Stop => {
+            // A stop ends in a checkpoint; the sink fails if anything reaches it after that
+            // checkpoint (windows or timers fired by a final watermark: the input has not
+            // ended). The stop may land anywhere up to the end of the input.
+            run(None, Some(N / 3), false)
+                .go(d.path(), ext.clone())
+                .0
+                .unwrap();
+        }
+    }
     let before = ext.lock().unwrap().committed.len();
-    assert!(before > 0, "no checkpoint completed before the failure");
     assert!(
-        run(None, true).unwrap().is_some(),
+        before > 0,
+        "no checkpoint completed before the interruption"
+    );
+    assert!(
+        run(None, None, true)
+            .go(d.path(), ext.clone())
+            .0
+            .unwrap()
+            .is_some(),
         "the second run must restore"
     );
     let ext = ext.lock().unwrap();
@@ -488,7 +544,8 @@ fn window_state_is_restored_exactly_once_after_injected_panic() {
             start -= slide;
         }
     }
-    assert_windows_restored_exactly_once(window_sums, expected);
+    assert_windows_restored_exactly_once(window_sums, expected.clone(), Interrupt::Panic);
+    assert_windows_restored_exactly_once(window_sums, expected, Interrupt::Stop);
 }
 
 /// Event-time timers (in a keyed table, encoded off the worker) and the map state they read
@@ -501,7 +558,8 @@ fn timers_are_restored_exactly_once_after_injected_panic() {
         let end = (i as i64 / WINDOW.0 + 1) * WINDOW.0;
         *expected.entry((i % 13) * 100_000 + end as u64).or_default() += i;
     }
-    assert_windows_restored_exactly_once(timer_sums, expected);
+    assert_windows_restored_exactly_once(timer_sums, expected.clone(), Interrupt::Panic);
+    assert_windows_restored_exactly_once(timer_sums, expected, Interrupt::Stop);
 }
 
 #[test]
