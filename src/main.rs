@@ -556,7 +556,7 @@ fn supervise(
             seen_signals = s;
             if s == 1 {
                 eprintln!(
-                    "\nweir: stopping: draining in-flight data (press Ctrl-C again to cancel)"
+                    "\nweir: stopping: processing in-flight records, then a final checkpoint if checkpoints are on (press Ctrl-C again to cancel)"
                 );
                 handle.stop();
             } else {

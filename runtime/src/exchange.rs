@@ -35,8 +35,9 @@ pub(crate) enum Message<T> {
     Watermark(Timestamp),
     /// Watermark status of the sending subtask: idle (`true`) or active again.
     Idle(bool),
-    /// Checkpoint barrier `n`: everything before it belongs to checkpoint `n`.
-    Barrier(u64),
+    /// Checkpoint barrier `n`: everything before it belongs to checkpoint `n`. The flag says
+    /// no record follows it on this channel ([`crate::operator::Barrier::last`]).
+    Barrier(u64, bool),
     End,
 }
 
@@ -283,7 +284,7 @@ impl<T: Clone> Collector<T> for ExchangeOutput<T> {
         let mut st = shared.state.borrow_mut();
         for t in 0..st.buffers.len() {
             st.seal(t);
-            st.pending[t].push_back(Message::Barrier(b.id));
+            st.pending[t].push_back(Message::Barrier(b.id, b.last));
         }
         shared.send_pending(&mut st)?;
         Ok(())
@@ -332,6 +333,9 @@ struct GateChannel<T> {
     ended: bool,
     /// Id of the last barrier this channel delivered.
     barrier: u64,
+    /// Id of the first barrier after which no record follows on this channel (its sources
+    /// have stopped or ended and wait for the final checkpoint).
+    last_from: Option<u64>,
 }
 
 /// Merges the input channels of a chain head.
@@ -373,6 +377,7 @@ impl<T> InputGate<T> {
                     idle: false,
                     ended: false,
                     barrier: start,
+                    last_from: None,
                 })
                 .collect(),
             head,
@@ -411,8 +416,14 @@ impl<T> InputGate<T> {
                 .take()
                 .map(|t| t.elapsed())
                 .unwrap_or_default();
+            // No record follows barrier `id` when none does on any open channel.
+            let last = self
+                .channels
+                .iter()
+                .filter(|c| !c.ended)
+                .all(|c| c.last_from.is_some_and(|from| from <= id));
             let head = &mut self.head;
-            cp.task_barrier(id, alignment, |b| head.barrier(b))?;
+            cp.task_barrier(id, alignment, last, |b| head.barrier(b))?;
             self.aligned = id;
             if self
                 .channels
@@ -530,9 +541,12 @@ impl<T> Driver for InputGate<T> {
                         self.refresh()?;
                     }
                 }
-                Ok(Message::Barrier(id)) => {
+                Ok(Message::Barrier(id, last)) => {
                     empty_in_a_row = 0;
                     handled += 1;
+                    if last && ch.last_from.is_none() {
+                        ch.last_from = Some(id);
+                    }
                     if id != ch.barrier + 1 {
                         return Err(JobError::operator(
                             &self.info,
@@ -649,6 +663,7 @@ mod tests {
             node: 0,
             restore: None,
             checkpointing: false,
+            stop_resumes: false,
             first_checkpoint: 1,
             incremental: None,
         }

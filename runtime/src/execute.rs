@@ -86,6 +86,10 @@ impl Plan {
             node,
             restore: self.restore.clone(),
             checkpointing: self.checkpoint.is_some(),
+            stop_resumes: self
+                .checkpoint
+                .as_ref()
+                .is_some_and(|c| c.on_cancel == OnCancel::Retain),
             first_checkpoint: self.first_checkpoint,
             incremental: self.incremental.clone(),
         }
@@ -826,7 +830,11 @@ impl JobHandle {
         &self.metrics
     }
 
-    /// Graceful stop: sources end now, in-flight data drains, sinks flush, then `join` returns.
+    /// Graceful stop: sources stop now, in-flight records are processed, sinks flush (with
+    /// checkpoints: a final checkpoint, which sinks commit), then `join` returns. With
+    /// checkpoints kept (`on_cancel = retain`) the input has not ended: no final watermark,
+    /// so open event-time windows and timers stay in the final checkpoint and fire after a
+    /// restore; otherwise they fire now (the stop drains).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wakers.iter().for_each(Waker::wake);

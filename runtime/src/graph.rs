@@ -228,12 +228,13 @@ impl<T> SourceDriver<T> {
     fn exhausted(&mut self, cp: &mut WorkerCheckpoints, stopped: bool) -> Result<Poll, JobError> {
         // The final watermark counts downstream only from an active input.
         self.set_idle(false)?;
-        // A stop with checkpoints ends in a checkpoint that `--restore` continues from, so the
-        // input has not ended: no final watermark, which would fire every open event-time
-        // window and timer with only the records seen so far, and would be stored as the
-        // window operators' watermark (all later records late). They fire after the restore.
-        // Without checkpoints nothing can resume them, so a stop fires them (drains).
-        if !(stopped && self.info.checkpointing) {
+        // A stop whose final checkpoint is kept ends in a checkpoint that `--restore` continues
+        // from, so the input has not ended: no final watermark, which would fire every open
+        // event-time window and timer with only the records seen so far, and would be stored
+        // as the window operators' watermark (all later records late). They fire after the
+        // restore. Without checkpoints, or with `on_cancel = delete`, nothing can resume them,
+        // so a stop fires them (drains).
+        if !(stopped && self.info.stop_resumes) {
             self.out.watermark(MAX_WATERMARK)?;
         }
         if self.info.checkpointing {
@@ -317,7 +318,9 @@ impl<T> Driver for SourceDriver<T> {
             .map_err(|e| JobError::from_user(&self.info, e))?;
         let section = self.info.section_name("state");
         let out = &mut self.out;
-        cp.task_barrier(id, std::time::Duration::ZERO, |b| {
+        // A source waiting for the final checkpoint emits nothing after this barrier.
+        let last = self.state == SourceState::WaitingFinal;
+        cp.task_barrier(id, std::time::Duration::ZERO, last, |b| {
             b.sections
                 .push((section, crate::operator::Section::Bytes(position)));
             out.barrier(b)

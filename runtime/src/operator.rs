@@ -32,6 +32,12 @@ pub(crate) enum Section {
 /// A checkpoint barrier travelling down a chain: operators append their state sections.
 pub(crate) struct Barrier<'a> {
     pub(crate) id: u64,
+    /// No record follows this barrier: every source upstream has stopped or ended and waits
+    /// for the final checkpoint (the barrier of a job's final checkpoint, or of one triggered
+    /// just before the last source stopped). `ProcessOp` runs `close` here when a stop did not
+    /// end the input with a final watermark: a `ProcessFunction`'s fields are not
+    /// checkpointed, so what it holds must be emitted before the checkpoint.
+    pub(crate) last: bool,
     pub(crate) sections: &'a mut Vec<(String, Section)>,
     pub(crate) durable: &'a mut Vec<DurableWait>,
     /// Earlier checkpoints whose files the sections reference (incremental state).
@@ -320,9 +326,11 @@ pub trait ProcessFunction<I, O>: Clone + Send + Sync + 'static {
     /// Handles one record.
     fn process(&mut self, value: I, ctx: &mut Context<'_, O>) -> Result<(), BoxError>;
     /// Called once at end of input (when the final watermark arrives, before the job's final
-    /// checkpoint, so that what it emits is committed with it); may emit final records. Not
-    /// called when a job with checkpoints is stopped (Ctrl-C, SIGTERM, `JobHandle::stop`):
-    /// its input has not ended, and `--restore` continues it.
+    /// checkpoint, so that what it emits is committed with it); may emit final records. Also
+    /// called when the job is stopped (Ctrl-C, SIGTERM, `JobHandle::stop`), before its final
+    /// checkpoint: a process function's fields are not checkpointed, so this is its last
+    /// chance to emit what it holds; a job restored from that checkpoint starts with a fresh
+    /// function (keep state that must survive failures in keyed state).
     fn close(&mut self, _ctx: &mut Context<'_, O>) -> Result<(), BoxError> {
         Ok(())
     }
@@ -419,17 +427,23 @@ impl<I, O, P: ProcessFunction<I, O>> Collector<I> for ProcessOp<P, O> {
         self.out.watermark(wm)
     }
     fn barrier(&mut self, b: &mut Barrier<'_>) -> Result<(), JobError> {
+        if b.last {
+            // No record follows: a stop that keeps its final checkpoint sent no final
+            // watermark. The function's fields are not checkpointed, so what it holds is
+            // emitted now, before the barrier, and committed with the checkpoint (a restored
+            // job starts with a fresh function, whose `close` runs at its own end).
+            self.close()?;
+        }
         self.out.barrier(b)
     }
     fn idle(&mut self, idle: bool) -> Result<(), JobError> {
         self.out.idle(idle)
     }
     fn finish(&mut self) -> Result<(), JobError> {
-        // A final `MAX_WATERMARK` precedes `finish` at the end of input; this is a safety net.
-        // A job stopped with checkpoints sends none: its input has not ended, a restore
-        // continues it, and `close` runs at its real end.
-        let stopped = self.info.checkpointing && self.info.stop.load(Ordering::SeqCst);
-        if !stopped {
+        // `close` ran at the final watermark or at the last barrier; this is a safety net for
+        // jobs without checkpoints (with them, anything emitted now would follow the final
+        // checkpoint).
+        if !self.info.checkpointing {
             self.close()?;
         }
         self.out.finish()

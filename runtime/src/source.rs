@@ -33,6 +33,10 @@ pub struct TaskInfo {
     pub(crate) node: usize,
     pub(crate) restore: Option<Arc<crate::checkpoint::RestoreSet>>,
     pub(crate) checkpointing: bool,
+    /// A graceful stop ends in a checkpoint that is kept (checkpointing with `on_cancel =
+    /// retain`), which `--restore` continues: the stop does not end the input (no final
+    /// watermark). Otherwise (no checkpoints, or `on_cancel = delete`) a stop drains.
+    pub(crate) stop_resumes: bool,
     /// Id of the first checkpoint of this run (barrier ids start here).
     pub(crate) first_checkpoint: u64,
     /// Set when checkpoints are incremental: shared by every keyed table of the run.

@@ -501,6 +501,18 @@ where
                         ours.0, ours.1
                     )));
                 }
+                let slices = gcd(assigner.size_ms, assigner.slide_ms);
+                if m.pane_ms != pane_ms && !sliced && shape.is_none() && m.pane_ms == slices {
+                    // Same windows, but sliced when written: `reduce` was sliced in the
+                    // first checkpoints of format 5 and keeps one accumulator per window now.
+                    return Err(fail(format!(
+                        "the checkpoint holds slices of {} ms, written by a build that sliced \
+                         this aggregate (window `reduce`); this build keeps one accumulator per \
+                         window for it and cannot restore slices: restore with the build that \
+                         wrote the checkpoint, or start without --restore",
+                        m.pane_ms
+                    )));
+                }
                 if m.pane_ms != pane_ms {
                     return Err(fail(format!(
                         "the checkpoint holds accumulators of {} ms each, but this job's windows \
@@ -968,6 +980,7 @@ mod tests {
             node: 1,
             restore: restore.map(Arc::new),
             checkpointing: true,
+            stop_resumes: true,
             first_checkpoint: 1,
             incremental: None,
         };
@@ -1019,6 +1032,7 @@ mod tests {
         let (mut sections, mut durable, mut refs) = (Vec::new(), Vec::new(), BTreeSet::new());
         w.barrier(&mut Barrier {
             id,
+            last: false,
             sections: &mut sections,
             durable: &mut durable,
             refs: &mut refs,
@@ -1291,6 +1305,13 @@ mod tests {
         let (mut again, got) = op(Sum(|r: &Rec| r.1), sliding(10, 4), restore(&short)).unwrap();
         again.watermark(Timestamp::MAX).unwrap();
         assert_eq!(sorted(&got).len(), 2, "windows [-4,6), [0,10) of key 1");
+        // Slices (as `reduce` wrote them in those checkpoints) into an aggregate that does not
+        // merge: refused, saying why.
+        let e = op(Unmerged, sliding(10, 4), restore(&short))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("written by a build that sliced"), "{e}");
         // A section that says `legacy` follows when none does.
         let lying = edit_window(&saved, |b| {
             let (mut meta, shape) = decode_meta(b).unwrap();

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use weir_runtime::{
     BoxError, CheckpointConfig, CheckpointMode, DataStream, JobError, KeyedContext,
-    KeyedProcessFunction, MapState, OpenContext, PreCommit, RestoreFrom, RuntimeConfig, SinkWriter,
-    SourcePoll, SourceReader, StreamEnv, WindowAssigner, WindowResult, NO_TIMESTAMP,
+    KeyedProcessFunction, MapState, OnCancel, OpenContext, PreCommit, RestoreFrom, RuntimeConfig,
+    SinkWriter, SourcePoll, SourceReader, StreamEnv, WindowAssigner, WindowResult, NO_TIMESTAMP,
 };
 
 const N: u64 = 12_000;
@@ -231,8 +231,9 @@ struct Run {
     config: RuntimeConfig,
     mode: CheckpointMode,
     panic_at: Option<u64>,
-    /// Stops the job gracefully (`JobHandle::stop`) once its source read this many records.
-    stop_after: Option<u64>,
+    /// Stops the job gracefully (`JobHandle::stop`) once its source read this many records,
+    /// with this `on_cancel`.
+    stop_after: Option<(u64, OnCancel)>,
     restore: bool,
     stage: Stage,
     local_cache: Option<u64>,
@@ -261,6 +262,9 @@ impl Run {
         cfg.local_dir = dir.join("local");
         cfg.mode = mode;
         cfg.local_cache = local_cache;
+        if let Some((_, on_cancel)) = stop_after {
+            cfg.on_cancel = on_cancel;
+        }
         env.enable_checkpointing(cfg);
         build(&env, ext, panic_at, restore, stage);
         let handle = match env.start("cp-test") {
@@ -269,7 +273,7 @@ impl Run {
         };
         let monitor = handle.monitor();
         let restored = handle.restored_from();
-        if let Some(n) = stop_after {
+        if let Some((n, _)) = stop_after {
             while handle.metrics().source_records() < n && !handle.is_finished() {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -498,7 +502,7 @@ fn assert_windows_restored_exactly_once(
             // A stop ends in a checkpoint; the sink fails if anything reaches it after that
             // checkpoint (windows or timers fired by a final watermark: the input has not
             // ended). The stop may land anywhere up to the end of the input.
-            run(None, Some(N / 3), false)
+            run(None, Some((N / 3, OnCancel::Retain)), false)
                 .go(d.path(), ext.clone())
                 .0
                 .unwrap();
@@ -527,14 +531,11 @@ fn assert_windows_restored_exactly_once(
     assert_eq!(got, expected);
 }
 
-/// Window state (accumulators of open windows, in a keyed table encoded off the worker) is
-/// restored exactly: after a failure mid-stream, every window's sum is committed once and
-/// equals the sum over its records.
-#[test]
-fn window_state_is_restored_exactly_once_after_injected_panic() {
+/// What [`window_sums`] emits for the records `0..n`, when every window fired.
+fn window_sums_of(n: u64) -> BTreeMap<u64, u64> {
     let (size, slide) = WINDOW;
     let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
-    for i in 0..N {
+    for i in 0..n {
         let t = i as i64;
         let mut start = t - t.rem_euclid(slide);
         while start > t - size {
@@ -544,6 +545,15 @@ fn window_state_is_restored_exactly_once_after_injected_panic() {
             start -= slide;
         }
     }
+    expected
+}
+
+/// Window state (accumulators of open windows, in a keyed table encoded off the worker) is
+/// restored exactly: after a failure mid-stream, every window's sum is committed once and
+/// equals the sum over its records.
+#[test]
+fn window_state_is_restored_exactly_once_after_injected_panic() {
+    let expected = window_sums_of(N);
     assert_windows_restored_exactly_once(window_sums, expected.clone(), Interrupt::Panic);
     assert_windows_restored_exactly_once(window_sums, expected, Interrupt::Stop);
 }
@@ -560,6 +570,47 @@ fn timers_are_restored_exactly_once_after_injected_panic() {
     }
     assert_windows_restored_exactly_once(timer_sums, expected.clone(), Interrupt::Panic);
     assert_windows_restored_exactly_once(timer_sums, expected, Interrupt::Stop);
+}
+
+/// A stop with `on_cancel = delete` drains: its checkpoints are deleted, so nothing could
+/// resume the open windows, and they fire with the records read so far, before the final
+/// checkpoint, which commits them.
+#[test]
+fn a_stop_that_deletes_its_checkpoints_fires_the_open_windows() {
+    let d = tempfile::tempdir().unwrap();
+    let ext = Arc::new(Mutex::new(External::default()));
+    Run {
+        config: two_workers(),
+        mode: CheckpointMode::ExactlyOnce,
+        panic_at: None,
+        stop_after: Some((N / 3, OnCancel::Delete)),
+        restore: false,
+        stage: window_sums,
+        local_cache: None,
+    }
+    .go(d.path(), ext.clone())
+    .0
+    .unwrap();
+    let ext = ext.lock().unwrap();
+    assert!(ext.staged.is_empty(), "{:?}", ext.staged.keys());
+    // The source reads 0, 1, 2, ... in order; each record is in two windows, so the sums add
+    // up to k(k - 1) for the k records read.
+    let total: u64 = ext.committed.iter().map(|(_, s)| s).sum();
+    let k = (1..=N).find(|k| k * (k - 1) >= total).unwrap();
+    assert_eq!(
+        k * (k - 1),
+        total,
+        "not the windows of a prefix of the input"
+    );
+    assert!(k < N, "the stop came after the end of the input");
+    let expected = window_sums_of(k);
+    let got: BTreeMap<u64, u64> = ext.committed.iter().copied().collect();
+    assert_eq!(got.len(), ext.committed.len(), "a window twice");
+    assert_eq!(got, expected);
+    let left = std::fs::read_dir(d.path().join("store/cp-test"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "the checkpoints were deleted");
 }
 
 #[test]
@@ -855,27 +906,77 @@ fn slow_checkpoints_time_out_and_later_ones_succeed() {
 /// Records a `ProcessFunction` emits in `close` (end of input) are part of the final
 /// checkpoint and committed by two-phase sinks (they used to arrive after the final barrier:
 /// never committed, and `TwoPhaseSink::finish` asserts against that).
+/// Counts its records in a field (not checkpointed) and emits `(999, count)` in `close`.
+#[derive(Clone)]
+struct CountAtEnd(u64);
+
+impl weir_runtime::ProcessFunction<(u64, u64), (u64, u64)> for CountAtEnd {
+    fn process(
+        &mut self,
+        _v: (u64, u64),
+        _ctx: &mut weir_runtime::Context<'_, (u64, u64)>,
+    ) -> Result<(), BoxError> {
+        self.0 += 1;
+        Ok(())
+    }
+    fn close(&mut self, ctx: &mut weir_runtime::Context<'_, (u64, u64)>) -> Result<(), BoxError> {
+        ctx.emit((999, self.0));
+        Ok(())
+    }
+}
+
+/// The counts `CountAtEnd` committed.
+fn counts_at_end(ext: &External) -> Vec<u64> {
+    ext.committed
+        .iter()
+        .filter(|r| r.0 == 999)
+        .map(|r| r.1)
+        .collect()
+}
+
+/// A stop keeps its final checkpoint and sends no final watermark, but a process function's
+/// fields are not checkpointed: `close` runs before that checkpoint (at the barrier after
+/// which no record follows), and what it emits is committed with it.
+#[test]
+fn a_stop_lets_process_functions_emit_before_the_final_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = StreamEnv::new(two_workers());
+    let mut cfg = CheckpointConfig::new(format!("file://{}", dir.path().join("store").display()));
+    cfg.interval = Duration::from_millis(50);
+    cfg.local_dir = dir.path().join("local");
+    env.enable_checkpointing(cfg);
+    let ext = Arc::new(Mutex::new(External::default()));
+    let e2 = ext.clone();
+    env.source("ticking", |_| {
+        Ok(Ticking {
+            next: 0,
+            not_before: Instant::now(),
+        })
+    })
+    .process("count-at-end", CountAtEnd(0))
+    .sink("two-phase", move |info| {
+        Ok(TwoPhaseSink {
+            subtask: info.subtask,
+            buffer: Vec::new(),
+            ext: e2.clone(),
+        })
+    });
+    let h = env.start("close-at-stop").unwrap();
+    while h.metrics().source_records() < 2000 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.stop();
+    let metrics = h.metrics().clone();
+    h.join().unwrap();
+    let ext = ext.lock().unwrap();
+    let counts = counts_at_end(&ext);
+    assert_eq!(counts.len(), 2, "one count per subtask: {counts:?}");
+    assert_eq!(counts.iter().sum::<u64>(), metrics.source_records());
+    assert!(ext.staged.is_empty(), "{:?}", ext.staged.keys());
+}
+
 #[test]
 fn records_emitted_at_the_end_of_input_are_committed() {
-    #[derive(Clone)]
-    struct CountAtEnd(u64);
-    impl weir_runtime::ProcessFunction<(u64, u64), (u64, u64)> for CountAtEnd {
-        fn process(
-            &mut self,
-            _v: (u64, u64),
-            _ctx: &mut weir_runtime::Context<'_, (u64, u64)>,
-        ) -> Result<(), BoxError> {
-            self.0 += 1;
-            Ok(())
-        }
-        fn close(
-            &mut self,
-            ctx: &mut weir_runtime::Context<'_, (u64, u64)>,
-        ) -> Result<(), BoxError> {
-            ctx.emit((999, self.0));
-            Ok(())
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let env = StreamEnv::new(RuntimeConfig {
         workers: 2,
@@ -900,12 +1001,7 @@ fn records_emitted_at_the_end_of_input_are_committed() {
         });
     env.execute("close-emits").unwrap();
     let ext = ext.lock().unwrap();
-    let counts: Vec<u64> = ext
-        .committed
-        .iter()
-        .filter(|r| r.0 == 999)
-        .map(|r| r.1)
-        .collect();
+    let counts = counts_at_end(&ext);
     assert_eq!(
         counts.len(),
         2,

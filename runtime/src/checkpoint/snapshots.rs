@@ -92,6 +92,7 @@ impl WorkerCheckpoints {
         &mut self,
         id: u64,
         alignment: Duration,
+        last: bool,
         f: impl FnOnce(&mut Barrier<'_>) -> Result<(), JobError>,
     ) -> Result<(), JobError> {
         let tasks = self.tasks;
@@ -106,6 +107,7 @@ impl WorkerCheckpoints {
         let t = Instant::now();
         f(&mut Barrier {
             id,
+            last,
             sections: &mut entry.sections,
             durable: &mut entry.durable,
             refs: &mut entry.refs,
