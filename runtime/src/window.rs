@@ -32,6 +32,11 @@ pub const MAX_WINDOW_TIME: Timestamp = 1 << 60;
 /// range.
 const FIRE_ALL: Timestamp = 1 << 62;
 
+/// Whether event time `t` is one windows accept (within ±[`MAX_WINDOW_TIME`]).
+fn in_window_range(t: Timestamp) -> bool {
+    (-MAX_WINDOW_TIME..=MAX_WINDOW_TIME).contains(&t)
+}
+
 /// A duration in whole milliseconds, within 1 ms ..= [`MAX_WINDOW_TIME`].
 fn window_ms(d: Duration) -> i64 {
     d.as_millis().clamp(1, MAX_WINDOW_TIME as u128) as i64
@@ -426,14 +431,10 @@ fn check_whole_windows<K: StateData + Hash + Eq, Acc: StateData>(
 ) -> Result<(), String> {
     let (size, slide) = (assigner.size_ms, assigner.slide_ms);
     for kg in range {
-        for at in table.keys(kg) {
-            let Some((start, _)) = table.get(kg, at) else {
-                continue;
-            };
-            let (start, end) = (*start, at.0);
+        for (&(end, _), &(start, _)) in table.live(kg) {
             if end.checked_sub(start) != Some(size)
                 || start.rem_euclid(slide) != 0
-                || !(-MAX_WINDOW_TIME..=MAX_WINDOW_TIME).contains(&start)
+                || !in_window_range(start)
             {
                 return Err(format!(
                     "the checkpoint holds a window [{start}, {end}), which is not one of this \
@@ -778,7 +779,7 @@ where
                     "record without an event timestamp reached an event-time window; assign timestamps first (with_timestamps)",
                 ));
             }
-            if !(-MAX_WINDOW_TIME..=MAX_WINDOW_TIME).contains(&ts) {
+            if !in_window_range(ts) {
                 return Err(JobError::operator(
                     &self.info,
                     format!(

@@ -124,6 +124,14 @@ fn run_once(
     )
 }
 
+/// Checkpoints every 50 ms to `<dir>/store`, local copies in `<dir>/local`.
+fn test_config(dir: &std::path::Path) -> CheckpointConfig {
+    let mut cfg = CheckpointConfig::new(format!("file://{}", dir.join("store").display()));
+    cfg.interval = Duration::from_millis(50);
+    cfg.local_dir = dir.join("local");
+    cfg
+}
+
 /// Two unpinned workers, parallelism 2, small batches.
 fn two_workers() -> RuntimeConfig {
     RuntimeConfig {
@@ -257,9 +265,7 @@ impl Run {
             local_cache,
         } = self;
         let env = StreamEnv::new(config);
-        let mut cfg = CheckpointConfig::new(format!("file://{}", dir.join("store").display()));
-        cfg.interval = Duration::from_millis(50);
-        cfg.local_dir = dir.join("local");
+        let mut cfg = test_config(dir);
         cfg.mode = mode;
         cfg.local_cache = local_cache;
         if let Some((_, on_cancel)) = stop_after {
@@ -776,9 +782,7 @@ fn failed_checkpoints_count_toward_tolerable_failures() {
         pin_workers: false,
         ..RuntimeConfig::default()
     });
-    let mut cfg = CheckpointConfig::new(format!("file://{}", d.path().join("store").display()));
-    cfg.interval = Duration::from_millis(50);
-    cfg.local_dir = d.path().join("local");
+    let mut cfg = test_config(d.path());
     cfg.tolerable_failures = 2;
     env.enable_checkpointing(cfg);
     env.source("paced", |info| {
@@ -853,11 +857,9 @@ fn slow_checkpoints_time_out_and_later_ones_succeed() {
         pin_workers: false,
         ..RuntimeConfig::default()
     });
-    let mut cfg = CheckpointConfig::new(format!("file://{}", d.path().join("store").display()));
-    cfg.interval = Duration::from_millis(50);
+    let mut cfg = test_config(d.path());
     cfg.timeout = Duration::from_millis(150);
     cfg.tolerable_failures = 1000;
-    cfg.local_dir = d.path().join("local");
     env.enable_checkpointing(cfg);
     let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let s2 = slow.clone();
@@ -925,6 +927,20 @@ impl weir_runtime::ProcessFunction<(u64, u64), (u64, u64)> for CountAtEnd {
     }
 }
 
+/// `input` -> `CountAtEnd` -> a two-phase sink into `ext`.
+fn count_at_end_into(input: DataStream<(u64, u64)>, ext: &Arc<Mutex<External>>) {
+    let ext = ext.clone();
+    input
+        .process("count-at-end", CountAtEnd(0))
+        .sink("two-phase", move |info| {
+            Ok(TwoPhaseSink {
+                subtask: info.subtask,
+                buffer: Vec::new(),
+                ext: ext.clone(),
+            })
+        });
+}
+
 /// The counts `CountAtEnd` committed.
 fn counts_at_end(ext: &External) -> Vec<u64> {
     ext.committed
@@ -941,26 +957,15 @@ fn counts_at_end(ext: &External) -> Vec<u64> {
 fn a_stop_lets_process_functions_emit_before_the_final_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let env = StreamEnv::new(two_workers());
-    let mut cfg = CheckpointConfig::new(format!("file://{}", dir.path().join("store").display()));
-    cfg.interval = Duration::from_millis(50);
-    cfg.local_dir = dir.path().join("local");
-    env.enable_checkpointing(cfg);
+    env.enable_checkpointing(test_config(dir.path()));
     let ext = Arc::new(Mutex::new(External::default()));
-    let e2 = ext.clone();
-    env.source("ticking", |_| {
+    let input = env.source("ticking", |_| {
         Ok(Ticking {
             next: 0,
             not_before: Instant::now(),
         })
-    })
-    .process("count-at-end", CountAtEnd(0))
-    .sink("two-phase", move |info| {
-        Ok(TwoPhaseSink {
-            subtask: info.subtask,
-            buffer: Vec::new(),
-            ext: e2.clone(),
-        })
     });
+    count_at_end_into(input, &ext);
     let h = env.start("close-at-stop").unwrap();
     while h.metrics().source_records() < 2000 {
         std::thread::sleep(Duration::from_millis(5));
@@ -984,21 +989,12 @@ fn records_emitted_at_the_end_of_input_are_committed() {
         pin_workers: false,
         ..RuntimeConfig::default()
     });
-    let mut cfg = CheckpointConfig::new(format!("file://{}", dir.path().join("store").display()));
-    cfg.interval = Duration::from_millis(50);
-    cfg.local_dir = dir.path().join("local");
-    env.enable_checkpointing(cfg);
+    env.enable_checkpointing(test_config(dir.path()));
     let ext = Arc::new(Mutex::new(External::default()));
-    let e2 = ext.clone();
-    env.from_iter("numbers", (0..1000u64).map(|i| (i, 1)).collect())
-        .process("count-at-end", CountAtEnd(0))
-        .sink("two-phase", move |info| {
-            Ok(TwoPhaseSink {
-                subtask: info.subtask,
-                buffer: Vec::new(),
-                ext: e2.clone(),
-            })
-        });
+    count_at_end_into(
+        env.from_iter("numbers", (0..1000u64).map(|i| (i, 1)).collect()),
+        &ext,
+    );
     env.execute("close-emits").unwrap();
     let ext = ext.lock().unwrap();
     let counts = counts_at_end(&ext);

@@ -543,7 +543,7 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyGroups<K, V> {
 
     /// The entries of key group `kg` as they are now (the map under its overlay), in no
     /// particular order.
-    fn live(&self, kg: usize) -> impl Iterator<Item = (&K, &V)> + '_ {
+    pub(crate) fn live(&self, kg: usize) -> impl Iterator<Item = (&K, &V)> + '_ {
         let g = &self.groups[kg - self.first];
         let in_map = g.map().iter().filter(|(k, _)| !g.overlay.contains_key(*k));
         let in_overlay = g
