@@ -420,6 +420,25 @@ fn decode_meta(bytes: &[u8]) -> Result<(WindowMeta, Option<WindowShape>), String
     Ok((meta, Some(shape)))
 }
 
+/// The first accumulator of `table` (as `[start, end)`) that is not `len` ms long, starting
+/// on a multiple of `align` within the event times windows accept: one a window operator
+/// with those panes can never have written, and would never fire in order.
+fn misfit_pane<K: StateData + Hash + Eq, Acc: StateData>(
+    table: &PaneTable<K, Acc>,
+    range: Range<usize>,
+    len: i64,
+    align: i64,
+) -> Option<(Timestamp, Timestamp)> {
+    range.into_iter().find_map(|kg| {
+        table.live(kg).find_map(|(&(end, _), &(start, _))| {
+            let fits = end.checked_sub(start) == Some(len)
+                && start.rem_euclid(align) == 0
+                && in_window_range(start);
+            (!fits).then_some((start, end))
+        })
+    })
+}
+
 /// Checks that the whole-window accumulators restored from a checkpoint of format 4 or
 /// earlier are windows of `assigner` (`end - start = size`, starts on a multiple of the
 /// slide, within the event times windows accept): windows of another size or slide would
@@ -430,21 +449,14 @@ fn check_whole_windows<K: StateData + Hash + Eq, Acc: StateData>(
     assigner: WindowAssigner,
 ) -> Result<(), String> {
     let (size, slide) = (assigner.size_ms, assigner.slide_ms);
-    for kg in range {
-        for (&(end, _), &(start, _)) in table.live(kg) {
-            if end.checked_sub(start) != Some(size)
-                || start.rem_euclid(slide) != 0
-                || !in_window_range(start)
-            {
-                return Err(format!(
-                    "the checkpoint holds a window [{start}, {end}), which is not one of this \
-                     job's windows ({size} ms every {slide} ms): restore with the window size \
-                     and slide the checkpoint was taken with"
-                ));
-            }
-        }
+    match misfit_pane(table, range, size, slide) {
+        None => Ok(()),
+        Some((start, end)) => Err(format!(
+            "the checkpoint holds a window [{start}, {end}), which is not one of this \
+             job's windows ({size} ms every {slide} ms): restore with the window size \
+             and slide the checkpoint was taken with"
+        )),
     }
-    Ok(())
 }
 
 impl<T, K, A, KF> WindowOp<T, K, A, KF>
@@ -535,6 +547,17 @@ where
                 } else {
                     None
                 };
+                // Accumulators this job could not have written (a damaged checkpoint whose
+                // checksums still matched) would fail the firing arithmetic or never fire.
+                let align = if sliced { pane_ms } else { assigner.slide_ms };
+                if let Some((start, end)) = misfit_pane(&table, range.clone(), pane_ms, align) {
+                    return Err(fail(format!(
+                        "the checkpoint holds an accumulator for [{start}, {end}), but this \
+                         job's are {pane_ms} ms long, start on multiples of {align} ms and lie \
+                         within -{MAX_WINDOW_TIME}..={MAX_WINDOW_TIME} ms: the checkpoint is \
+                         damaged; restore an earlier one"
+                    )));
+                }
                 (table, legacy)
             }
             // A checkpoint of format 4 or earlier (or none): accumulators are whole windows.
@@ -1206,6 +1229,41 @@ mod tests {
             prop_assert!(sliced.legacy.is_none());
             drop(got_old);
         }
+    }
+
+    /// Restored accumulators must be panes the job could have written: of the pane length,
+    /// aligned, within the window time range (else firing overflows or never reaches them).
+    #[test]
+    fn misfit_panes_are_found() {
+        let table = |entries: &[(Timestamp, Timestamp)]| {
+            let mut t: PaneTable<u32, i64> = KeyGroups::new(0..2, None);
+            for (i, &(start, end)) in entries.iter().enumerate() {
+                t.insert(i % 2, (end, i as u32), (start, 1));
+            }
+            t
+        };
+        let good = [(0, 2), (-4, -2), (MAX_WINDOW_TIME - 2, MAX_WINDOW_TIME)];
+        assert_eq!(misfit_pane(&table(&good), 0..2, 2, 2), None);
+        for bad in [
+            (1, 3),
+            (0, 4),
+            (-MAX_WINDOW_TIME - 2, -MAX_WINDOW_TIME),
+            (i64::MIN, i64::MIN + 2),
+        ] {
+            let mut entries = good.to_vec();
+            entries.push(bad);
+            assert_eq!(
+                misfit_pane(&table(&entries), 0..2, 2, 2),
+                Some(bad),
+                "{bad:?}"
+            );
+        }
+        // Whole sliding windows: window length, aligned to the slide.
+        assert_eq!(misfit_pane(&table(&[(4, 14), (8, 18)]), 0..2, 10, 4), None);
+        assert_eq!(
+            misfit_pane(&table(&[(4, 14), (6, 16)]), 0..2, 10, 4),
+            Some((6, 16))
+        );
     }
 
     /// A checkpoint whose legacy section is open restores into an operator that keeps it; and
