@@ -507,7 +507,7 @@ pub fn build(job: &JobFile, env: &StreamEnv, restoring: bool) -> Result<(), JobF
             } else {
                 prepare_output_dir(path, *overwrite).map_err(|e| err(job, "sink.path", e))?;
             }
-            let sink = FileSink::new(path);
+            let sink = FileSink::new(path).overwrite(*overwrite);
             s.sink("file-sink", move |info| sink.writer(info));
         }
         SinkConfig::Kafka(c) => {

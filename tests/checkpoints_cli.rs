@@ -95,6 +95,32 @@ fn log_field(log: &str, name: &str) -> u64 {
 }
 
 /// Ids of the complete checkpoints (those with metadata) in the store.
+/// `weir run JOB --restore latest`.
+fn restore_latest(job: &Path) -> Output {
+    weir()
+        .arg("run")
+        .arg(job)
+        .args(["--restore", "latest"])
+        .output()
+        .unwrap()
+}
+
+/// The files of `dir` with their bytes, by name (none if it does not exist).
+fn list_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let bytes = std::fs::read(e.path()).unwrap_or_default();
+                    (e.file_name().to_string_lossy().into_owned(), bytes)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 fn checkpoint_ids(dir: &Path) -> Vec<u64> {
     let mut ids: Vec<u64> = std::fs::read_dir(dir.join("store/cj"))
         .map(|rd| {
@@ -144,12 +170,7 @@ fn damaged_checkpoints_are_skipped_with_a_warning() {
     {
         flip_byte(&local_file, 100);
     }
-    let o = weir()
-        .arg("run")
-        .arg(&job)
-        .args(["--restore", "latest"])
-        .output()
-        .unwrap();
+    let o = restore_latest(&job);
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     assert!(
@@ -172,12 +193,7 @@ fn damaged_checkpoints_are_skipped_with_a_warning() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let o = weir()
-        .arg("run")
-        .arg(&job)
-        .args(["--restore", "latest"])
-        .output()
-        .unwrap();
+    let o = restore_latest(&job);
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     assert!(
@@ -192,6 +208,111 @@ fn damaged_checkpoints_are_skipped_with_a_warning() {
             .any(|r| r["id"] == newest && r["status"] == "damaged"),
         "{rows:?}"
     );
+}
+
+/// A checkpoint whose file is gone from the store is damaged: skipped for the previous one. A
+/// checkpoint the store cannot read (here: its metadata path is a directory, which no read
+/// of a damaged file returns) fails the restore instead: falling back would repeat the output
+/// committed since the older checkpoint, and starting fresh, all of it.
+#[test]
+fn unreadable_checkpoints_fail_the_restore_but_missing_files_fall_back() {
+    let d = tempfile::tempdir().unwrap();
+    let job = setup(d.path(), 20_000, "retained = 3");
+    run_ok(&job);
+    let ids = checkpoint_ids(d.path());
+    assert!(ids.len() >= 2, "{ids:?}");
+    let (newest, previous) = (ids[ids.len() - 1], ids[ids.len() - 2]);
+    let out_before = list_files(&d.path().join("out"));
+
+    let meta = d.path().join(format!("store/cj/chk-{newest}/_metadata"));
+    let saved = std::fs::read(&meta).unwrap();
+    std::fs::remove_file(&meta).unwrap();
+    std::fs::create_dir(&meta).unwrap();
+    let o = restore_latest(&job);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains("cannot read checkpoint")
+            && e.contains(&format!("chk-{newest}"))
+            && e.contains("--restore <path>")
+            && !e.contains("skipping damaged checkpoint")
+            && !e.contains("restored from checkpoint"),
+        "{e}"
+    );
+    assert_eq!(list_files(&d.path().join("out")), out_before);
+
+    std::fs::remove_dir(&meta).unwrap();
+    std::fs::write(&meta, saved).unwrap();
+    for root in ["store", "local"] {
+        let f = d
+            .path()
+            .join(format!("{root}/cj/chk-{newest}/worker-0.snap"));
+        let _ = std::fs::remove_file(f);
+    }
+    let o = restore_latest(&job);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("skipping damaged checkpoint")
+            && e.contains("does not exist")
+            && e.contains(&format!("restored from checkpoint {previous}")),
+        "{e}"
+    );
+}
+
+/// The lines of every visible part file in `out`, sorted.
+fn output_lines(out: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = list_files(out)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("part-"))
+        .flat_map(|(_, b)| {
+            String::from_utf8(b)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// `--restore latest` that finds no checkpoint (here: deleted, as `on_cancel = "delete"` does)
+/// starts from the beginning; its output would be numbered from checkpoint 1 again, over the
+/// earlier run's files. It refuses to, naming them; with `overwrite = true` it replaces them.
+#[test]
+fn a_restore_that_finds_no_checkpoint_does_not_commit_over_earlier_output() {
+    let d = tempfile::tempdir().unwrap();
+    let job = setup(d.path(), 20_000, "");
+    run_ok(&job);
+    let out = d.path().join("out");
+    let first = output_lines(&out);
+    assert_eq!(first.len(), 20_000);
+    let before = list_files(&out);
+    std::fs::remove_dir_all(d.path().join("store")).unwrap();
+    std::fs::remove_dir_all(d.path().join("local")).unwrap();
+    let o = restore_latest(&job);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains("from an earlier run") && e.contains("overwrite = true"),
+        "{e}"
+    );
+    assert_eq!(
+        list_files(&out),
+        before,
+        "nothing committed over the old output"
+    );
+
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(
+        &job,
+        text.replace("path = \"out\"", "path = \"out\"\noverwrite = true"),
+    )
+    .unwrap();
+    let o = restore_latest(&job);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(output_lines(&out), first, "the same output, once");
 }
 
 #[test]

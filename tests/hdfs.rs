@@ -39,7 +39,12 @@ fn hdfs_store_round_trip() {
         std::fs::read(&back).unwrap(),
         std::fs::read(&large).unwrap()
     );
-    assert!(s.get_file(1, "worker-9.snap", &back).is_err());
+    // A missing file is damage (a restore falls back), not an outage.
+    let e = s.get_file(1, "worker-9.snap", &back).unwrap_err();
+    assert!(
+        e.is_damage() && e.to_string().contains("worker-9.snap"),
+        "{e:?}"
+    );
 
     // The metadata is published once: a second write is refused by the NameNode.
     s.put_metadata(1, b"meta", WITHIN).unwrap();

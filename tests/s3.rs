@@ -58,6 +58,8 @@ fn s3_store_round_trip() {
     );
     let e = s.get_file(1, "worker-9.snap", &back).unwrap_err();
     assert!(e.to_string().contains("worker-9.snap"), "{e}");
+    // A missing object is damage (a restore falls back), not an outage.
+    assert!(e.is_damage(), "{e:?}");
 
     // The metadata is written once: a second write is refused by the server (If-None-Match).
     s.put_metadata(1, b"meta", WITHIN).unwrap();

@@ -248,7 +248,15 @@ pub(crate) fn start(
             .store
             .list()
             .map_err(|e| JobError::Storage(format!("cannot list checkpoints: {e}")))?;
-        first_checkpoint = existing.iter().max().map_or(1, |m| m + 1);
+        first_checkpoint = match existing.iter().max() {
+            None => 1,
+            Some(&m) => m.checked_add(1).ok_or_else(|| {
+                JobError::Storage(format!(
+                    "the checkpoint storage holds checkpoint id {m}, the largest possible: no \
+                     later id is left; remove that directory if it is not a real checkpoint"
+                ))
+            })?,
+        };
         if restore_from.is_none() && !existing.is_empty() {
             tracing::warn!(
                 checkpoints = existing.len(),
@@ -257,7 +265,13 @@ pub(crate) fn start(
             );
         }
         if let Some(r) = &restore {
-            first_checkpoint = first_checkpoint.max(r.id + 1);
+            let after = r.id.checked_add(1).ok_or_else(|| {
+                JobError::Restore(format!(
+                    "checkpoint id {} is the largest possible: no later id is left for this run",
+                    r.id
+                ))
+            })?;
+            first_checkpoint = first_checkpoint.max(after);
         }
     }
     let restored_id = restore.as_ref().map(|r| r.id);

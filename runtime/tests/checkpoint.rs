@@ -670,6 +670,40 @@ fn exactly_once_with_a_core_reserved_for_the_snapshot_writers() {
     assert_eq!(grouped(&ext.committed), reference());
 }
 
+/// A stray directory with the largest possible checkpoint id leaves no id for the next
+/// checkpoint: refused before the job starts, naming it (the next id used to wrap to 0, and
+/// the coordinator's assertion then stopped checkpointing without an error).
+#[test]
+fn a_checkpoint_id_at_the_limit_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let stray = d.path().join(format!("store/cp-test/chk-{}", u64::MAX));
+    std::fs::create_dir_all(stray).unwrap();
+    let ext = Arc::new(Mutex::new(External::default()));
+    let mode = CheckpointMode::ExactlyOnce;
+    let err = run_with(two_workers(), d.path(), mode, ext, None, false, running_sum).unwrap_err();
+    assert!(
+        matches!(&err, JobError::Storage(m) if m.contains("largest possible")),
+        "{err}"
+    );
+}
+
+/// Durations beyond a year would overflow the coordinator's deadlines: refused, naming them.
+#[test]
+fn checkpoint_durations_beyond_a_year_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    for setting in ["interval", "min_pause", "timeout"] {
+        let mut cfg = test_config(d.path());
+        match setting {
+            "interval" => cfg.interval = Duration::MAX,
+            "min_pause" => cfg.min_pause = Duration::MAX,
+            _ => cfg.timeout = Duration::MAX,
+        }
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.setting, format!("checkpoint.{setting}"));
+        assert!(e.message.contains("at most 365 days"), "{e}");
+    }
+}
+
 #[test]
 fn at_least_once_loses_nothing() {
     let d = tempfile::tempdir().unwrap();

@@ -337,13 +337,59 @@ fn recover(parts: &Parts, pending: &[u64]) -> Result<(), String> {
     Ok(())
 }
 
+/// Before a run with checkpoints that restored none: the visible part files of this subtask
+/// from an earlier run are refused, or deleted with `overwrite`.
+fn clear_earlier_output(parts: &Parts, overwrite: bool) -> Result<(), String> {
+    let prefix = format!("part-{}-", parts.subtask);
+    let entries = std::fs::read_dir(&parts.dir)
+        .map_err(|e| format!("cannot list `{}`: {e}", parts.dir.display()))?;
+    let mut old: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    if old.is_empty() {
+        return Ok(());
+    }
+    old.sort();
+    if !overwrite {
+        return Err(format!(
+            "output directory `{}` holds {} part file(s) of subtask {} from an earlier run \
+             (e.g. `{}`), but this run restored no checkpoint and would commit over them: \
+             restore the checkpoint that wrote them, or delete them, or set `overwrite = true` \
+             on the sink",
+            parts.dir.display(),
+            old.len(),
+            parts.subtask,
+            old[0].file_name().unwrap_or_default().to_string_lossy()
+        ));
+    }
+    for p in &old {
+        std::fs::remove_file(p)
+            .map_err(|e| format!("cannot delete old output `{}`: {e}", p.display()))?;
+    }
+    weir_storage::fsync_dir(&parts.dir).map_err(|e| e.to_string())?;
+    tracing::info!(
+        subtask = parts.subtask,
+        files = old.len(),
+        "no checkpoint restored: deleted output of an earlier run (overwrite = true)"
+    );
+    Ok(())
+}
+
 /// JSON-lines file sink: part files per subtask in `dir`. Without checkpoints each subtask
 /// writes `part-<s>-0.jsonl` at end of input; with checkpoints, the output between two
 /// barriers becomes `part-<s>-<checkpoint>.jsonl` once that checkpoint completed
 /// (two-phase commit: in progress -> pending at the barrier -> visible on completion).
+///
+/// A run with checkpoints that restored none (a fresh start, or `--restore latest` that found
+/// no checkpoint) numbers its output from its first checkpoint id, so it refuses to start over
+/// visible part files of its subtask from an earlier run, which its commits would replace or
+/// mix with; with [`FileSink::overwrite`] it deletes them instead.
 #[derive(Clone)]
 pub struct FileSink {
     dir: Arc<PathBuf>,
+    overwrite: bool,
 }
 
 impl FileSink {
@@ -351,7 +397,15 @@ impl FileSink {
     pub fn new(dir: &Path) -> Self {
         FileSink {
             dir: Arc::new(dir.to_path_buf()),
+            overwrite: false,
         }
+    }
+
+    /// Whether a run that restored no checkpoint deletes the part files of earlier runs it
+    /// finds (default: it refuses to start), as `overwrite = true` in a job file.
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
     }
 
     /// The writer of one subtask; on restore it first recovers the subtask's files.
@@ -361,6 +415,9 @@ impl FileSink {
             subtask: info.subtask,
         };
         if info.checkpointing() {
+            if info.restored_checkpoint().is_none() {
+                clear_earlier_output(&parts, self.overwrite)?;
+            }
             let pending: Vec<u64> = match info.restored_state() {
                 Some(b) => decode_ids(b)?,
                 None => Vec::new(),

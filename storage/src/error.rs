@@ -65,6 +65,13 @@ pub enum StorageError {
         /// What the store answered (status, code, message) or why it could not be reached.
         message: String,
     },
+    /// A checkpoint file the metadata lists is not in the store (deleted, or never
+    /// written there): the checkpoint is damaged, unlike a store that cannot be reached.
+    #[error("`{location}` does not exist")]
+    NotFound {
+        /// The file or object, e.g. `s3://bucket/job/chk-7/worker-0.snap`.
+        location: String,
+    },
     /// An upload stopped because its checkpoint was aborted.
     #[error("upload to `{location}` stopped: checkpoint {id} was aborted")]
     Aborted {
@@ -88,6 +95,22 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether this says something about the bytes in the store (a file missing, too large,
+    /// or not a valid snapshot or metadata file), rather than that the store or the local
+    /// disk could not be used: the first makes a checkpoint damaged, the second may pass.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StorageError::NotFound { .. }
+            | StorageError::Format { .. }
+            | StorageError::TooLarge { .. } => true,
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+
     /// The OS error kind if this is an I/O error, e.g. to tell `NotFound` apart.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {

@@ -378,11 +378,14 @@ impl CheckpointStore for HdfsStore {
         let url = self.url(&path);
         crate::store::download(dest, name, &url, |d| {
             self.rt.block_on(async {
-                let mut reader = self
-                    .client
-                    .read(&path)
-                    .await
-                    .map_err(remote("download", &url))?;
+                let mut reader = match self.client.read(&path).await {
+                    Err(e) if not_found(&e) => {
+                        return Err(StorageError::NotFound {
+                            location: url.clone(),
+                        })
+                    }
+                    r => r.map_err(remote("download", &url))?,
+                };
                 let total = reader.file_length();
                 d.total = total as u64;
                 let mut done = 0;

@@ -631,14 +631,24 @@ impl CheckpointStore for S3Store {
         let url = self.url(&key);
         crate::store::download(dest, name, &url, |d| {
             self.rt.block_on(async {
-                let mut out = self
+                let got = self
                     .client
                     .get_object()
                     .bucket(&self.bucket)
                     .key(&key)
                     .send()
-                    .await
-                    .map_err(remote("download", url.clone()))?;
+                    .await;
+                let mut out = match got {
+                    Err(e)
+                        if e.code() == Some("NoSuchKey")
+                            || (status(&e) == Some(404) && e.code() != Some("NoSuchBucket")) =>
+                    {
+                        return Err(StorageError::NotFound {
+                            location: url.clone(),
+                        })
+                    }
+                    r => r.map_err(remote("download", url.clone()))?,
+                };
                 d.total = out.content_length().unwrap_or(0).max(0) as u64;
                 while let Some(chunk) = out.body.next().await {
                     d.write(&chunk.map_err(|e| StorageError::Remote {

@@ -429,8 +429,12 @@ impl CheckpointStore for FsStore {
         let tmp = temp_path(parent, &file_name.to_string_lossy());
         if let Err(e) = std::fs::copy(&from, &tmp) {
             discard(&tmp);
-            let path = if from.exists() { &tmp } else { &from };
-            return Err(io_err("copy from checkpoint", path)(e));
+            if e.kind() == std::io::ErrorKind::NotFound && !from.exists() {
+                return Err(StorageError::NotFound {
+                    location: from.display().to_string(),
+                });
+            }
+            return Err(io_err("copy from checkpoint", &tmp)(e));
         }
         // The local copy is a cache verified against the metadata's checksum before use, so it
         // needs no fsync; the rename keeps readers from seeing half a file.

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+/// The longest `interval`, `min_pause` and `timeout` accepted: a year.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Consistency guarantee of checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CheckpointMode {
@@ -103,6 +106,20 @@ impl CheckpointConfig {
                 "checkpoint.timeout",
                 format!("{:?} is too short; expected at least 10ms", self.timeout),
             );
+        }
+        // Deadlines are `Instant`s: durations beyond a year would overflow them and mean
+        // "never" anyway.
+        for (setting, d) in [
+            ("checkpoint.interval", self.interval),
+            ("checkpoint.min_pause", self.min_pause),
+            ("checkpoint.timeout", self.timeout),
+        ] {
+            if d > MAX_DURATION {
+                return bad(
+                    setting,
+                    format!("{d:?} is too long; expected at most 365 days"),
+                );
+            }
         }
         if self.max_concurrent == 0 || self.max_concurrent > 64 {
             return bad(

@@ -127,8 +127,11 @@ enum Unusable {
     Incomplete,
     /// Complete but taken by another job graph: restoring anything older would not help.
     Mismatch(String),
-    /// Something fails its checksum or cannot be read.
+    /// Something is missing or fails its checks.
     Damaged(String),
+    /// The store or the local directory could not be used (an outage, permissions, a full
+    /// disk): the checkpoint may be fine, so no older one may be taken instead.
+    Unreadable(String),
 }
 
 impl From<String> for Unusable {
@@ -141,8 +144,20 @@ impl std::fmt::Display for Unusable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Unusable::Incomplete => write!(f, "it has no metadata (incomplete)"),
-            Unusable::Mismatch(s) | Unusable::Damaged(s) => write!(f, "{s}"),
+            Unusable::Mismatch(s) | Unusable::Damaged(s) | Unusable::Unreadable(s) => {
+                write!(f, "{s}")
+            }
         }
+    }
+}
+
+/// `what` failed with `e`: damage of the checkpoint, or a store that could not be used.
+fn storage_failure(what: String, e: &weir_storage::StorageError) -> Unusable {
+    let reason = format!("{what}: {e}");
+    if e.is_damage() {
+        Unusable::Damaged(reason)
+    } else {
+        Unusable::Unreadable(reason)
     }
 }
 
@@ -156,7 +171,7 @@ fn load(
 ) -> Result<RestoreSet, Unusable> {
     let bytes = store
         .get_metadata(id)
-        .map_err(|e| format!("cannot read its metadata: {e}"))?
+        .map_err(|e| storage_failure("cannot read its metadata".into(), &e))?
         .ok_or(Unusable::Incomplete)?;
     let meta: CheckpointMetadata = weir_storage::decode_metadata(&bytes)
         .map_err(|e| format!("its metadata is damaged: {e}"))?;
@@ -177,7 +192,7 @@ fn load(
         }
     }
     // One thread per file: read, verify and index the workers' snapshots in parallel.
-    let loaded: Vec<Result<(Snapshot, bool), String>> = std::thread::scope(|scope| {
+    let loaded: Vec<Result<(Snapshot, bool), Unusable>> = std::thread::scope(|scope| {
         let handles: Vec<_> = meta
             .files
             .iter()
@@ -186,8 +201,9 @@ fn load(
         handles
             .into_iter()
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("a restore thread panicked".to_string()))
+                h.join().unwrap_or_else(|_| {
+                    Err(Unusable::Unreadable("a restore thread panicked".into()))
+                })
             })
             .collect()
     });
@@ -227,7 +243,7 @@ fn load_file(
     store: &dyn CheckpointStore,
     local_dir: &Path,
     f: &FileEntry,
-) -> Result<(Snapshot, bool), String> {
+) -> Result<(Snapshot, bool), Unusable> {
     let id = f.checkpoint;
     let dir = local_dir.join(format!("chk-{id}"));
     let dir = dir.as_path();
@@ -246,13 +262,19 @@ fn load_file(
         }
         tracing::warn!(file = %path.display(), "local checkpoint copy does not match its metadata; downloading it again");
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Unusable::Unreadable(format!(
+            "cannot create local directory `{}`: {e}",
+            dir.display()
+        ))
+    })?;
     store
         .get_file(id, &f.name, &path)
-        .map_err(|e| format!("cannot download `{}`: {e}", f.name))?;
-    let snap = Snapshot::open(&path).map_err(|e| format!("file `{}` is damaged: {e}", f.name))?;
+        .map_err(|e| storage_failure(format!("cannot download `{}`", f.name), &e))?;
+    let snap = Snapshot::open(&path)
+        .map_err(|e| storage_failure(format!("cannot read file `{}`", f.name), &e))?;
     if !matches(&snap) {
-        return Err(format!(
+        return Err(Unusable::Damaged(format!(
             "file `{}` does not match the metadata (expected checkpoint {id} worker {}, {} bytes, crc32 {:08x}; found checkpoint {} worker {}, {} bytes, crc32 {:08x})",
             f.name,
             f.worker,
@@ -262,7 +284,7 @@ fn load_file(
             snap.header().worker,
             snap.len(),
             snap.file_crc32()
-        ));
+        )));
     }
     Ok((snap, false))
 }
@@ -334,6 +356,17 @@ pub(crate) fn resolve(
                     Err(Unusable::Mismatch(reason)) => {
                         return Err(JobError::Restore(format!(
                             "checkpoint {} cannot be used: {reason}",
+                            store.location(id)
+                        )));
+                    }
+                    Err(Unusable::Unreadable(reason)) => {
+                        // Taking an older checkpoint instead would repeat everything committed
+                        // since it; starting fresh, everything.
+                        return Err(JobError::Storage(format!(
+                            "cannot read checkpoint {}: {reason}; an older checkpoint is not \
+                             used instead, as that would repeat committed output: retry when \
+                             the store and local_dir can be read, or restore an older \
+                             checkpoint on purpose with --restore <path>",
                             store.location(id)
                         )));
                     }

@@ -54,8 +54,23 @@ fn put_get_list_delete() {
     assert_eq!(entries(dest.parent().unwrap()), ["worker-1.snap"]);
 
     let e = s.get_file(7, "worker-9.snap", &dest).unwrap_err();
-    assert_eq!(e.io_kind(), Some(std::io::ErrorKind::NotFound));
+    assert!(matches!(e, StorageError::NotFound { .. }), "{e:?}");
+    assert!(e.is_damage());
     assert!(e.to_string().contains("worker-9.snap"), "{e}");
+    // A store that answers nothing, or a local file system error, says nothing about the
+    // checkpoint.
+    let outage = StorageError::Remote {
+        op: "download",
+        location: "s3://b/j/chk-7/worker-0.snap".into(),
+        message: "no answer within 60.0 s".into(),
+    };
+    assert!(!outage.is_damage());
+    let denied = StorageError::Io {
+        op: "read",
+        path: dest.clone(),
+        source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    };
+    assert!(!denied.is_damage());
 
     s.delete(7, &[]).unwrap();
     assert!(!chk7.exists());
