@@ -621,6 +621,9 @@ fn run_worker(
             });
         }
         drop(restoring);
+        // Checkpoints start once every worker has restored its state: a checkpoint triggered
+        // during a long restore would only time out (a counted failure).
+        worker.cp.send(ToCoordinator::Ready)?;
         // Pinned only now: building the tasks restores their state, on threads (spawned from
         // this one, inheriting its affinity) that must be free to use every core.
         pin(core, w, "worker thread");

@@ -213,6 +213,7 @@ pub(crate) fn run(s: CoordinatorSetup) {
         let timeout = d.next_wake(now).saturating_duration_since(now);
         let actions = select! {
             recv(s.events) -> ev => match ev {
+                Ok(ToCoordinator::Ready) => d.on_ready(Instant::now()),
                 Ok(ToCoordinator::SourceExhausted) => d.on_source_exhausted(Instant::now()),
                 Ok(ToCoordinator::Ack(id, ack)) => d.on_ack(Instant::now(), id, ack),
                 Ok(ToCoordinator::Decline { id, worker, reason }) => {

@@ -58,6 +58,10 @@ pub(crate) struct Decider {
     next_id: u64,
     in_flight: BTreeMap<u64, InFlight>,
     next_trigger: Instant,
+    /// Workers still building their tasks (restoring state): nothing is triggered until they
+    /// are all ready, and the interval counts from then (Flink schedules checkpoints once
+    /// every task runs).
+    building: usize,
     last_end: Option<Instant>,
     consecutive_failures: u32,
     sources_total: usize,
@@ -85,6 +89,7 @@ impl Decider {
             next_id: first_id,
             in_flight: BTreeMap::new(),
             next_trigger: now + cfg.interval,
+            building: workers,
             last_end: None,
             consecutive_failures: 0,
             sources_total,
@@ -92,6 +97,17 @@ impl Decider {
             final_attempts: 0,
             finished: false,
         }
+    }
+
+    /// A worker built its tasks; once all have, checkpoints are due one interval later.
+    pub(crate) fn on_ready(&mut self, now: Instant) -> Vec<Action> {
+        assert!(self.building > 0, "more workers ready than the job has");
+        self.building -= 1;
+        if self.building > 0 {
+            return Vec::new();
+        }
+        self.next_trigger = now + self.interval;
+        self.on_tick(now)
     }
 
     fn all_exhausted(&self) -> bool {
@@ -109,7 +125,7 @@ impl Decider {
         // completion or timeout that frees a slot is (a wake time in the past would spin).
         let may_trigger = self.in_flight.len() < self.max_concurrent
             && (self.min_pause.is_zero() || self.in_flight.is_empty());
-        if !self.finished && may_trigger {
+        if !self.finished && may_trigger && self.building == 0 {
             let due = match self.earliest_by_pause() {
                 Some(t) => self.next_trigger.max(t),
                 None => self.next_trigger,
@@ -175,7 +191,7 @@ impl Decider {
                 &mut out,
             );
         }
-        if self.finished || self.in_flight.len() >= self.max_concurrent {
+        if self.finished || self.building > 0 || self.in_flight.len() >= self.max_concurrent {
             return out;
         }
         // With a min pause, Flink allows one checkpoint at a time; so does Weir.
@@ -311,6 +327,51 @@ mod tests {
         }
     }
 
+    /// A decider whose `workers` have all built their tasks at `t0`.
+    fn started(
+        c: &CheckpointConfig,
+        workers: usize,
+        sources: usize,
+        first: u64,
+        t0: Instant,
+    ) -> Decider {
+        let mut d = Decider::new(c, workers, sources, first, t0);
+        for _ in 0..workers {
+            d.on_ready(t0);
+        }
+        d
+    }
+
+    /// Nothing is triggered while a worker restores (not even the final checkpoint of
+    /// sources that ran dry), and the interval counts from when the last one is ready.
+    #[test]
+    fn checkpoints_wait_for_every_worker_to_be_ready() {
+        let t0 = Instant::now();
+        let mut d = Decider::new(&cfg(), 2, 1, 1, t0);
+        let s = |ms| t0 + Duration::from_millis(ms);
+        assert!(d.on_tick(s(5_000)).is_empty());
+        assert!(d.on_ready(s(5_000)).is_empty());
+        assert!(d.on_tick(s(9_000)).is_empty());
+        assert!(d.next_wake(s(9_000)) <= s(9_100));
+        assert!(d.on_ready(s(10_000)).is_empty());
+        assert!(d.on_tick(s(10_099)).is_empty());
+        assert_eq!(triggers(&d.on_tick(s(10_100))), vec![1]);
+
+        let mut d = Decider::new(&cfg(), 1, 1, 1, t0);
+        assert!(d.on_source_exhausted(s(1)).is_empty());
+        let a = d.on_ready(s(2));
+        assert!(
+            matches!(
+                a.as_slice(),
+                [Action::Trigger {
+                    id: 1,
+                    is_final: true
+                }]
+            ),
+            "{a:?}"
+        );
+    }
+
     fn triggers(a: &[Action]) -> Vec<u64> {
         a.iter()
             .filter_map(|a| {
@@ -326,7 +387,7 @@ mod tests {
     #[test]
     fn triggers_per_interval_one_at_a_time() {
         let t0 = Instant::now();
-        let mut d = Decider::new(&cfg(), 2, 1, 1, t0);
+        let mut d = started(&cfg(), 2, 1, 1, t0);
         assert!(d.on_tick(t0 + Duration::from_millis(50)).is_empty());
         assert_eq!(
             triggers(&d.on_tick(t0 + Duration::from_millis(100))),
@@ -357,7 +418,7 @@ mod tests {
         let mut c = cfg();
         c.min_pause = Duration::from_millis(500);
         let t0 = Instant::now();
-        let mut d = Decider::new(&c, 1, 1, 1, t0);
+        let mut d = started(&c, 1, 1, 1, t0);
         assert_eq!(
             triggers(&d.on_tick(t0 + Duration::from_millis(100))),
             vec![1]
@@ -376,7 +437,7 @@ mod tests {
         let mut c = cfg();
         c.tolerable_failures = 1;
         let t0 = Instant::now();
-        let mut d = Decider::new(&c, 1, 1, 1, t0);
+        let mut d = started(&c, 1, 1, 1, t0);
         assert_eq!(
             triggers(&d.on_tick(t0 + Duration::from_millis(100))),
             vec![1]
@@ -398,7 +459,7 @@ mod tests {
         let mut c = cfg();
         c.tolerable_failures = 1;
         let t0 = Instant::now();
-        let mut d = Decider::new(&c, 1, 1, 1, t0);
+        let mut d = started(&c, 1, 1, 1, t0);
         d.on_tick(t0 + Duration::from_millis(100));
         d.on_decline(t0 + Duration::from_millis(150), 1, "disk full".into());
         assert!(
@@ -418,7 +479,7 @@ mod tests {
     #[test]
     fn exhausted_sources_get_a_final_checkpoint_then_finish() {
         let t0 = Instant::now();
-        let mut d = Decider::new(&cfg(), 1, 2, 5, t0);
+        let mut d = started(&cfg(), 1, 2, 5, t0);
         assert!(triggers(&d.on_source_exhausted(t0)).is_empty());
         let a = d.on_source_exhausted(t0 + Duration::from_millis(1));
         assert_eq!(
@@ -461,7 +522,7 @@ mod tests {
         let mut c = cfg();
         c.max_concurrent = 2;
         let t0 = Instant::now();
-        let mut d = Decider::new(&c, 1, 1, 1, t0);
+        let mut d = started(&c, 1, 1, 1, t0);
         d.on_tick(t0 + Duration::from_millis(100));
         d.on_tick(t0 + Duration::from_millis(200));
         let a = d.on_ack(t0 + Duration::from_millis(210), 2, ack(0));

@@ -13,6 +13,8 @@ pub(crate) enum ToWorker {
 /// Worker or snapshot writer -> coordinator.
 #[derive(Debug)]
 pub(crate) enum ToCoordinator {
+    /// The worker built its tasks (restoring their state): it can take part in checkpoints.
+    Ready,
     SourceExhausted,
     Ack(u64, Ack),
     Decline {
