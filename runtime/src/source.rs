@@ -109,6 +109,12 @@ impl Waker {
         (Waker(tx), rx)
     }
 
+    /// A waker tied to no worker (waking it does nothing): for connector code run outside a
+    /// job, such as tests of an I/O thread.
+    pub fn none() -> Waker {
+        Waker::pair().0
+    }
+
     /// Asks the worker to poll its tasks again.
     pub fn wake(&self) {
         match self.0.try_send(()) {

@@ -2,15 +2,25 @@
 //! `try_send`; what does not fit waits in a local queue (the connector is then `blocked`,
 //! which backpressures its chain) and is retried on the next `send_pending`. The thread
 //! reports how it ended on a one-slot channel.
+//!
+//! Dropping the handoff before the thread finished (the job failed or was cancelled) discards
+//! the commands the thread has not taken and waits for it to end: a pre-commit queued before a
+//! failure must not rename files, or open a transaction, while the restarted job recovers.
 
 use std::collections::VecDeque;
+
+use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use weir_runtime::{BoxError, TaskInfo, Waker};
 
 /// Commands queued for an I/O thread, and how it ended.
 pub(crate) struct Handoff<C> {
-    tx: Sender<C>,
+    /// `None` once dropped (the thread then sees the channel closed).
+    tx: Option<Sender<C>>,
+    /// The thread's end of the channel, to discard what it has not taken on drop.
+    queued: Receiver<C>,
+    thread: Option<JoinHandle<()>>,
     ended: Receiver<Result<(), String>>,
     pending: VecDeque<C>,
     /// The thread reported success.
@@ -29,10 +39,20 @@ impl<C: Send + 'static> Handoff<C> {
         info: &TaskInfo,
         body: impl FnOnce(Receiver<C>, &Waker) -> Result<(), String> + Send + 'static,
     ) -> Result<Self, BoxError> {
+        Self::spawn_waking(name, what, capacity, info.waker(), body)
+    }
+
+    fn spawn_waking(
+        name: String,
+        what: &'static str,
+        capacity: usize,
+        waker: Waker,
+        body: impl FnOnce(Receiver<C>, &Waker) -> Result<(), String> + Send + 'static,
+    ) -> Result<Self, BoxError> {
         let (tx, rx) = crossbeam_channel::bounded::<C>(capacity);
         let (ended_tx, ended) = crossbeam_channel::bounded(1);
-        let waker = info.waker();
-        std::thread::Builder::new()
+        let queued = rx.clone();
+        let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
                 let r = body(rx, &waker);
@@ -41,7 +61,9 @@ impl<C: Send + 'static> Handoff<C> {
             })
             .map_err(|e| format!("cannot start {what}: {e}"))?;
         Ok(Handoff {
-            tx,
+            tx: Some(tx),
+            queued,
+            thread: Some(thread),
             ended,
             pending: VecDeque::new(),
             finished: false,
@@ -75,8 +97,9 @@ impl<C: Send + 'static> Handoff<C> {
     pub(crate) fn send_pending(&mut self) -> Result<bool, BoxError> {
         self.check_ended()?;
         let mut progress = false;
+        let tx = self.tx.as_ref().expect("sender lives until drop");
         while let Some(cmd) = self.pending.pop_front() {
-            match self.tx.try_send(cmd) {
+            match tx.try_send(cmd) {
                 Ok(()) => progress = true,
                 Err(TrySendError::Full(cmd)) => {
                     self.pending.push_front(cmd);
@@ -100,5 +123,69 @@ impl<C: Send + 'static> Handoff<C> {
     /// Everything was handed over and the thread ended successfully.
     pub(crate) fn finished(&self) -> bool {
         self.pending.is_empty() && self.finished
+    }
+}
+
+impl<C> Drop for Handoff<C> {
+    fn drop(&mut self) {
+        // After a normal end the thread is done and this returns at once.
+        self.pending.clear();
+        while self.queued.try_recv().is_ok() {}
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            // The thread finishes the command it is running (bounded by the connector's own
+            // timeouts), then sees the channel closed.
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A handoff dropped while its thread works (a failed job) runs none of the commands the
+    /// thread had not taken, and returns only once the thread ended: nothing of the old run
+    /// happens after a restart began.
+    #[test]
+    fn a_dropped_handoff_discards_queued_commands_and_waits_for_its_thread() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let ended = Arc::new(AtomicBool::new(false));
+        let (r, e) = (ran.clone(), ended.clone());
+        let (started_tx, started) = crossbeam_channel::bounded(1);
+        let mut h = Handoff::spawn_waking(
+            "handoff-test".into(),
+            "the test thread",
+            8,
+            Waker::none(),
+            move |rx: Receiver<u32>, _| {
+                while let Ok(cmd) = rx.recv() {
+                    let _ = started_tx.try_send(());
+                    std::thread::sleep(Duration::from_millis(200));
+                    r.lock().unwrap().push(cmd);
+                }
+                e.store(true, Ordering::SeqCst);
+                Ok(())
+            },
+        )
+        .unwrap();
+        for cmd in 1..=5 {
+            h.push(cmd).unwrap();
+        }
+        started.recv().unwrap();
+        drop(h);
+        assert!(
+            ended.load(Ordering::SeqCst),
+            "drop returned before the thread ended"
+        );
+        assert_eq!(
+            *ran.lock().unwrap(),
+            vec![1],
+            "only the command in progress ran"
+        );
     }
 }

@@ -424,7 +424,7 @@ fn execute(
             broadcast(s, ToWorker::Complete(id));
             // Full queue: a pass is pending anyway (it reads the metadata it misses).
             let _ = retention.try_send(meta);
-            d.on_completed(Instant::now(), is_final)
+            d.on_completed(Instant::now(), id, is_final)
         }
     }
 }

@@ -227,47 +227,47 @@ impl Decider {
             return Vec::new();
         }
         let f = self.in_flight.remove(&id).expect("present");
-        let mut out = vec![Action::Complete {
+        let _ = now;
+        vec![Action::Complete {
             id,
             triggered_at: f.triggered,
             acks: f.acks.into_iter().map(|a| a.expect("all acked")).collect(),
             is_final: f.is_final,
-        }];
-        // A newer complete checkpoint subsumes older ones still in flight.
+        }]
+    }
+
+    /// The metadata of `id` was written: the checkpoint exists.
+    pub(crate) fn on_completed(&mut self, now: Instant, id: u64, is_final: bool) -> Vec<Action> {
+        self.consecutive_failures = 0;
+        self.last_end = Some(now);
+        // A newer complete checkpoint subsumes older ones still in flight; only once it is
+        // complete (Flink does the same): if its metadata cannot be written, they may still
+        // complete.
         let older: Vec<u64> = self.in_flight.range(..id).map(|(i, _)| *i).collect();
+        let mut subsumed = Vec::new();
         for o in older {
             self.in_flight.remove(&o);
-            out.push(Action::Abort {
+            subsumed.push(Action::Abort {
                 id: o,
                 reason: format!("subsumed by checkpoint {id}"),
             });
         }
-        let _ = now;
-        out
-    }
-
-    /// The metadata of `id` was written: the checkpoint exists.
-    pub(crate) fn on_completed(&mut self, now: Instant, is_final: bool) -> Vec<Action> {
-        self.consecutive_failures = 0;
-        self.last_end = Some(now);
         if is_final {
             self.finished = true;
             // Anything still in flight can never complete: sources end.
             let rest: Vec<u64> = self.in_flight.keys().copied().collect();
-            let mut out: Vec<Action> = rest
-                .into_iter()
-                .map(|id| {
-                    self.in_flight.remove(&id);
-                    Action::Abort {
-                        id,
-                        reason: "the final checkpoint completed".into(),
-                    }
-                })
-                .collect();
-            out.push(Action::FinishSources);
-            return out;
+            subsumed.extend(rest.into_iter().map(|id| {
+                self.in_flight.remove(&id);
+                Action::Abort {
+                    id,
+                    reason: "the final checkpoint completed".into(),
+                }
+            }));
+            subsumed.push(Action::FinishSources);
+            return subsumed;
         }
-        self.on_tick(now)
+        subsumed.extend(self.on_tick(now));
+        subsumed
     }
 
     pub(crate) fn on_decline(&mut self, now: Instant, id: u64, reason: String) -> Vec<Action> {
@@ -408,7 +408,7 @@ mod tests {
         assert!(matches!(a[0], Action::Complete { id: 1, .. }));
         // Overdue interval: the next one starts as soon as 1 completed.
         assert_eq!(
-            triggers(&d.on_completed(t0 + Duration::from_millis(280), false)),
+            triggers(&d.on_completed(t0 + Duration::from_millis(280), 1, false)),
             vec![2]
         );
     }
@@ -424,7 +424,7 @@ mod tests {
             vec![1]
         );
         d.on_ack(t0 + Duration::from_millis(150), 1, ack(0));
-        assert!(triggers(&d.on_completed(t0 + Duration::from_millis(200), false)).is_empty());
+        assert!(triggers(&d.on_completed(t0 + Duration::from_millis(200), 1, false)).is_empty());
         assert!(d.on_tick(t0 + Duration::from_millis(650)).is_empty());
         assert_eq!(
             triggers(&d.on_tick(t0 + Duration::from_millis(700))),
@@ -470,7 +470,7 @@ mod tests {
         let a = d.on_tick(t0 + Duration::from_millis(200));
         assert_eq!(triggers(&a), vec![2]);
         d.on_ack(t0 + Duration::from_millis(210), 2, ack(0));
-        d.on_completed(t0 + Duration::from_millis(220), false);
+        d.on_completed(t0 + Duration::from_millis(220), 2, false);
         d.on_tick(t0 + Duration::from_millis(300));
         let a = d.on_decline(t0 + Duration::from_millis(310), 3, "x".into());
         assert!(!a.iter().any(|x| matches!(x, Action::Fail(_))), "{a:?}");
@@ -511,7 +511,7 @@ mod tests {
             }
         ));
         assert_eq!(
-            d.on_completed(t0 + Duration::from_millis(104), true),
+            d.on_completed(t0 + Duration::from_millis(104), 6, true),
             vec![Action::FinishSources]
         );
         assert!(d.on_tick(t0 + Duration::from_secs(10)).is_empty());
@@ -526,7 +526,21 @@ mod tests {
         d.on_tick(t0 + Duration::from_millis(100));
         d.on_tick(t0 + Duration::from_millis(200));
         let a = d.on_ack(t0 + Duration::from_millis(210), 2, ack(0));
-        assert!(matches!(a[0], Action::Complete { id: 2, .. }));
-        assert!(matches!(&a[1], Action::Abort { id: 1, .. }));
+        assert!(
+            matches!(a.as_slice(), [Action::Complete { id: 2, .. }]),
+            "{a:?}"
+        );
+        // Not before its metadata is written: if that fails, checkpoint 1 may still complete.
+        d.on_complete_failed(t0 + Duration::from_millis(215), 2, "disk full".into());
+        let a = d.on_ack(t0 + Duration::from_millis(220), 1, ack(0));
+        assert!(
+            matches!(a.as_slice(), [Action::Complete { id: 1, .. }]),
+            "{a:?}"
+        );
+        d.on_tick(t0 + Duration::from_millis(400));
+        d.on_tick(t0 + Duration::from_millis(500));
+        d.on_ack(t0 + Duration::from_millis(510), 4, ack(0));
+        let a = d.on_completed(t0 + Duration::from_millis(520), 4, false);
+        assert!(matches!(&a[0], Action::Abort { id: 3, .. }), "{a:?}");
     }
 }

@@ -480,7 +480,7 @@ impl Io {
         let mut current: Option<Txn> = None;
         let mut prepared: BTreeMap<u64, Txn> = BTreeMap::new();
         let mut pending: Vec<PendingTxn> = Vec::new();
-        let mut spare: Option<Spare> = None;
+        let mut spare = SpareSlot(None);
         let mut committer: Option<Committer> = self.exactly_once.then(Committer::spawn);
         let mut client = TxnClient::new(&self.cfg.brokers, Duration::from_secs(10));
         loop {
@@ -515,7 +515,7 @@ impl Io {
                 Cmd::Write(b) => {
                     let prod = if self.exactly_once {
                         if current.is_none() {
-                            current = Some(self.begin(&mut spare)?);
+                            current = Some(self.begin(&mut spare.0)?);
                         }
                         let t = current.as_mut().expect("opened above");
                         t.records += b.len() as u64;
@@ -824,6 +824,19 @@ fn init_producer(cfg: &ClientConfig, id: &str, topic: &str) -> Result<Prod, Stri
 struct Spare {
     checkpoint: u64,
     handle: std::thread::JoinHandle<Result<Prod, String>>,
+}
+
+/// The spare of a running sink thread. When the thread ends (abandoned after a failure, or
+/// closed), a spare still initialising is waited for (bounded by `CALL_TIMEOUT`), so that its
+/// `init_transactions` cannot fence a transaction of the same id that a restarted job opened.
+struct SpareSlot(Option<Spare>);
+
+impl Drop for SpareSlot {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            let _ = s.handle.join();
+        }
+    }
 }
 
 /// Commits pre-committed transactions on a thread of its own (`weir-kafka-commit`), in
