@@ -170,7 +170,31 @@ impl FileBook {
     }
 }
 
+/// Runs the coordinator until shutdown. A panic in it fails the job as a worker's does
+/// (before, checkpointing stopped without an error and a bounded job never ended).
 pub(crate) fn run(s: CoordinatorSetup) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| coordinate(&s)));
+    if let Err(p) = r {
+        let message = crate::execute::panic_message(&*p);
+        fail_job(&s, format!("the checkpoint coordinator panicked: {message}"));
+    }
+}
+
+/// Fails the job with `message` (unless it failed already) and wakes every worker to stop.
+fn fail_job(s: &CoordinatorSetup, message: String) {
+    let mut slot = s.failure.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        tracing::error!(%message, "job failed");
+        *slot = Some(JobError::Checkpoint(message));
+    }
+    drop(slot);
+    s.cancel.store(true, Ordering::SeqCst);
+    for (_, w) in &s.workers {
+        w.wake();
+    }
+}
+
+fn coordinate(s: &CoordinatorSetup) {
     let mut book = FileBook::new(&s.restored_files, s.cfg.max_concurrent);
     // Retention runs on a thread of its own: with the store away it may wait long, and the
     // coordinator must go on timing checkpoints out and triggering new ones meanwhile.
@@ -289,15 +313,7 @@ fn execute(
             Vec::new()
         }
         Action::Fail(message) => {
-            let mut slot = s.failure.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.is_none() {
-                tracing::error!(%message, "job failed");
-                *slot = Some(JobError::Checkpoint(message));
-            }
-            s.cancel.store(true, Ordering::SeqCst);
-            for (_, w) in &s.workers {
-                w.wake();
-            }
+            fail_job(s, message);
             Vec::new()
         }
         Action::Complete {
