@@ -252,7 +252,7 @@ fn coordinate(s: &CoordinatorSetup) {
         while !queue.is_empty() {
             let mut next = Vec::new();
             for a in queue {
-                next.extend(execute(&s, &mut d, &mut book, &retention_tx, a));
+                next.extend(execute(s, &mut d, &mut book, &retention_tx, a));
             }
             queue = next;
         }
