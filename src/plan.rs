@@ -38,6 +38,17 @@ pub fn runtime_config(job: &JobFile, parallelism_override: Option<usize>) -> Run
     c
 }
 
+/// The longest delay of the job's restart strategy (zero without restarts).
+fn restart_delay(job: &JobFile) -> std::time::Duration {
+    if job.restart.attempts == 0 {
+        std::time::Duration::ZERO
+    } else if job.restart.exponential {
+        job.restart.max_delay
+    } else {
+        job.restart.delay
+    }
+}
+
 fn err(job: &JobFile, key: impl Into<String>, message: impl Into<String>) -> JobFileError {
     JobFileError {
         file: job.path.clone(),
@@ -519,18 +530,11 @@ pub fn build(job: &JobFile, env: &StreamEnv, restoring: bool) -> Result<(), JobF
                         "an exactly-once Kafka sink commits its transactions with the checkpoints; add a [checkpoint] section or set semantics = \"at-least-once\"",
                     ));
                 };
-                let restart_delay = if job.restart.attempts == 0 {
-                    std::time::Duration::ZERO
-                } else if job.restart.exponential {
-                    job.restart.max_delay
-                } else {
-                    job.restart.delay
-                };
                 check_transaction_timeout(
                     c.transaction_timeout,
                     cp.interval,
                     cp.timeout,
-                    restart_delay,
+                    restart_delay(job),
                 )
                 .map_err(|e| err(job, "sink.transaction_timeout", e))?;
                 if cp.mode == weir_runtime::CheckpointMode::AtLeastOnce {
@@ -541,6 +545,7 @@ pub fn build(job: &JobFile, env: &StreamEnv, restoring: bool) -> Result<(), JobF
             if let Some(cp) = &job.checkpoint {
                 c.checkpoint_timeout = cp.timeout;
             }
+            c.restart_delay = restart_delay(job);
             let sink = KafkaSink::new(c);
             s.sink("kafka-sink", move |info| sink.json_writer(info));
         }

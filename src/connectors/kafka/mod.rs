@@ -106,6 +106,10 @@ pub struct KafkaSinkConfig {
     /// its barrier a pre-committed transaction may wait for its checkpoint to complete. A
     /// transaction that could time out on the broker within it fails the pre-commit.
     pub checkpoint_timeout: Duration,
+    /// The longest delay of the job's restart strategy (default 1 s, as `RestartStrategy`'s):
+    /// a pre-committed transaction must also outlive a restart (this + 60 s) after its
+    /// checkpoint completed, since a crash before the commit leaves it to the restored job.
+    pub restart_delay: Duration,
     /// Extra librdkafka producer properties.
     pub properties: Vec<(String, String)>,
 }
@@ -121,6 +125,7 @@ impl KafkaSinkConfig {
             transactional_id_prefix: None,
             transaction_timeout: Duration::from_secs(15 * 60),
             checkpoint_timeout: Duration::from_secs(10 * 60),
+            restart_delay: Duration::from_secs(1),
             properties: Vec::new(),
         }
     }

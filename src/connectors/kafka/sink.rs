@@ -701,13 +701,16 @@ impl Io {
         // a checkpoint timeout from now. One that could time out on the broker before then
         // must not be in a checkpoint: failing makes the job restart from the previous one,
         // which aborts it and writes its records again.
+        // A crash right after the checkpoint completed leaves the commit to the restored job,
+        // up to a restart later.
         let limit = self.cfg.transaction_timeout;
-        if let Some((p, age)) = too_old(pending, self.cfg.checkpoint_timeout, limit) {
+        let wait = self.cfg.checkpoint_timeout + self.cfg.restart_delay + RESTART_ALLOWANCE;
+        if let Some((p, age)) = too_old(pending, wait, limit) {
             return Err(format!(
-                    "Kafka transaction `{}` has been open for {:.0} s; with up to a checkpoint timeout ({:.0} s) before checkpoint {id} completes it could time out on the broker (transaction timeout {:.0} s) and its output would be lost. Failing instead: the job restarts from its previous checkpoint and writes that output again. Checkpoints are failing or slow; raise `transaction_timeout` or look at why",
+                    "Kafka transaction `{}` has been open for {:.0} s; with up to a checkpoint timeout and a restart ({:.0} s) before checkpoint {id} or the restored job commits it, it could time out on the broker (transaction timeout {:.0} s) and its output would be lost. Failing instead: the job restarts from its previous checkpoint and writes that output again. Checkpoints are failing or slow; raise `transaction_timeout` or look at why",
                     p.transactional_id,
                     age.as_secs_f64(),
-                    self.cfg.checkpoint_timeout.as_secs_f64(),
+                    wait.as_secs_f64(),
                     limit.as_secs_f64()
                 ));
         }
@@ -959,15 +962,17 @@ pub fn check_transaction_timeout(
     checkpoint_timeout: Duration,
     restart_delay: Duration,
 ) -> Result<(), String> {
-    let need = interval + checkpoint_timeout + restart_delay + RESTART_ALLOWANCE;
+    // The same budget as the check at each pre-commit, for a transaction one interval old.
+    let need = interval + checkpoint_timeout + restart_delay + RESTART_ALLOWANCE + AGE_MARGIN;
     if transaction_timeout <= need {
         return Err(format!(
-            "the Kafka sink's transaction timeout ({} s) must exceed checkpoint interval ({} s) + checkpoint timeout ({} s) + restart delay ({} s) + {} s for a restart = {} s, or a transaction may time out on the broker before its checkpoint commits it and its output is lost; raise `transaction_timeout` (at most the broker's transaction.max.timeout.ms, 15 min by default) or lower the checkpoint timeout",
+            "the Kafka sink's transaction timeout ({} s) must exceed checkpoint interval ({} s) + checkpoint timeout ({} s) + restart delay ({} s) + {} s for a restart + {} s margin = {} s, or a transaction may time out on the broker before its checkpoint commits it and its output is lost; raise `transaction_timeout` (at most the broker's transaction.max.timeout.ms, 15 min by default) or lower the checkpoint timeout",
             transaction_timeout.as_secs_f64(),
             interval.as_secs_f64(),
             checkpoint_timeout.as_secs_f64(),
             restart_delay.as_secs_f64(),
             RESTART_ALLOWANCE.as_secs(),
+            AGE_MARGIN.as_secs(),
             need.as_secs_f64()
         ));
     }
@@ -975,15 +980,16 @@ pub fn check_transaction_timeout(
 }
 
 /// The first pending transaction (with its age) that could reach `transaction_timeout` on
-/// the broker before a checkpoint completing within `checkpoint_timeout` commits it.
+/// the broker before it is committed, up to `wait` from now (a checkpoint timeout and a
+/// restart).
 fn too_old(
     pending: &[PendingTxn],
-    checkpoint_timeout: Duration,
+    wait: Duration,
     transaction_timeout: Duration,
 ) -> Option<(&PendingTxn, Duration)> {
     pending.iter().find_map(|p| {
         let age = p.opened.map_or(Duration::ZERO, |o| o.elapsed());
-        (age + checkpoint_timeout + AGE_MARGIN >= transaction_timeout).then_some((p, age))
+        (age + wait + AGE_MARGIN >= transaction_timeout).then_some((p, age))
     })
 }
 
@@ -1043,6 +1049,11 @@ mod tests {
         assert_eq!(p.transactional_id, "t-400");
         assert!(age >= s(400));
         assert!(too_old(&pending, s(600), s(1100)).is_none());
+        // The pre-commit also budgets a restart: 250 s old passes a checkpoint timeout alone
+        // (250 + 600 + 10 < 900) but not one and a restart (250 + 600 + 1 + 60 + 10 >= 900).
+        let pending = vec![txn(250)];
+        assert!(too_old(&pending, s(600), s(900)).is_none());
+        assert!(too_old(&pending, s(600) + s(1) + RESTART_ALLOWANCE, s(900)).is_some());
         // Restored entries have no opening time: never refused here.
         let restored = vec![PendingTxn {
             opened: None,
@@ -1057,7 +1068,7 @@ mod tests {
         assert!(check_transaction_timeout(s(900), s(1), s(600), s(1)).is_ok());
         let e = check_transaction_timeout(s(60), s(1), s(600), s(1)).unwrap_err();
         assert!(
-            e.contains("transaction timeout (60 s)") && e.contains("662 s"),
+            e.contains("transaction timeout (60 s)") && e.contains("672 s"),
             "{e}"
         );
     }
