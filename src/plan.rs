@@ -532,7 +532,7 @@ pub fn build(job: &JobFile, env: &StreamEnv, restoring: bool) -> Result<(), JobF
                 };
                 check_transaction_timeout(
                     c.transaction_timeout,
-                    cp.interval,
+                    cp.interval.max(cp.min_pause),
                     cp.timeout,
                     restart_delay(job),
                 )

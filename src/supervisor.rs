@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use weir_runtime::{JobError, JobHandle, JobSummary, RestoreFrom};
+use weir_runtime::{JobError, RestoreFrom};
 
 use crate::job::RestartStrategy;
 
@@ -34,25 +34,33 @@ pub fn is_restartable(e: &JobError) -> bool {
 ///
 /// `start` builds and starts the job (given what to restore from); `wait` waits for it (the
 /// CLI shows progress and handles signals there); `on_restart` is told about each restart;
-/// `give_up` is asked before each restart (e.g. a stop was requested).
-pub fn run_with_restarts(
+/// `give_up` is asked before each restart (e.g. a stop was requested). A restart whose start
+/// fails because the checkpoint storage cannot be used (`JobError::Storage`: a store that is
+/// briefly away) is retried under the same strategy; at the first start that error is final.
+pub fn run_with_restarts<H, S>(
     strategy: &RestartStrategy,
     checkpointing: bool,
     mut restore: Option<RestoreFrom>,
-    mut start: impl FnMut(Option<&RestoreFrom>) -> Result<JobHandle, JobError>,
-    mut wait: impl FnMut(JobHandle) -> Result<JobSummary, JobError>,
+    mut start: impl FnMut(Option<&RestoreFrom>) -> Result<H, JobError>,
+    mut wait: impl FnMut(H) -> Result<S, JobError>,
     mut on_restart: impl FnMut(&JobError, u32, Duration),
     give_up: impl Fn() -> bool,
-) -> Result<JobSummary, JobError> {
+) -> Result<S, JobError> {
     let mut attempt = 0;
     loop {
-        let handle = start(restore.as_ref())?;
-        let err = match wait(handle) {
-            Ok(summary) => return Ok(summary),
-            Err(e) => e,
+        let (err, restartable) = match start(restore.as_ref()) {
+            Ok(handle) => match wait(handle) {
+                Ok(summary) => return Ok(summary),
+                Err(e) => {
+                    let r = is_restartable(&e);
+                    (e, r)
+                }
+            },
+            Err(e @ JobError::Storage(_)) if attempt > 0 => (e, true),
+            Err(e) => return Err(e),
         };
         let delay = match next_delay(strategy, attempt) {
-            Some(d) if checkpointing && is_restartable(&err) && !give_up() => d,
+            Some(d) if checkpointing && restartable && !give_up() => d,
             _ => return Err(err),
         };
         attempt += 1;
@@ -66,6 +74,53 @@ pub fn run_with_restarts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store that cannot be read while restarting is retried under the strategy; at the
+    /// first start it is final.
+    #[test]
+    fn storage_errors_at_a_restart_are_retried() {
+        let strategy = RestartStrategy {
+            attempts: 3,
+            delay: Duration::from_millis(1),
+            ..RestartStrategy::default()
+        };
+        let starts = std::cell::Cell::new(0);
+        let outage = || JobError::Storage("cannot read checkpoint 7: no answer".into());
+        let r = run_with_restarts(
+            &strategy,
+            true,
+            None,
+            |_| {
+                starts.set(starts.get() + 1);
+                match starts.get() {
+                    1 => Ok(1),
+                    2 => Err(outage()),
+                    _ => Ok(3),
+                }
+            },
+            |run: u32| {
+                if run == 1 {
+                    Err(JobError::Checkpoint("store away".into()))
+                } else {
+                    Ok(run)
+                }
+            },
+            |_, _, _| {},
+            || false,
+        );
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(starts.get(), 3);
+        let first = run_with_restarts(
+            &strategy,
+            true,
+            None,
+            |_| Err::<u32, _>(outage()),
+            |run: u32| Ok(run),
+            |_, _, _| {},
+            || false,
+        );
+        assert!(matches!(first, Err(JobError::Storage(_))));
+    }
 
     #[test]
     fn delays_follow_the_strategy() {

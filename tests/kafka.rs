@@ -645,4 +645,20 @@ fn a_transaction_timeout_shorter_than_a_checkpoint_is_refused_before_the_start()
         "{err}"
     );
     assert!(!d.path().join("checkpoints").exists(), "nothing may run");
+
+    // The default 15 min is refused when min_pause leaves barriers 4 min apart: a transaction
+    // would be 4 min old at its barrier (240 + 600 + 1 + 60 + 10 s > 900 s).
+    let job = kafka_sum_job(d.path(), "slow-txn", "in", "out", "exactly-once", "");
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("[checkpoint]", "[checkpoint]\nmin_pause = \"4m\"");
+    std::fs::write(&job, text).unwrap();
+    let o = weir().arg("run").arg(&job).arg("--quiet").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("transaction timeout (900 s) must exceed")
+            && err.contains("min_pause, the longer (240 s)"),
+        "{err}"
+    );
 }

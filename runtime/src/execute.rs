@@ -189,6 +189,10 @@ fn checkpoint_setup(
     })
 }
 
+/// Checkpoint ids a run may start after: far beyond any id Weir numbers (one per checkpoint,
+/// from 1), and far enough from `u64::MAX` that no run's ids overflow.
+const MAX_CHECKPOINT_ID: u64 = 1 << 62;
+
 /// Pins the calling thread (`what` of worker `w`) to `core`, if any; failure is a warning.
 fn pin(core: Option<core_affinity::CoreId>, w: usize, what: &str) {
     if let Some(core) = core {
@@ -250,12 +254,14 @@ pub(crate) fn start(
             .map_err(|e| JobError::Storage(format!("cannot list checkpoints: {e}")))?;
         first_checkpoint = match existing.iter().max() {
             None => 1,
-            Some(&m) => m.checked_add(1).ok_or_else(|| {
-                JobError::Storage(format!(
-                    "the checkpoint storage holds checkpoint id {m}, the largest possible: no \
-                     later id is left; remove that directory if it is not a real checkpoint"
-                ))
-            })?,
+            Some(&m) if m < MAX_CHECKPOINT_ID => m + 1,
+            Some(&m) => {
+                return Err(JobError::Storage(format!(
+                    "the checkpoint storage holds checkpoint id {m}, beyond the largest Weir \
+                     numbers ({MAX_CHECKPOINT_ID}): remove that directory if it is not a real \
+                     checkpoint"
+                )))
+            }
         };
         if restore_from.is_none() && !existing.is_empty() {
             tracing::warn!(
@@ -265,13 +271,13 @@ pub(crate) fn start(
             );
         }
         if let Some(r) = &restore {
-            let after = r.id.checked_add(1).ok_or_else(|| {
-                JobError::Restore(format!(
-                    "checkpoint id {} is the largest possible: no later id is left for this run",
+            if r.id >= MAX_CHECKPOINT_ID {
+                return Err(JobError::Restore(format!(
+                    "checkpoint id {} is beyond the largest Weir numbers ({MAX_CHECKPOINT_ID})",
                     r.id
-                ))
-            })?;
-            first_checkpoint = first_checkpoint.max(after);
+                )));
+            }
+            first_checkpoint = first_checkpoint.max(r.id + 1);
         }
     }
     let restored_id = restore.as_ref().map(|r| r.id);

@@ -421,8 +421,8 @@ fn decode_meta(bytes: &[u8]) -> Result<(WindowMeta, Option<WindowShape>), String
 }
 
 /// The first accumulator of `table` (as `[start, end)`) that is not `len` ms long, starting
-/// on a multiple of `align` within the event times windows accept: one a window operator
-/// with those panes can never have written, and would never fire in order.
+/// on a multiple of `align` and overlapping the event times windows accept: one a window
+/// operator with those panes can never have written, and would never fire in order.
 fn misfit_pane<K: StateData + Hash + Eq, Acc: StateData>(
     table: &PaneTable<K, Acc>,
     range: Range<usize>,
@@ -431,9 +431,12 @@ fn misfit_pane<K: StateData + Hash + Eq, Acc: StateData>(
 ) -> Option<(Timestamp, Timestamp)> {
     range.into_iter().find_map(|kg| {
         table.live(kg).find_map(|(&(end, _), &(start, _))| {
+            // Overlapping the accepted event times: a record at -2^60 opens a pane that
+            // starts before it.
             let fits = end.checked_sub(start) == Some(len)
                 && start.rem_euclid(align) == 0
-                && in_window_range(start);
+                && end > -MAX_WINDOW_TIME
+                && start <= MAX_WINDOW_TIME;
             (!fits).then_some((start, end))
         })
     })
@@ -1258,6 +1261,14 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // A pane of a record at the lowest accepted time starts before it (60 s panes do not
+        // divide 2^60): still one the job writes.
+        let lowest = -MAX_WINDOW_TIME - (-MAX_WINDOW_TIME).rem_euclid(60_000);
+        assert!(lowest < -MAX_WINDOW_TIME);
+        assert_eq!(
+            misfit_pane(&table(&[(lowest, lowest + 60_000)]), 0..2, 60_000, 60_000),
+            None
+        );
         // Whole sliding windows: window length, aligned to the slide.
         assert_eq!(misfit_pane(&table(&[(4, 14), (8, 18)]), 0..2, 10, 4), None);
         assert_eq!(

@@ -670,19 +670,19 @@ fn exactly_once_with_a_core_reserved_for_the_snapshot_writers() {
     assert_eq!(grouped(&ext.committed), reference());
 }
 
-/// A stray directory with the largest possible checkpoint id leaves no id for the next
-/// checkpoint: refused before the job starts, naming it (the next id used to wrap to 0, and
-/// the coordinator's assertion then stopped checkpointing without an error).
+/// A stray directory with an id near `u64::MAX` would leave the run's ids to overflow:
+/// refused before the job starts, naming it (the next id used to wrap to 0, and the
+/// coordinator's assertion then stopped checkpointing without an error).
 #[test]
 fn a_checkpoint_id_at_the_limit_is_refused() {
     let d = tempfile::tempdir().unwrap();
-    let stray = d.path().join(format!("store/cp-test/chk-{}", u64::MAX));
+    let stray = d.path().join(format!("store/cp-test/chk-{}", u64::MAX - 1));
     std::fs::create_dir_all(stray).unwrap();
     let ext = Arc::new(Mutex::new(External::default()));
     let mode = CheckpointMode::ExactlyOnce;
     let err = run_with(two_workers(), d.path(), mode, ext, None, false, running_sum).unwrap_err();
     assert!(
-        matches!(&err, JobError::Storage(m) if m.contains("largest possible")),
+        matches!(&err, JobError::Storage(m) if m.contains("beyond the largest")),
         "{err}"
     );
 }

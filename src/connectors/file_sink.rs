@@ -96,11 +96,14 @@ pub(crate) struct IoWriter {
 
 impl IoWriter {
     pub(crate) fn spawn(target: Target, info: &TaskInfo) -> Result<Self, BoxError> {
+        // Files are renamed into place by the thread; stdout is only written.
+        let commits = matches!(target, Target::File { .. });
         let io = Handoff::spawn(
             format!("weir-writer-{}", info.subtask),
             "the writer thread",
             BUFFERS_IN_FLIGHT,
             info,
+            commits,
             move |rx, waker| write_loop(target, &rx, waker),
         )?;
         Ok(IoWriter {

@@ -4,15 +4,22 @@
 //! reports how it ended on a one-slot channel.
 //!
 //! Dropping the handoff before the thread finished (the job failed or was cancelled) discards
-//! the commands the thread has not taken and waits for it to end: a pre-commit queued before a
-//! failure must not rename files, or open a transaction, while the restarted job recovers.
+//! the commands the thread has not taken and, for threads that commit output (`wait_on_drop`),
+//! waits for it to end, up to [`DROP_WAIT`]: a pre-commit queued before a failure must not
+//! rename files, or open a transaction, while the restarted job recovers.
 
 use std::collections::VecDeque;
 
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use weir_runtime::{BoxError, TaskInfo, Waker};
+
+/// How long a dropped handoff waits for its thread to end (longer than the Kafka sink's
+/// calls to the broker, which give up after 60 s): a thread stuck beyond that (a dead
+/// disk) is left running, with a warning.
+const DROP_WAIT: Duration = Duration::from_secs(90);
 
 /// Commands queued for an I/O thread, and how it ended.
 pub(crate) struct Handoff<C> {
@@ -21,6 +28,8 @@ pub(crate) struct Handoff<C> {
     /// The thread's end of the channel, to discard what it has not taken on drop.
     queued: Receiver<C>,
     thread: Option<JoinHandle<()>>,
+    /// Wait for the thread when dropped before it finished (it commits output).
+    wait_on_drop: bool,
     ended: Receiver<Result<(), String>>,
     pending: VecDeque<C>,
     /// The thread reported success.
@@ -32,14 +41,17 @@ impl<C: Send + 'static> Handoff<C> {
     /// Starts thread `name` running `body` on the receiving end of a channel of `capacity`
     /// commands; `what` names it in errors ("the Kafka sink thread"). The worker is woken
     /// when the thread ends.
+    /// `wait_on_drop`: the thread commits output, so a drop before it finished waits for it
+    /// (see the module docs); not for a thread that only writes to stdout.
     pub(crate) fn spawn(
         name: String,
         what: &'static str,
         capacity: usize,
         info: &TaskInfo,
+        wait_on_drop: bool,
         body: impl FnOnce(Receiver<C>, &Waker) -> Result<(), String> + Send + 'static,
     ) -> Result<Self, BoxError> {
-        Self::spawn_waking(name, what, capacity, info.waker(), body)
+        Self::spawn_waking(name, what, capacity, info.waker(), wait_on_drop, body)
     }
 
     fn spawn_waking(
@@ -47,6 +59,7 @@ impl<C: Send + 'static> Handoff<C> {
         what: &'static str,
         capacity: usize,
         waker: Waker,
+        wait_on_drop: bool,
         body: impl FnOnce(Receiver<C>, &Waker) -> Result<(), String> + Send + 'static,
     ) -> Result<Self, BoxError> {
         let (tx, rx) = crossbeam_channel::bounded::<C>(capacity);
@@ -64,6 +77,7 @@ impl<C: Send + 'static> Handoff<C> {
             tx: Some(tx),
             queued,
             thread: Some(thread),
+            wait_on_drop,
             ended,
             pending: VecDeque::new(),
             finished: false,
@@ -132,10 +146,25 @@ impl<C> Drop for Handoff<C> {
         self.pending.clear();
         while self.queued.try_recv().is_ok() {}
         drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            // The thread finishes the command it is running (bounded by the connector's own
-            // timeouts), then sees the channel closed.
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        if !self.wait_on_drop {
+            return;
+        }
+        // The thread finishes the command it is running (bounded by the connector's own
+        // timeouts), then sees the channel closed: its result arrives, or the channel
+        // disconnects once it exited having reported already.
+        match self.ended.recv_timeout(DROP_WAIT) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => tracing::warn!(
+                thread = t.thread().name().unwrap_or("?"),
+                "{} did not stop within {} s of its job's end; not waiting for it",
+                self.what,
+                DROP_WAIT.as_secs()
+            ),
+            _ => {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -162,6 +191,7 @@ mod tests {
             "the test thread",
             8,
             Waker::none(),
+            true,
             move |rx: Receiver<u32>, _| {
                 while let Ok(cmd) = rx.recv() {
                     let _ = started_tx.try_send(());

@@ -176,7 +176,10 @@ pub(crate) fn run(s: CoordinatorSetup) {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| coordinate(&s)));
     if let Err(p) = r {
         let message = crate::execute::panic_message(&*p);
-        fail_job(&s, format!("the checkpoint coordinator panicked: {message}"));
+        fail_job(
+            &s,
+            format!("the checkpoint coordinator panicked: {message}"),
+        );
     }
 }
 

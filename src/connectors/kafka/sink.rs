@@ -52,6 +52,9 @@ const BATCHES_IN_FLIGHT: usize = 4;
 /// Longest blocking librdkafka call of the normal path (init, commit), and of one
 /// recovery request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a sink thread stopped waiting for the broker: its writer was dropped.
+const ABANDONED: &str = "the Kafka sink was abandoned (the job failed or was cancelled)";
 /// Environment variable of the fault-injection test: the process aborts right before it
 /// commits the transaction of the first checkpoint with an id at least this value (the
 /// checkpoint is complete; its output is pre-committed but not yet visible).
@@ -179,8 +182,15 @@ impl Prod {
         Ok(Prod { p, deliveries })
     }
 
-    /// Produces one record, waiting (serving delivery reports) while the local queue is full.
-    fn send(&self, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<(), String> {
+    /// Produces one record, waiting (serving delivery reports) while the local queue is full,
+    /// unless the sink is `abandoned` meanwhile (a broker away must not hold up a failed job).
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        abandoned: &AtomicBool,
+    ) -> Result<(), String> {
         let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
         if let Some(k) = key {
             rec = rec.key(k);
@@ -189,6 +199,9 @@ impl Prod {
             match self.p.send(rec) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if abandoned.load(Ordering::SeqCst) {
+                        return Err(ABANDONED.into());
+                    }
                     rec = r;
                     self.p.poll(Duration::from_millis(5));
                 }
@@ -197,11 +210,22 @@ impl Prod {
         }
     }
 
-    /// Waits until every record produced so far is acknowledged (or failed).
-    fn flush(&self, timeout: Duration) -> Result<(), String> {
-        self.p
-            .flush(timeout)
-            .map_err(|e| format!("flushing the Kafka producer failed: {e}"))?;
+    /// Waits until every record produced so far is acknowledged (or failed), up to `timeout`,
+    /// in slices of a second so that an `abandoned` sink stops waiting.
+    fn flush(&self, timeout: Duration, abandoned: &AtomicBool) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.p.flush(left.min(Duration::from_secs(1))) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if !left.is_zero() => {
+                    if abandoned.load(Ordering::SeqCst) {
+                        return Err(ABANDONED.into());
+                    }
+                }
+                Err(e) => return Err(format!("flushing the Kafka producer failed: {e}")),
+            }
+        }
         self.deliveries.check()
     }
 }
@@ -328,6 +352,7 @@ impl KafkaSink {
             "the Kafka sink thread",
             BATCHES_IN_FLIGHT,
             info,
+            true,
             move |rx, waker| {
                 let r = io.run(&topic, &rx, waker);
                 if let Err(e) = &r {
@@ -535,7 +560,7 @@ impl Io {
                         });
                         let value = &b.buf[at..at + vlen as usize];
                         at += vlen as usize;
-                        prod.send(topic, key, value)?;
+                        prod.send(topic, key, value, &self.abandoned)?;
                     }
                     prod.p.poll(Duration::ZERO);
                     prod.deliveries.check()?;
@@ -551,7 +576,7 @@ impl Io {
                         )
                     } else {
                         match &plain {
-                            Some(p) => p.flush(CALL_TIMEOUT).map(|_| Vec::new()),
+                            Some(p) => p.flush(CALL_TIMEOUT, &self.abandoned).map(|_| Vec::new()),
                             None => Ok(Vec::new()),
                         }
                     };
@@ -573,7 +598,7 @@ impl Io {
                 }
                 Cmd::Close => {
                     if let Some(p) = &plain {
-                        p.flush(CALL_TIMEOUT)?;
+                        p.flush(CALL_TIMEOUT, &self.abandoned)?;
                     }
                     if let Some(t) = &current {
                         // With checkpointing the final barrier pre-committed everything, so
@@ -610,8 +635,14 @@ impl Io {
                 .join()
                 .map_err(|_| "the Kafka producer initialisation thread panicked".to_string())??,
             // A spare for a checkpoint that passed without records: never in a transaction,
-            // so dropping it leaves nothing open.
-            _ => self.init(checkpoint)?,
+            // so it leaves nothing open; waited for, so that no `init_transactions` of this
+            // run can happen after it ended.
+            stale => {
+                if let Some(s) = stale {
+                    let _ = s.handle.join();
+                }
+                self.init(checkpoint)?
+            }
         };
         let id = self.txn_id(checkpoint);
         prod.p
@@ -677,7 +708,8 @@ impl Io {
                     t.id, t.checkpoint
                 ));
             }
-            t.prod.flush(self.cfg.transaction_timeout)?;
+            t.prod
+                .flush(self.cfg.transaction_timeout, &self.abandoned)?;
             let d = client
                 .describe(&t.id, Instant::now() + CALL_TIMEOUT)
                 .map_err(|e| format!("cannot describe Kafka transaction `{}`: {e}", t.id))?;
@@ -830,7 +862,7 @@ struct Spare {
 }
 
 /// The spare of a running sink thread. When the thread ends (abandoned after a failure, or
-/// closed), a spare still initialising is waited for (bounded by `CALL_TIMEOUT`), so that its
+/// closed), a spare still initialising is waited for (bounded by its calls' timeouts), so that its
 /// `init_transactions` cannot fence a transaction of the same id that a restarted job opened.
 struct SpareSlot(Option<Spare>);
 
@@ -956,6 +988,8 @@ fn timeout_hint(e: &KafkaError) -> &'static str {
 /// after barrier `n - 1` is committed after checkpoint `n` completes, which takes up to
 /// `interval + timeout`, and after a crash only once the job was restarted. Returns the
 /// error to show otherwise.
+/// `interval`: the longest time between two barriers when checkpoints succeed, the
+/// checkpoint interval or `min_pause`, whichever is longer.
 pub fn check_transaction_timeout(
     transaction_timeout: Duration,
     interval: Duration,
@@ -966,7 +1000,7 @@ pub fn check_transaction_timeout(
     let need = interval + checkpoint_timeout + restart_delay + RESTART_ALLOWANCE + AGE_MARGIN;
     if transaction_timeout <= need {
         return Err(format!(
-            "the Kafka sink's transaction timeout ({} s) must exceed checkpoint interval ({} s) + checkpoint timeout ({} s) + restart delay ({} s) + {} s for a restart + {} s margin = {} s, or a transaction may time out on the broker before its checkpoint commits it and its output is lost; raise `transaction_timeout` (at most the broker's transaction.max.timeout.ms, 15 min by default) or lower the checkpoint timeout",
+            "the Kafka sink's transaction timeout ({} s) must exceed checkpoint interval or min_pause, the longer ({} s) + checkpoint timeout ({} s) + restart delay ({} s) + {} s for a restart + {} s margin = {} s, or a transaction may time out on the broker before its checkpoint commits it and its output is lost; raise `transaction_timeout` (at most the broker's transaction.max.timeout.ms, 15 min by default) or lower the checkpoint timeout",
             transaction_timeout.as_secs_f64(),
             interval.as_secs_f64(),
             checkpoint_timeout.as_secs_f64(),
