@@ -349,6 +349,65 @@ fn crash_after_checkpoint_completed_before_commit_loses_and_duplicates_nothing()
     check_exactly_once(&read_all(&b, &output, "read_committed"), &all);
 }
 
+/// Runs an exactly-once job named `name` until it aborts right before committing the
+/// transaction of its second checkpoint (complete), rewrites its sink's `semantics` line to
+/// `sink_line`, and reruns it with `--restore latest` to the end. Returns the output topic and
+/// the input records.
+fn crash_before_commit_then_rerun(
+    dir: &Path,
+    name: &str,
+    sink_line: &str,
+) -> (String, std::collections::HashMap<u64, (String, u64)>) {
+    let (input, output, all) = topics(name, 4, 40_000);
+    let job = kafka_sum_job(dir, name, &input, &output, "exactly-once", "");
+    let o = run(
+        &job,
+        &[(weir::connectors::kafka::FAULT_KILL_BEFORE_COMMIT, "2")],
+    );
+    assert!(
+        o.status.code().is_none(),
+        "expected the injected abort, got: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let b = broker();
+    let visible = read_all(&b, &output, "read_committed").len();
+    let written = read_all(&b, &output, "read_uncommitted").len();
+    assert!(written > visible, "no pre-committed output was left behind");
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("semantics = \"exactly-once\"", sink_line);
+    std::fs::write(&job, text).unwrap();
+    let o = run(&job, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (output, all)
+}
+
+/// A job whose checkpoint completed before its transaction was committed, restored with the
+/// sink switched to at-least-once: the restore still commits that transaction (its records
+/// are before the checkpoint's source positions, so nothing writes them again).
+#[test]
+fn switching_to_at_least_once_still_commits_the_restored_transactions() {
+    let d = tempfile::tempdir().unwrap();
+    let (output, all) =
+        crash_before_commit_then_rerun(d.path(), "eos-to-alo", "semantics = \"at-least-once\"");
+    check_at_least_once(&read_all(&broker(), &output, "read_committed"), &all);
+}
+
+/// The same crash, restored with another `transactional_id_prefix`: the restore commits the
+/// checkpoint's transactions and aborts the old run's open ones under the old prefix too,
+/// which would otherwise hide every later record from `read_committed` consumers until they
+/// time out.
+#[test]
+fn a_changed_transactional_id_prefix_still_recovers_the_old_transactions() {
+    let d = tempfile::tempdir().unwrap();
+    let (output, all) = crash_before_commit_then_rerun(
+        d.path(),
+        "eos-prefix",
+        "semantics = \"exactly-once\"\ntransactional_id_prefix = \"renamed\"",
+    );
+    check_exactly_once(&read_all(&broker(), &output, "read_committed"), &all);
+}
+
 #[test]
 fn at_least_once_sink_loses_nothing_under_sigkills() {
     let d = tempfile::tempdir().unwrap();

@@ -308,9 +308,12 @@ impl KafkaSink {
                     .into(),
             );
         }
+        // Whatever the semantics now: a checkpoint taken exactly-once lists transactions it
+        // pre-committed, whose output exists nowhere else (an at-least-once sink stores
+        // nothing).
         let restored = match info.restored_state() {
-            Some(b) if exactly_once => decode_state(b)?.transactions,
-            _ => Vec::new(),
+            Some(b) => decode_state(b)?.transactions,
+            None => Vec::new(),
         };
         let prefix = self
             .cfg
@@ -498,7 +501,7 @@ fn is_lost(e: &ProtoError) -> bool {
 
 impl Io {
     fn run(mut self, topic: &str, rx: &Receiver<Cmd>, waker: &Waker) -> Result<(), String> {
-        if self.exactly_once {
+        if self.exactly_once || !self.restored.is_empty() {
             self.recover()?;
         }
         let mut plain: Option<Prod> = None;
@@ -811,8 +814,19 @@ impl Io {
             .iter()
             .map(|t| t.transactional_id.as_str())
             .collect();
+        // This run's prefix, and the one the restored checkpoint's transactions were opened
+        // under if `transactional_id_prefix` changed since: the old run's open transactions
+        // would otherwise hold `read_committed` consumers back until they time out.
+        let mut prefixes = vec![self.prefix.clone()];
+        for t in &self.restored {
+            if let Some(p) = id_prefix(&t.transactional_id) {
+                if !prefixes.iter().any(|q| q == p) {
+                    prefixes.push(p.to_string());
+                }
+            }
+        }
         for t in open {
-            let Some((s, _n)) = parse_id(&self.prefix, &t.id) else {
+            let Some((s, _n)) = prefixes.iter().find_map(|p| parse_id(p, &t.id)) else {
                 continue;
             };
             let mine = s == self.subtask || (self.subtask == 0 && s >= self.parallelism);
@@ -976,6 +990,13 @@ fn parse_id(prefix: &str, id: &str) -> Option<(usize, u64)> {
     Some((s.parse().ok()?, n.parse().ok()?))
 }
 
+/// The prefix of a transactional id `<prefix>-<subtask>-<checkpoint>`.
+fn id_prefix(id: &str) -> Option<&str> {
+    let (rest, _n) = id.rsplit_once('-')?;
+    let (prefix, _s) = rest.rsplit_once('-')?;
+    parse_id(prefix, id).map(|_| prefix)
+}
+
 fn timeout_hint(e: &KafkaError) -> &'static str {
     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidTransactionTimeout) {
         " (the broker's transaction.max.timeout.ms is lower than the sink's transaction_timeout; lower `transaction_timeout` or raise the broker's limit)"
@@ -1045,6 +1066,10 @@ mod tests {
         assert_eq!(parse_id("weir-a", "weir-a-3-"), None);
         assert_eq!(parse_id("weir-a", "weir-a-3-1x"), None);
         assert_eq!(parse_id("weir-a-1", "weir-a-1-2-3"), Some((2, 3)));
+        assert_eq!(id_prefix("weir-a-1-2-3"), Some("weir-a-1"));
+        assert_eq!(id_prefix("old-0-17"), Some("old"));
+        assert_eq!(id_prefix("old-x-17"), None);
+        assert_eq!(id_prefix("17"), None);
     }
 
     #[test]
