@@ -31,17 +31,9 @@ const BUFFERS_IN_FLIGHT: usize = 4;
 pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> Result<(), String> {
     weir_storage::probe_writable(dir)
         .map_err(|e| format!("output directory is not writable: {e}"))?;
-    let mut old = Vec::new();
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot list output directory `{}`: {e}", dir.display()))?;
-    for e in entries {
-        let e = e.map_err(|e| format!("cannot list output directory `{}`: {e}", dir.display()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("part-") || name.starts_with(".part-") {
-            old.push(e.path());
-        }
-    }
-    old.sort();
+    let old = earlier_parts(dir, |name| {
+        name.starts_with("part-") || name.starts_with(".part-")
+    })?;
     if old.is_empty() {
         return Ok(());
     }
@@ -53,13 +45,33 @@ pub fn prepare_output_dir(dir: &Path, overwrite: bool) -> Result<(), String> {
             old[0].file_name().unwrap_or_default().to_string_lossy()
         ));
     }
-    for p in &old {
+    delete_parts(dir, &old)?;
+    tracing::info!(dir = %dir.display(), files = old.len(), "deleted output of an earlier run (overwrite = true)");
+    Ok(())
+}
+
+/// The files of `dir` whose names `matches`, sorted.
+fn earlier_parts(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, String> {
+    let list_err =
+        |e: std::io::Error| format!("cannot list output directory `{}`: {e}", dir.display());
+    let mut old = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(list_err)? {
+        let e = e.map_err(list_err)?;
+        if matches(&e.file_name().to_string_lossy()) {
+            old.push(e.path());
+        }
+    }
+    old.sort();
+    Ok(old)
+}
+
+/// Deletes `old` from `dir`, durably.
+fn delete_parts(dir: &Path, old: &[PathBuf]) -> Result<(), String> {
+    for p in old {
         std::fs::remove_file(p)
             .map_err(|e| format!("cannot delete old output `{}`: {e}", p.display()))?;
     }
-    weir_storage::fsync_dir(dir).map_err(|e| e.to_string())?;
-    tracing::info!(dir = %dir.display(), files = old.len(), "deleted output of an earlier run (overwrite = true)");
-    Ok(())
+    weir_storage::fsync_dir(dir).map_err(|e| e.to_string())
 }
 
 enum Cmd {
@@ -344,17 +356,10 @@ fn recover(parts: &Parts, pending: &[u64]) -> Result<(), String> {
 /// from an earlier run are refused, or deleted with `overwrite`.
 fn clear_earlier_output(parts: &Parts, overwrite: bool) -> Result<(), String> {
     let prefix = format!("part-{}-", parts.subtask);
-    let entries = std::fs::read_dir(&parts.dir)
-        .map_err(|e| format!("cannot list `{}`: {e}", parts.dir.display()))?;
-    let mut old: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect();
+    let old = earlier_parts(&parts.dir, |name| name.starts_with(&prefix))?;
     if old.is_empty() {
         return Ok(());
     }
-    old.sort();
     if !overwrite {
         return Err(format!(
             "output directory `{}` holds {} part file(s) of subtask {} from an earlier run \
@@ -367,11 +372,7 @@ fn clear_earlier_output(parts: &Parts, overwrite: bool) -> Result<(), String> {
             old[0].file_name().unwrap_or_default().to_string_lossy()
         ));
     }
-    for p in &old {
-        std::fs::remove_file(p)
-            .map_err(|e| format!("cannot delete old output `{}`: {e}", p.display()))?;
-    }
-    weir_storage::fsync_dir(&parts.dir).map_err(|e| e.to_string())?;
+    delete_parts(&parts.dir, &old)?;
     tracing::info!(
         subtask = parts.subtask,
         files = old.len(),

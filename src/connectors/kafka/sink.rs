@@ -641,9 +641,7 @@ impl Io {
             // so it leaves nothing open; waited for, so that no `init_transactions` of this
             // run can happen after it ended.
             stale => {
-                if let Some(s) = stale {
-                    let _ = s.handle.join();
-                }
+                drop(SpareSlot(stale));
                 self.init(checkpoint)?
             }
         };
